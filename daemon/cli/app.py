@@ -1,0 +1,101 @@
+"""The ``stampd`` click group: global options, commands, and how errors reach the operator.
+
+An error prints one line — what failed, where, what to do — and exits with a code from
+:class:`ExitCode`. A traceback appears only with ``--debug`` (DESIGN §8).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from stampd.daemon import __version__
+from stampd.daemon.cli.config import config_group
+from stampd.daemon.cli.context import CliContext
+from stampd.daemon.cli.digest import digest_command
+from stampd.daemon.cli.exit_codes import ExitCode
+from stampd.daemon.cli.output import JSON_META_KEY, emit_json
+from stampd.daemon.cli.query import ls_command, show_command, status_command
+from stampd.daemon.cli.run import run_command
+from stampd.daemon.config import ConfigError
+from stampd.daemon.control import DaemonUnreachableError
+from stampd.store.errors import StampdError
+
+_EXIT_CODE_BY_ERROR: tuple[tuple[type[StampdError], ExitCode], ...] = (
+    (ConfigError, ExitCode.USAGE),
+    (DaemonUnreachableError, ExitCode.DAEMON_UNREACHABLE),
+)
+
+
+def exit_code_for(error: StampdError) -> ExitCode:
+    """The exit code an error maps to; anything not listed means the work failed."""
+    for error_type, code in _EXIT_CODE_BY_ERROR:
+        if isinstance(error, error_type):
+            return code
+    return ExitCode.FAILURE
+
+
+class StampdGroup(click.Group):
+    """A group that turns stampd's errors into one clear line and a stable exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except StampdError as error:
+            _report(ctx, error.to_dict(), str(error))
+            ctx.exit(exit_code_for(error))
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except KeyboardInterrupt:
+            click.echo("stampd: interrupted", err=True)
+            ctx.exit(130)
+        except Exception as error:
+            state = ctx.find_object(CliContext)
+            if state is not None and state.debug:
+                raise
+            detail = f"{type(error).__name__}: {error}"
+            _report(
+                ctx,
+                {"error_class": "internal", "message": detail},
+                f"internal error: {detail} (rerun with --debug for the traceback and report it)",
+            )
+            ctx.exit(ExitCode.INTERNAL)
+
+
+def _report(ctx: click.Context, document: dict[str, str], line: str) -> None:
+    if ctx.meta.get(JSON_META_KEY):
+        emit_json({"error": document})
+    click.echo(f"stampd: {line}", err=True)
+
+
+@click.group(cls=StampdGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "config_option",
+    metavar="FILE",
+    help="Configuration file (default: $STAMPD_CONFIG, else /etc/stampd/config.toml).",
+)
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logging.")
+@click.version_option(__version__, "-V", "--version", prog_name="stampd")
+@click.pass_context
+def cli(ctx: click.Context, config_option: str | None, debug: bool) -> None:
+    """stampd — verifiable proof of existence for the files in watched directories.
+
+    Every settled file gets RFC 3161 timestamps, OpenTimestamps anchors and seals as
+    sidecar files next to it, recorded in a local index. Query commands take --json.
+    """
+    ctx.obj = CliContext(config_option=config_option, debug=debug)
+
+
+cli.add_command(run_command)
+cli.add_command(status_command)
+cli.add_command(ls_command)
+cli.add_command(show_command)
+cli.add_command(digest_command)
+cli.add_command(config_group)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli.main(prog_name="stampd")

@@ -1,0 +1,187 @@
+"""``stampd status``, ``ls`` and ``show``: queries that read the index read-only.
+
+They work whether or not the daemon runs; ``status`` also asks the daemon over the control
+socket and says plainly when it is not there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from stampd.daemon import control
+from stampd.daemon.cli.context import cli_context
+from stampd.daemon.cli.exit_codes import ExitCode
+from stampd.daemon.cli.output import emit_json, json_option, say
+from stampd.daemon.config import Config
+from stampd.store import queries
+from stampd.store.index import index_path, open_reader, utc_now
+
+
+@contextmanager
+def _reader(config: Config) -> Iterator[sqlite3.Connection]:
+    conn = open_reader(index_path(config.daemon.state_dir))
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def _absolute(path: str) -> Path:
+    # abspath, not resolve(): the index holds paths as seen under the watch root, and a
+    # symlinked watch root must not turn into its target here.
+    return Path(os.path.abspath(path))  # noqa: PTH100 - resolve() would follow symlinks
+
+
+def _size(size: int | None) -> str:
+    if size is None:
+        return "-"
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"  # pragma: no cover - the loop always returns
+
+
+def _daemon_state(config: Config) -> dict[str, Any]:
+    try:
+        reply = control.request(config.daemon.control_socket, {"command": "status"}, timeout=2.0)
+    except control.DaemonUnreachableError as error:
+        return {"running": False, "reason": error.message}
+    if not isinstance(reply, dict) or not reply.get("ok"):
+        return {"running": True, "reason": "the daemon answered with an error", "reply": reply}
+    return {"running": True, **{k: v for k, v in reply.items() if k != "ok"}}
+
+
+def _counts_text(counts: dict[str, int]) -> str:
+    return ", ".join(f"{count:,} {name}" for name, count in sorted(counts.items())) or "none"
+
+
+@click.command("status")
+@json_option
+def status_command(as_json: bool) -> None:
+    """Show the daemon, the watches, and counts of files, proofs and jobs."""
+    config = cli_context().config()
+    daemon = _daemon_state(config)
+    path = index_path(config.daemon.state_dir)
+    summary: queries.StatusSummary | None = None
+    if path.exists():
+        with _reader(config) as conn:
+            summary = queries.status_summary(conn, now=utc_now())
+
+    if as_json:
+        emit_json(
+            {
+                "daemon": daemon,
+                "index": {"path": str(path), "exists": summary is not None},
+                "summary": dataclasses.asdict(summary) if summary else None,
+            }
+        )
+        return
+
+    if daemon["running"]:
+        click.echo(f"daemon:   running, pid {daemon.get('pid')}, since {daemon.get('started_at')}")
+    else:
+        click.echo(f"daemon:   not running — {daemon['reason']}")
+    if summary is None:
+        click.echo(f"index:    none yet at {path} — the daemon creates it when it first starts")
+        return
+    click.echo(f"index:    {path}")
+    click.echo(f"watches:  {len(summary.watches)}")
+    for watch in summary.watches:
+        click.echo(f"  {watch.path}  ({_counts_text(watch.files)})")
+    if summary.empty:
+        click.echo("nothing recorded yet: no file has settled under a watch")
+        return
+    click.echo(f"files:    {_counts_text(summary.files)}")
+    last = f" (last recorded {summary.last_recorded_at})" if summary.last_recorded_at else ""
+    click.echo(f"versions: {summary.versions:,}{last}")
+    proofs = "; ".join(
+        f"{kind} {_counts_text(by_status)}" for kind, by_status in sorted(summary.proofs.items())
+    )
+    click.echo(f"proofs:   {proofs or 'none yet'}")
+    backing_off = (
+        f" ({summary.jobs_backing_off:,} backing off after failures)"
+        if summary.jobs_backing_off
+        else ""
+    )
+    click.echo(f"jobs:     {_counts_text(summary.jobs)}{backing_off}")
+
+
+@click.command("ls")
+@click.argument("path", required=False, type=click.Path())
+@click.option("--limit", type=click.IntRange(min=1), help="List at most this many files.")
+@json_option
+def ls_command(path: str | None, limit: int | None, as_json: bool) -> None:
+    """List recorded files at or under PATH (default: everything) with their evidence."""
+    config = cli_context().config()
+    prefix = _absolute(path) if path else None
+    with _reader(config) as conn:
+        rows = queries.list_files(conn, prefix, limit=limit)
+        if as_json:
+            emit_json({"files": [dataclasses.asdict(row) for row in rows]})
+            return
+        count = 0
+        for row in rows:
+            count += 1
+            evidence = " ".join(f"{kind}:{status}" for kind, status in sorted(row.proofs.items()))
+            if row.pending_jobs:
+                evidence = f"{evidence} {row.pending_jobs} pending".strip()
+            click.echo(f"{row.state:<10} {_size(row.size):>10}  {evidence or '-':<24} {row.path}")
+    if count == 0:
+        where = f" under {prefix}" if prefix else ""
+        say(f"nothing recorded{where} yet")
+
+
+@click.command("show")
+@click.argument("path", type=click.Path())
+@json_option
+def show_command(path: str, as_json: bool) -> None:
+    """Show every version of PATH with its proofs, jobs and attempts."""
+    config = cli_context().config()
+    target = _absolute(path)
+    with _reader(config) as conn:
+        detail = queries.file_detail(conn, target)
+    if detail is None:
+        if as_json:
+            emit_json({"file": None, "path": str(target)})
+        say(f"stampd: {target} is not in the index (not under a watch, or not settled yet)")
+        raise click.exceptions.Exit(ExitCode.FAILURE)
+    if as_json:
+        emit_json({"file": dataclasses.asdict(detail)})
+        return
+    click.echo(f"{detail.path}")
+    click.echo(f"  watch:      {detail.watch}")
+    click.echo(f"  state:      {detail.state}")
+    if detail.problem:
+        click.echo(f"  problem:    {detail.problem_class}: {detail.problem}")
+    click.echo(f"  first seen: {detail.first_seen_at}")
+    for version in detail.versions:
+        marker = " (current)" if version.current else ""
+        click.echo(
+            f"  version {version.id}{marker}: {_size(version.size)}, hashed {version.hashed_at}"
+        )
+        click.echo(f"    sha256 {version.sha256}")
+        click.echo(f"    sha512 {version.sha512}")
+        for proof in version.proofs:
+            when = f" at {proof.gen_time}" if proof.gen_time else ""
+            by = f" by {proof.authority}" if proof.authority else ""
+            click.echo(f"    proof {proof.kind} {proof.status} from {proof.provider}{when}{by}")
+        for job in version.jobs:
+            error = f", last error {job.last_error_class}" if job.last_error_class else ""
+            click.echo(f"    job {job.kind} {job.action}: {job.state}, {job.tries} tries{error}")
+            for attempt in job.attempts:
+                outcome = attempt.error_class or "ok"
+                status = f" HTTP {attempt.http_status}" if attempt.http_status else ""
+                click.echo(
+                    f"      attempt {attempt.started_at} {attempt.provider}: {outcome}{status}"
+                    + (f" — {attempt.message}" if attempt.message else "")
+                )

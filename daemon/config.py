@@ -1,0 +1,698 @@
+"""The configuration file: TOML read into frozen dataclasses (DESIGN §8).
+
+Bad configuration is the one thing that stops the daemon (DESIGN §4 rule 2), so the reader
+reports every problem of a file at once, one line each, in the same shape: the key path
+(``watch[1].quiet``; array indices are 0-based, as in jq), the bad value, and what is expected::
+
+    watch[1].quiet: "2x" is not a duration (try "2s")
+
+Relative paths are relative to the directory of the configuration file; ``~`` is not expanded.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import json
+import os
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, time
+from pathlib import Path
+from typing import Any, Final, Literal, NamedTuple, TypeVar, get_args
+from urllib.parse import urlsplit
+
+from stampd.daemon.durations import format_duration, parse_duration
+from stampd.store.errors import StampdError
+
+#: Where the configuration lives unless ``--config`` or ``$STAMPD_CONFIG`` says otherwise.
+DEFAULT_CONFIG_PATH = Path("/etc/stampd/config.toml")
+#: The environment variable naming the configuration file.
+CONFIG_ENV_VAR = "STAMPD_CONFIG"
+
+#: Evidence kinds a watch can ask for (DESIGN §5; ``ers`` follows from renewal and batch mode).
+EVIDENCE_KINDS = ("tsr", "ots", "p7s", "attest")
+
+LogFormat = Literal["auto", "json", "console"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+SidecarLayout = Literal["adjacent", "mirror"]
+Selection = Literal["round-robin", "priority"]
+DigestName = Literal["sha256", "sha384", "sha512"]
+TimestampMode = Literal["per-file", "batch"]
+
+
+class ConfigError(StampdError):
+    """The configuration file is missing, unreadable, not TOML, or has invalid settings.
+
+    ``problems`` lists every invalid setting, one line each, without the file name.
+    """
+
+    error_class = "config"
+
+    def __init__(
+        self, message: str, *, hint: str | None = None, problems: Sequence[str] = ()
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.problems: tuple[str, ...] = tuple(problems)
+
+
+@dataclass(frozen=True)
+class DaemonSettings:
+    """The ``[daemon]`` section: where state lives and how the daemon reports."""
+
+    state_dir: Path
+    control_socket: Path
+    log_format: LogFormat
+    log_level: LogLevel
+    #: (host, port) to serve Prometheus metrics on, or None for no metrics endpoint.
+    metrics: tuple[str, int] | None
+
+
+@dataclass(frozen=True)
+class WatchConfig:
+    """One ``[[watch]]``: a directory tree, which of its files to stamp, and with what."""
+
+    path: Path
+    evidence: tuple[str, ...]
+    include: tuple[str, ...]
+    exclude: tuple[str, ...]
+    #: Seconds without events after which a file counts as settled.
+    quiet: float
+    sidecars: SidecarLayout
+
+
+@dataclass(frozen=True)
+class TsaConfig:
+    """One ``[[timestamp.tsa]]``: an RFC 3161 time-stamping authority."""
+
+    name: str
+    url: str
+    #: PEM file of the roots the TSA's tokens must chain to; None for the default trust store.
+    trust: Path | None
+    #: Seconds to leave between two requests to this TSA.
+    min_interval: float
+
+
+@dataclass(frozen=True)
+class TimestampConfig:
+    """The ``[timestamp]`` section: how RFC 3161 timestamps are requested, and from whom."""
+
+    selection: Selection
+    #: Seconds before one request to a TSA is given up.
+    timeout: float
+    digest: DigestName
+    mode: TimestampMode
+    tsa: tuple[TsaConfig, ...]
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole, valid configuration."""
+
+    #: The absolute path of the file it was read from.
+    source: Path
+    daemon: DaemonSettings
+    watches: tuple[WatchConfig, ...]
+    timestamp: TimestampConfig
+
+
+def config_path_from(option: str | None, environ: Mapping[str, str]) -> Path:
+    """The configuration file to use: ``--config``, else ``$STAMPD_CONFIG``, else the default."""
+    if option is not None:
+        return Path(option)
+    from_environment = environ.get(CONFIG_ENV_VAR)
+    if from_environment:  # an empty variable counts as unset, as shells treat it
+        return Path(from_environment)
+    return DEFAULT_CONFIG_PATH
+
+
+# A configuration is a few kilobytes; the cap turns `--config /dev/zero` into an error, not a hang.
+_MAX_CONFIG_BYTES = 1 << 20
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate the configuration file at ``path``.
+
+    Raises :class:`ConfigError` naming the file when it cannot be read, is not TOML (with the
+    line and column), or holds invalid settings (all of them).
+    """
+    try:
+        with path.open("rb") as file:
+            raw = file.read(_MAX_CONFIG_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: no such configuration file",
+            hint=f"create it from config.example.toml, or name another with --config FILE"
+            f" or ${CONFIG_ENV_VAR}",
+        ) from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read the configuration: {error.strerror}") from None
+    if len(raw) > _MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than 1 MiB, which is not a stampd configuration")
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (bad byte at offset {error.start})",
+            hint="TOML files are UTF-8",
+        ) from None
+    except tomllib.TOMLDecodeError as error:
+        # tomllib's message ends with "(at line L, column C)".
+        raise ConfigError(f"{path}: invalid TOML: {error}") from None
+    return parse_config(data, source=path)
+
+
+def parse_config(data: Mapping[str, Any], *, source: Path) -> Config:
+    """Validate parsed TOML ``data`` read from the file ``source``.
+
+    Relative paths are resolved against ``source``'s directory. The only I/O is checking that
+    the ``trust`` files named by TSAs are readable. Raises one :class:`ConfigError` listing
+    every problem.
+    """
+    problems = _Problems()
+    root = _Table(data, "", "the top level", problems, base_dir=source.absolute().parent)
+    root.check_keys(("daemon", "watch", "timestamp"))
+
+    daemon = _daemon_settings(root.table("daemon", "[daemon]"))
+    if root.get("watch") in (_MISSING, []):
+        problems.add("watch", 'none configured (add a [[watch]] with path = "/srv/records")')
+    # Watches without a valid path are left out of the cross-checks (their problem is reported).
+    watches: list[tuple[str, WatchConfig]] = []
+    for watch_table in root.tables("watch", "[[watch]]"):
+        watch = _watch(watch_table)
+        if watch is not None:
+            watches.append((watch_table.key_path, watch))
+    _check_overlaps(problems, daemon, watches)
+    timestamp_table = root.table("timestamp", "[timestamp]")
+    timestamp = _timestamp(timestamp_table)
+    # A `tsa` of the wrong type is reported already; "tsr needs a TSA" would only repeat it.
+    if not timestamp.tsa and timestamp_table.get("tsa") in (_MISSING, []):
+        for key, watch in watches:
+            if "tsr" in watch.evidence:
+                problems.add(
+                    f"{key}.evidence",
+                    '"tsr" needs a time-stamping authority (add a [[timestamp.tsa]])',
+                )
+    if problems:
+        raise _config_error(source, problems)
+    return Config(
+        source=source.absolute(),
+        daemon=daemon,
+        watches=tuple(watch for _, watch in watches),
+        timestamp=timestamp,
+    )
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    """The effective configuration as JSON-ready data, shaped like the TOML file.
+
+    Paths are absolute strings, durations are formatted back (``"2s"``), metrics is
+    ``"host:port"``, and unset optional settings are None. Feeding the result back to
+    :func:`parse_config` gives an equal configuration.
+    """
+    daemon = config.daemon
+    timestamp = config.timestamp
+    return {
+        "daemon": {
+            "state_dir": str(daemon.state_dir),
+            "control_socket": str(daemon.control_socket),
+            "log_format": daemon.log_format,
+            "log_level": daemon.log_level,
+            "metrics": None if daemon.metrics is None else _format_address(*daemon.metrics),
+        },
+        "watch": [
+            {
+                "path": str(watch.path),
+                "evidence": list(watch.evidence),
+                "include": list(watch.include),
+                "exclude": list(watch.exclude),
+                "quiet": format_duration(watch.quiet),
+                "sidecars": watch.sidecars,
+            }
+            for watch in config.watches
+        ],
+        "timestamp": {
+            "selection": timestamp.selection,
+            "timeout": format_duration(timestamp.timeout),
+            "digest": timestamp.digest,
+            "mode": timestamp.mode,
+            "tsa": [
+                {
+                    "name": tsa.name,
+                    "url": tsa.url,
+                    "trust": None if tsa.trust is None else str(tsa.trust),
+                    "min_interval": format_duration(tsa.min_interval),
+                }
+                for tsa in timestamp.tsa
+            ],
+        },
+    }
+
+
+# --- sections -------------------------------------------------------------------------------
+
+_DAEMON_KEYS = ("state_dir", "control_socket", "log_format", "log_level", "metrics")
+_WATCH_KEYS = ("path", "evidence", "include", "exclude", "quiet", "sidecars")
+_TIMESTAMP_KEYS = ("selection", "timeout", "digest", "mode", "tsa")
+_TSA_KEYS = ("name", "url", "trust", "min_interval")
+# Used to point a misplaced key to its table: a key written after `[[timestamp.tsa]]` belongs
+# to that TSA in TOML, a classic surprise.
+_KEYS_BY_TABLE = {
+    "[daemon]": _DAEMON_KEYS,
+    "[[watch]]": _WATCH_KEYS,
+    "[timestamp]": _TIMESTAMP_KEYS,
+    "[[timestamp.tsa]]": _TSA_KEYS,
+}
+_TSA_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
+_URL_PASSWORD = re.compile(r"(://[^/@:]*:)[^/@]*@")
+
+
+def _daemon_settings(table: _Table) -> DaemonSettings:
+    table.check_keys(_DAEMON_KEYS)
+    return DaemonSettings(
+        state_dir=table.path("state_dir", "/var/lib/stampd"),
+        control_socket=table.path("control_socket", "/run/stampd/control.sock"),
+        log_format=table.choice("log_format", get_args(LogFormat), "auto"),
+        log_level=table.choice("log_level", get_args(LogLevel), "info"),
+        metrics=_metrics_address(table),
+    )
+
+
+def _metrics_address(table: _Table) -> tuple[str, int] | None:
+    text = table.optional_string("metrics")
+    if text is None:
+        return None
+    host, colon, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):  # [::1]:9464
+        host = host[1:-1]
+    elif ":" in host:  # an IPv6 address needs brackets, or the port is ambiguous
+        host = ""
+    if colon and host and port.isascii() and port.isdigit() and 1 <= int(port) <= 65535:
+        return host, int(port)
+    table.add(
+        "metrics",
+        f'{_show(text)} must be HOST:PORT with a port from 1 to 65535 (like "127.0.0.1:9464")',
+    )
+    return None
+
+
+def _watch(table: _Table) -> WatchConfig | None:
+    """One watch, or None when its path is missing or invalid (and reported)."""
+    table.check_keys(_WATCH_KEYS)
+    path = table.required_path("path")
+    watch = WatchConfig(
+        path=path or Path("/"),
+        evidence=_evidence(table),
+        include=_patterns(table, "include", ("**",)),
+        exclude=_patterns(table, "exclude", ()),
+        quiet=table.duration("quiet", "2s", allow_zero=False),
+        sidecars=table.choice("sidecars", get_args(SidecarLayout), "adjacent"),
+    )
+    return None if path is None else watch
+
+
+def _evidence(table: _Table) -> tuple[str, ...]:
+    kinds = table.strings("evidence", ("tsr",))
+    key = table.key("evidence")
+    expected = ", ".join(f'"{kind}"' for kind in EVIDENCE_KINDS)
+    if not kinds:
+        table.add("evidence", f"[] must name at least one evidence kind ({expected})")
+    first_seen: dict[str, int] = {}
+    for index, kind in enumerate(kinds):
+        if kind in first_seen:
+            table.problems.add(
+                f"{key}[{index}]",
+                f"{_show(kind)} is already listed as {key}[{first_seen[kind]}] (list a kind once)",
+            )
+            continue
+        first_seen[kind] = index
+        if kind not in EVIDENCE_KINDS:
+            table.problems.add(f"{key}[{index}]", f"{_show(kind)} must be one of {expected}")
+    return tuple(kind for kind in first_seen if kind in EVIDENCE_KINDS)
+
+
+def _patterns(table: _Table, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    patterns = table.strings(name, default)
+    if name == "include" and not patterns:
+        table.add(name, '[] matches no file (use ["**"] for every file)')
+    for index, pattern in enumerate(patterns):
+        if not pattern:
+            table.problems.add(f"{table.key(name)}[{index}]", '"" must be a non-empty pattern')
+    return patterns
+
+
+def _timestamp(table: _Table) -> TimestampConfig:
+    table.check_keys(_TIMESTAMP_KEYS)
+    selection = table.choice("selection", get_args(Selection), "round-robin")
+    timeout = table.duration("timeout", "10s", allow_zero=False)
+    digest = table.choice("digest", get_args(DigestName), "sha256")
+    mode = table.choice("mode", get_args(TimestampMode), "per-file")
+    tsa_tables = table.tables("tsa", "[[timestamp.tsa]]")
+    tsas = [_tsa(tsa_table) for tsa_table in tsa_tables]
+    first_use: dict[str, str] = {}
+    for tsa_table, tsa in zip(tsa_tables, tsas, strict=True):
+        if not tsa.name:
+            continue
+        if tsa.name in first_use:
+            tsa_table.add(
+                "name",
+                f"{_show(tsa.name)} is already the name of {first_use[tsa.name]}"
+                " (names must be unique)",
+            )
+        else:
+            first_use[tsa.name] = tsa_table.key_path
+    return TimestampConfig(
+        selection=selection, timeout=timeout, digest=digest, mode=mode, tsa=tuple(tsas)
+    )
+
+
+def _tsa(table: _Table) -> TsaConfig:
+    """One TSA; a name that is missing or invalid comes back empty (and is reported)."""
+    table.check_keys(_TSA_KEYS)
+    name = table.required_string("name") or ""
+    if name and not _TSA_NAME.fullmatch(name):
+        expected = 'lowercase letters, digits, "-" and "_", starting with a letter or digit'
+        suggestion = re.sub(r"[^a-z0-9_-]+", "-", name.lower()).strip("-_")
+        if _TSA_NAME.fullmatch(suggestion):
+            expected += f' (try "{suggestion}")'
+        table.add("name", f"{_show(name)} must be {expected}")
+        name = ""
+    url = table.required_string("url") or ""
+    if url:
+        problem = _url_problem(url)
+        if problem:
+            table.add("url", problem)
+    trust = table.optional_path("trust")
+    if trust is not None:
+        problem = _unreadable_file_problem(trust)
+        if problem:
+            table.add(
+                "trust",
+                f"{_show(str(trust))} {problem} (expected a readable PEM file of root"
+                " certificates)",
+            )
+    return TsaConfig(
+        name=name,
+        url=url,
+        trust=trust,
+        min_interval=table.duration("min_interval", "0s", allow_zero=True),
+    )
+
+
+def _url_problem(url: str) -> str | None:
+    # DESIGN §4 rule 7: a password in a URL must not be echoed into messages and logs.
+    shown = _show(_URL_PASSWORD.sub(r"\1***@", url))
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises ValueError for a port that is not a number in 0..65535
+    except ValueError:
+        return f"{shown} is not a valid URL"
+    if parts.password is not None:
+        return f"{shown} must not contain a password (secrets belong in files, not the config)"
+    if parts.scheme not in ("http", "https"):
+        return f"{shown} must be an http:// or https:// URL"
+    if not parts.hostname:
+        return f"{shown} has no host (expected http://HOST/...)"
+    if any(character.isspace() for character in url):
+        return f"{shown} must not contain spaces"
+    return None
+
+
+def _unreadable_file_problem(path: Path) -> str | None:
+    if not path.exists():
+        return "does not exist"
+    if not path.is_file():  # a FIFO would block the open below; a directory cannot be read
+        return "is not a regular file"
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as error:
+        return f"cannot be read ({error.strerror})"
+    return None
+
+
+def _check_overlaps(
+    problems: _Problems, daemon: DaemonSettings, watches: Sequence[tuple[str, WatchConfig]]
+) -> None:
+    """Each directory belongs to at most one watch, and stampd never watches its own state."""
+    for (first_key, first), (second_key, second) in itertools.combinations(watches, 2):
+        if first.path == second.path:
+            problems.add(
+                f"{second_key}.path",
+                f"{_show(str(second.path))} is also {first_key}.path (watch a directory once)",
+            )
+        elif first.path in second.path.parents or second.path in first.path.parents:
+            inner_key, inner, outer_key, outer = (
+                (second_key, second, first_key, first)
+                if first.path in second.path.parents
+                else (first_key, first, second_key, second)
+            )
+            problems.add(
+                f"{inner_key}.path",
+                f"{_show(str(inner.path))} is inside {outer_key}.path {_show(str(outer.path))}"
+                " (watches must not be nested; use exclude to leave a subtree out)",
+            )
+    state_dir = daemon.state_dir
+    for key, watch in watches:
+        if state_dir == watch.path or watch.path in state_dir.parents:
+            problems.add(
+                "daemon.state_dir",
+                f"{_show(str(state_dir))} is inside {key}.path {_show(str(watch.path))}"
+                " (stampd would stamp its own files; keep the state elsewhere)",
+            )
+        elif state_dir in watch.path.parents:
+            problems.add(
+                f"{key}.path",
+                f"{_show(str(watch.path))} is inside daemon.state_dir {_show(str(state_dir))}"
+                " (stampd would stamp its own files)",
+            )
+
+
+# --- reading tables -------------------------------------------------------------------------
+
+
+class _Problem(NamedTuple):
+    text: str  # starts with the key path
+    hint: str | None
+
+    def line(self) -> str:
+        # Rendered like StampdError.__str__, so one problem reads the same alone or in a list.
+        return f"{self.text} ({self.hint})" if self.hint else self.text
+
+
+class _Problems(list[_Problem]):
+    def add(self, key: str, text: str, hint: str | None = None) -> None:
+        self.append(_Problem(f"{key}: {text}", hint))
+
+
+def _config_error(source: Path, problems: Sequence[_Problem]) -> ConfigError:
+    lines = [problem.line() for problem in problems]
+    if len(problems) == 1:
+        return ConfigError(f"{source}: {problems[0].text}", hint=problems[0].hint, problems=lines)
+    listing = "".join(f"\n  - {line}" for line in lines)
+    return ConfigError(f"{source}: {len(problems)} errors{listing}", problems=lines)
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "<missing>"
+
+
+_MISSING: Final = _Missing()
+_T = TypeVar("_T", bound=str)
+
+
+class _Table:
+    """One TOML table being validated: its values, its key path, and where problems go.
+
+    Getters never raise: they report a problem and return a stand-in value, so that reading
+    goes on and every problem of the file is found. Stand-ins never reach a Config, because
+    :func:`parse_config` raises when any problem was reported.
+    """
+
+    def __init__(
+        self,
+        data: Mapping[str, Any],
+        key_path: str,
+        title: str,
+        problems: _Problems,
+        *,
+        base_dir: Path,
+    ) -> None:
+        self.data = data
+        self.key_path = key_path
+        self.title = title
+        self.problems = problems
+        self.base_dir = base_dir
+
+    def key(self, name: str) -> str:
+        return f"{self.key_path}.{name}" if self.key_path else name
+
+    def add(self, name: str, text: str, hint: str | None = None) -> None:
+        self.problems.add(self.key(name), text, hint)
+
+    def get(self, name: str) -> Any:
+        value = self.data.get(name)
+        # TOML has no null; None arrives only from config_to_dict output and means "unset".
+        return _MISSING if value is None else value
+
+    def check_keys(self, allowed: tuple[str, ...]) -> None:
+        at_top = not self.key_path
+        for name in self.data:
+            if name in allowed:
+                continue
+            is_section = at_top and isinstance(self.data[name], Mapping | list)
+            what = "unknown section" if is_section else "unknown key"
+            close = difflib.get_close_matches(name, allowed, n=1)
+            homes = [
+                title
+                for title, keys in _KEYS_BY_TABLE.items()
+                if name in keys and title != self.title
+            ]
+            if close:
+                what += f' (did you mean "{close[0]}"?)'
+            elif homes:
+                what += f" (it belongs in {' or '.join(homes)})"
+            listing = ", ".join(allowed)
+            hint = (
+                f"valid sections: {listing}" if at_top else f"valid keys in {self.title}: {listing}"
+            )
+            self.problems.add(self.key(name), what, hint)
+
+    def table(self, name: str, title: str) -> _Table:
+        """The sub-table ``name`` (empty when absent or invalid)."""
+        value = self.get(name)
+        if value is _MISSING:
+            value = {}
+        elif isinstance(value, list):
+            self.add(name, f"must be a single table (write {title}, not [{title}])")
+            value = {}
+        elif not isinstance(value, Mapping):
+            self.add(name, f"{_show(value)} must be a table ({title})")
+            value = {}
+        return _Table(value, self.key(name), title, self.problems, base_dir=self.base_dir)
+
+    def tables(self, name: str, title: str) -> list[_Table]:
+        """The array of tables ``name`` (empty when absent or invalid)."""
+        value = self.get(name)
+        if value is _MISSING:
+            return []
+        if isinstance(value, Mapping):
+            self.add(name, f"must be an array of tables (write {title}, not {title[1:-1]})")
+            return []
+        if not isinstance(value, list):
+            self.add(name, f"{_show(value)} must be an array of tables ({title})")
+            return []
+        found = []
+        for index, item in enumerate(value):
+            key = f"{self.key(name)}[{index}]"
+            if isinstance(item, Mapping):
+                found.append(_Table(item, key, title, self.problems, base_dir=self.base_dir))
+            else:
+                self.problems.add(key, f"{_show(item)} must be a table ({title})")
+        return found
+
+    def _string(self, name: str, *, required: bool) -> str | None:
+        value = self.get(name)
+        if value is _MISSING:
+            if required:
+                self.add(name, f"is missing (required in every {self.title})")
+            return None
+        if not isinstance(value, str):
+            self.add(name, f"{_show(value)} must be a string")
+            return None
+        return value
+
+    def required_string(self, name: str) -> str | None:
+        return self._string(name, required=True)
+
+    def optional_string(self, name: str) -> str | None:
+        return self._string(name, required=False)
+
+    def choice(self, name: str, choices: tuple[_T, ...], default: _T) -> _T:
+        value = self._string(name, required=False)
+        if value is None:
+            return default
+        for choice in choices:
+            if value == choice:
+                return choice
+        expected = ", ".join(f'"{choice}"' for choice in choices)
+        close = difflib.get_close_matches(value, choices, n=1)
+        suggestion = f' (did you mean "{close[0]}"?)' if close else ""
+        self.add(name, f"{_show(value)} must be one of {expected}{suggestion}")
+        return default
+
+    def strings(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        value = self.get(name)
+        if value is _MISSING:
+            return default
+        if isinstance(value, str):
+            self.add(name, f"{_show(value)} must be a list of strings (try {_show([value])})")
+            return default
+        if not isinstance(value, list):
+            self.add(name, f"{_show(value)} must be a list of strings")
+            return default
+        valid = True
+        for index, item in enumerate(value):
+            if not isinstance(item, str):
+                self.problems.add(f"{self.key(name)}[{index}]", f"{_show(item)} must be a string")
+                valid = False
+        return tuple(value) if valid else default
+
+    def duration(self, name: str, default: str, *, allow_zero: bool) -> float:
+        value = self.get(name)
+        if value is _MISSING:
+            return parse_duration(default)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            # Durations are strings so that the unit is always written down (DESIGN §8).
+            self.add(name, f'{_show(value)} must be a string with a unit (try "{value}s")')
+            return parse_duration(default)
+        if not isinstance(value, str):
+            self.add(name, f"{_show(value)} must be a string with a unit (like {_show(default)})")
+            return parse_duration(default)
+        try:
+            seconds = parse_duration(value)
+        except ValueError as error:
+            self.add(name, f"{_show(value)} {error}")
+            return parse_duration(default)
+        if seconds == 0 and not allow_zero:
+            self.add(name, f"{_show(value)} must be more than 0s (like {_show(default)})")
+            return parse_duration(default)
+        return seconds
+
+    def _resolve(self, name: str, text: str) -> Path | None:
+        if not text or "\0" in text:
+            self.add(name, f"{_show(text)} must be a path")
+            return None
+        # Lexically normalised, so that "a/../b" and "b" compare equal in the overlap checks;
+        # symlinks are left alone because the paths need not exist yet.
+        return Path(os.path.normpath(self.base_dir / text))
+
+    def path(self, name: str, default: str) -> Path:
+        text = self._string(name, required=False)
+        resolved = None if text is None else self._resolve(name, text)
+        return resolved or Path(default)
+
+    def required_path(self, name: str) -> Path | None:
+        text = self._string(name, required=True)
+        return None if text is None else self._resolve(name, text)
+
+    def optional_path(self, name: str) -> Path | None:
+        text = self._string(name, required=False)
+        return None if text is None else self._resolve(name, text)
+
+
+def _show(value: object) -> str:
+    """``value`` as it would be written in TOML, shortened to keep messages on one line."""
+    if isinstance(value, Mapping):
+        return "a table"
+    if isinstance(value, date | time):
+        return value.isoformat()
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

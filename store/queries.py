@@ -1,0 +1,310 @@
+"""Read models over the index for ``stampd status``, ``ls`` and ``show``.
+
+Every query here runs on a read-only connection (:func:`stampd.store.index.open_reader`) and
+is shaped to use an index, so it stays fast with a million versions (bench/bench_index.py).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class WatchSummary:
+    path: str
+    files: dict[str, int]
+
+
+@dataclass(frozen=True)
+class StatusSummary:
+    """The index at a glance."""
+
+    watches: tuple[WatchSummary, ...]
+    files: dict[str, int]
+    versions: int
+    proofs: dict[str, dict[str, int]]
+    jobs: dict[str, int]
+    jobs_backing_off: int
+    last_recorded_at: str | None
+
+    @property
+    def empty(self) -> bool:
+        """True while no version has been recorded."""
+        return self.versions == 0
+
+
+@dataclass(frozen=True)
+class FileListing:
+    """One line of ``stampd ls``: a file, its current version and its evidence."""
+
+    path: str
+    state: str
+    size: int | None
+    sha256: str | None
+    versions: int
+    proofs: dict[str, str]
+    pending_jobs: int
+
+
+@dataclass(frozen=True)
+class AttemptRow:
+    provider: str
+    started_at: str
+    latency_ms: float | None
+    error_class: str | None
+    http_status: int | None
+    message: str | None
+
+
+@dataclass(frozen=True)
+class JobRow:
+    id: int
+    kind: str
+    action: str
+    state: str
+    tries: int
+    next_try_at: str
+    last_error_class: str | None
+    last_error: str | None
+    attempts: tuple[AttemptRow, ...]
+
+
+@dataclass(frozen=True)
+class ProofRow:
+    id: int
+    kind: str
+    provider: str
+    status: str
+    digest_alg: str
+    digest: str
+    gen_time: str | None
+    serial: str | None
+    authority: str | None
+    not_after: str | None
+    sidecar_sha256: str | None
+    parent_id: int | None
+
+
+@dataclass(frozen=True)
+class VersionDetail:
+    id: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    sha256: str
+    sha512: str
+    seen_at: str
+    hashed_at: str
+    current: bool
+    proofs: tuple[ProofRow, ...] = field(default=())
+    jobs: tuple[JobRow, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class FileDetail:
+    """Everything ``stampd show`` tells about one path."""
+
+    path: str
+    watch: str
+    state: str
+    problem_class: str | None
+    problem: str | None
+    first_seen_at: str
+    versions: tuple[VersionDetail, ...]
+
+
+def _counts(conn: sqlite3.Connection, sql: str, *params: Any) -> dict[str, int]:
+    return {str(key): int(count) for key, count in conn.execute(sql, params).fetchall()}
+
+
+def status_summary(conn: sqlite3.Connection, *, now: str) -> StatusSummary:
+    """Counts by state over the whole index (``now`` in the index's time format)."""
+    watches = tuple(
+        WatchSummary(
+            path=row["path"],
+            files=_counts(
+                conn,
+                "SELECT state, COUNT(*) FROM files WHERE watch_id = ? GROUP BY state",
+                row["id"],
+            ),
+        )
+        for row in conn.execute("SELECT id, path FROM watches ORDER BY path")
+    )
+    proofs: dict[str, dict[str, int]] = {}
+    for kind, status, count in conn.execute(
+        "SELECT kind, status, COUNT(*) FROM proofs GROUP BY kind, status"
+    ):
+        proofs.setdefault(kind, {})[status] = count
+    backing_off = conn.execute(
+        "SELECT COUNT(*) FROM jobs WHERE state = 'pending' AND next_try_at > ? AND tries > 0",
+        (now,),
+    ).fetchone()[0]
+    # MAX(id) walks the primary key from its end; MAX(hashed_at) would scan the table.
+    last = conn.execute(
+        "SELECT hashed_at FROM versions WHERE id = (SELECT MAX(id) FROM versions)"
+    ).fetchone()
+    return StatusSummary(
+        watches=watches,
+        files=_counts(conn, "SELECT state, COUNT(*) FROM files GROUP BY state"),
+        versions=conn.execute("SELECT COUNT(*) FROM versions").fetchone()[0],
+        proofs=proofs,
+        jobs=_counts(conn, "SELECT state, COUNT(*) FROM jobs GROUP BY state"),
+        jobs_backing_off=int(backing_off),
+        last_recorded_at=last[0] if last else None,
+    )
+
+
+def _prefix_bounds(prefix: Path) -> tuple[str, str, str]:
+    """``(exact, low, high)`` so that ``path = exact OR (path >= low AND path < high)``
+    selects ``prefix`` and everything below it with a range scan on the path index.
+
+    "0" is the character after "/", so ``[dir/, dir0)`` is exactly the subtree.
+    """
+    exact = str(prefix)
+    base = exact.rstrip("/")
+    return exact, base + "/", base + "0"
+
+
+def list_files(
+    conn: sqlite3.Connection, prefix: Path | None = None, *, limit: int | None = None
+) -> Iterator[FileListing]:
+    """Files at or under ``prefix`` (all files when None), in path order."""
+    where = ""
+    params: list[Any] = []
+    if prefix is not None:
+        exact, low, high = _prefix_bounds(prefix)
+        where = "WHERE f.path = ? OR (f.path >= ? AND f.path < ?)"
+        params = [exact, low, high]
+    # Only the constant WHERE clause above is interpolated; values are bound parameters.
+    sql = f"""
+        SELECT f.id, f.path, f.state, v.id AS version_id, v.size, v.sha256,
+               (SELECT COUNT(*) FROM versions WHERE file_id = f.id) AS versions
+        FROM files f LEFT JOIN versions v ON v.id = f.current_version_id
+        {where}
+        ORDER BY f.path
+    """  # noqa: S608
+    if limit is not None:
+        sql += " LIMIT ?"
+        params.append(limit)
+    for row in conn.execute(sql, params).fetchall():
+        version_id = row["version_id"]
+        proofs: dict[str, str] = {}
+        pending = 0
+        if version_id is not None:
+            for kind, status in conn.execute(
+                "SELECT kind, status FROM proofs WHERE version_id = ? ORDER BY id", (version_id,)
+            ):
+                # A complete proof outranks a pending or invalid one of the same kind.
+                if proofs.get(kind) != "complete":
+                    proofs[kind] = status
+            pending = conn.execute(
+                "SELECT COUNT(*) FROM jobs WHERE version_id = ? AND state IN ('pending','running')",
+                (version_id,),
+            ).fetchone()[0]
+        yield FileListing(
+            path=row["path"],
+            state=row["state"],
+            size=row["size"],
+            sha256=row["sha256"],
+            versions=row["versions"],
+            proofs=proofs,
+            pending_jobs=int(pending),
+        )
+
+
+def file_detail(conn: sqlite3.Connection, path: Path) -> FileDetail | None:
+    """Versions (newest first) with their proofs, jobs and attempts; None if never seen."""
+    row = conn.execute(
+        "SELECT f.*, w.path AS watch FROM files f JOIN watches w ON w.id = f.watch_id"
+        " WHERE f.path = ?",
+        (str(path),),
+    ).fetchone()
+    if row is None:
+        return None
+    versions = tuple(
+        VersionDetail(
+            id=v["id"],
+            size=v["size"],
+            mtime_ns=v["mtime_ns"],
+            ctime_ns=v["ctime_ns"],
+            sha256=v["sha256"],
+            sha512=v["sha512"],
+            seen_at=v["seen_at"],
+            hashed_at=v["hashed_at"],
+            current=v["id"] == row["current_version_id"],
+            proofs=_proofs_of(conn, v["id"]),
+            jobs=_jobs_of(conn, v["id"]),
+        )
+        for v in conn.execute(
+            "SELECT * FROM versions WHERE file_id = ? ORDER BY id DESC", (row["id"],)
+        ).fetchall()
+    )
+    return FileDetail(
+        path=row["path"],
+        watch=row["watch"],
+        state=row["state"],
+        problem_class=row["problem_class"],
+        problem=row["problem"],
+        first_seen_at=row["first_seen_at"],
+        versions=versions,
+    )
+
+
+def _proofs_of(conn: sqlite3.Connection, version_id: int) -> tuple[ProofRow, ...]:
+    return tuple(
+        ProofRow(
+            id=p["id"],
+            kind=p["kind"],
+            provider=p["provider"],
+            status=p["status"],
+            digest_alg=p["digest_alg"],
+            digest=p["digest"],
+            gen_time=p["gen_time"],
+            serial=p["serial"],
+            authority=p["authority"],
+            not_after=p["not_after"],
+            sidecar_sha256=p["sidecar_sha256"],
+            parent_id=p["parent_id"],
+        )
+        for p in conn.execute(
+            "SELECT * FROM proofs WHERE version_id = ? ORDER BY id", (version_id,)
+        ).fetchall()
+    )
+
+
+def _jobs_of(conn: sqlite3.Connection, version_id: int) -> tuple[JobRow, ...]:
+    jobs = []
+    for j in conn.execute(
+        "SELECT * FROM jobs WHERE version_id = ? ORDER BY id", (version_id,)
+    ).fetchall():
+        attempts = tuple(
+            AttemptRow(
+                provider=a["provider"],
+                started_at=a["started_at"],
+                latency_ms=a["latency_ms"],
+                error_class=a["error_class"],
+                http_status=a["http_status"],
+                message=a["message"],
+            )
+            for a in conn.execute(
+                "SELECT * FROM attempts WHERE job_id = ? ORDER BY id", (j["id"],)
+            ).fetchall()
+        )
+        jobs.append(
+            JobRow(
+                id=j["id"],
+                kind=j["kind"],
+                action=j["action"],
+                state=j["state"],
+                tries=j["tries"],
+                next_try_at=j["next_try_at"],
+                last_error_class=j["last_error_class"],
+                last_error=j["last_error"],
+                attempts=attempts,
+            )
+        )
+    return tuple(jobs)

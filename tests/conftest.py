@@ -1,0 +1,50 @@
+"""Shared test fixtures: external tools, configurations on disk, and the `stampd` CLI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+def require_tool(name: str) -> str:
+    """The path of an external tool; skip the test when it is missing.
+
+    CI sets STAMPD_REQUIRE_INTEROP=1, which turns that skip into a failure, so an
+    interoperability check can never silently stop running (DESIGN §10).
+    """
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed"
+        if os.environ.get("STAMPD_REQUIRE_INTEROP") == "1":
+            pytest.fail(f"{message} (STAMPD_REQUIRE_INTEROP=1: .ci/run must install it)")
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture
+def make_config(tmp_path: Path) -> Callable[..., Path]:
+    """Write a minimal valid configuration (one watch, no network evidence) plus extra TOML."""
+
+    def make(extra: str = "", *, evidence: str = '["ots"]') -> Path:
+        watch = tmp_path / "watched"
+        watch.mkdir(exist_ok=True)
+        config = tmp_path / "config.toml"
+        config.write_text(
+            "[daemon]\n"
+            f'state_dir = "{tmp_path / "state"}"\n'
+            f'control_socket = "{tmp_path / "control.sock"}"\n'
+            'log_format = "json"\n'
+            "[[watch]]\n"
+            f'path = "{watch}"\n'
+            f"evidence = {evidence}\n" + extra
+        )
+        return config
+
+    return make

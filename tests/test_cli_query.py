@@ -1,0 +1,144 @@
+"""`stampd status`, `ls`, `show` read the index read-only and say plainly when it is empty."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from stampd.daemon.cli.app import cli
+from stampd.store.index import Index, VersionFacts, index_path
+
+
+def _run(config: Path, *args: str) -> Result:
+    return CliRunner().invoke(cli, ["--config", str(config), *args])
+
+
+@pytest.fixture
+def config(make_config: Callable[..., Path]) -> Path:
+    return make_config()
+
+
+def _populate(config: Path) -> Path:
+    state = config.parent / "state"
+    state.mkdir(exist_ok=True)
+    watched = config.parent / "watched"
+    with Index.open(index_path(state)) as index:
+        watch = index.ensure_watch(watched)
+        for name, digest in (("a.pdf", "1"), ("sub/b.txt", "2")):
+            index.record_version(
+                watch_id=watch,
+                path=watched / name,
+                facts=VersionFacts(2048, 1, 2, 3, 4, digest * 64, digest * 128),
+                evidence=["ots"],
+            )
+    return watched
+
+
+def test_status_without_index_or_daemon(config: Path) -> None:
+    result = _run(config, "status")
+    assert result.exit_code == 0
+    assert "daemon:   not running" in result.stdout
+    assert "no control socket at" in result.stdout
+    assert "index:    none yet at" in result.stdout
+
+
+def test_status_json_without_index(config: Path) -> None:
+    result = _run(config, "status", "--json")
+    assert result.exit_code == 0
+    document = json.loads(result.stdout)
+    assert document["daemon"]["running"] is False
+    assert document["index"]["exists"] is False
+    assert document["summary"] is None
+
+
+def test_status_on_an_empty_index(config: Path) -> None:
+    (config.parent / "state").mkdir()
+    with Index.open(index_path(config.parent / "state")):
+        pass
+    result = _run(config, "status")
+    assert result.exit_code == 0
+    assert "nothing recorded yet" in result.stdout
+
+
+def test_status_counts(config: Path) -> None:
+    _populate(config)
+    result = _run(config, "status")
+    assert result.exit_code == 0, result.output
+    assert "files:    2 present" in result.stdout
+    assert "versions: 2" in result.stdout
+    assert "jobs:     2 pending" in result.stdout
+    document = json.loads(_run(config, "status", "--json").stdout)
+    assert document["summary"]["versions"] == 2
+    assert document["summary"]["jobs"] == {"pending": 2}
+
+
+def test_ls_lists_files_under_a_path(config: Path) -> None:
+    watched = _populate(config)
+    everything = _run(config, "ls")
+    assert everything.exit_code == 0
+    assert [line.split()[-1] for line in everything.stdout.splitlines()] == [
+        str(watched / "a.pdf"),
+        str(watched / "sub/b.txt"),
+    ]
+    assert "2.0 KiB" in everything.stdout
+    sub = json.loads(_run(config, "ls", str(watched / "sub"), "--json").stdout)
+    assert [row["path"] for row in sub["files"]] == [str(watched / "sub/b.txt")]
+    assert sub["files"][0]["sha256"] == "2" * 64
+    assert sub["files"][0]["pending_jobs"] == 1
+
+
+def test_ls_with_nothing_recorded_says_so(config: Path) -> None:
+    _populate(config)
+    result = _run(config, "ls", "/nowhere")
+    assert result.exit_code == 0
+    assert result.stdout == ""
+    assert "nothing recorded under /nowhere yet" in result.stderr
+
+
+def test_ls_without_index_is_one_clear_line(config: Path) -> None:
+    result = _run(config, "ls")
+    assert result.exit_code == 1
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith("stampd: no index at")
+    assert "start the daemon" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_ls_json_error_is_still_one_document(config: Path) -> None:
+    result = _run(config, "ls", "--json")
+    assert result.exit_code == 1
+    assert json.loads(result.stdout)["error"]["error_class"] == "index"
+
+
+def test_show_versions_and_jobs(config: Path) -> None:
+    watched = _populate(config)
+    result = _run(config, "show", str(watched / "a.pdf"))
+    assert result.exit_code == 0, result.output
+    assert "version 1 (current)" in result.stdout
+    assert f"sha256 {'1' * 64}" in result.stdout
+    assert "job ots obtain: pending, 0 tries" in result.stdout
+    document = json.loads(_run(config, "show", str(watched / "a.pdf"), "--json").stdout)
+    assert document["file"]["versions"][0]["sha512"] == "1" * 128
+
+
+def test_show_unknown_path_exits_1(config: Path) -> None:
+    _populate(config)
+    result = _run(config, "show", "/nowhere/x")
+    assert result.exit_code == 1
+    assert "is not in the index" in result.stderr
+    as_json = _run(config, "show", "/nowhere/x", "--json")
+    assert json.loads(as_json.stdout) == {"file": None, "path": "/nowhere/x"}
+
+
+def test_a_bad_config_is_exit_2_and_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[daemon]\nstate_dir = 5\n")
+    result = _run(bad, "status")
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"stampd: {bad}")
+    assert "daemon.state_dir" in result.stderr
+    assert "Traceback" not in result.output
