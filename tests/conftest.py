@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+NOBODY = 65534
 
 
 def require_tool(name: str) -> str:
@@ -48,3 +51,33 @@ def make_config(tmp_path: Path) -> Callable[..., Path]:
         return config
 
     return make
+
+
+@contextmanager
+def unprivileged() -> Iterator[None]:
+    """Run a block with the effective uid/gid of `nobody` when the tests run as root.
+
+    Root reads every file whatever its mode, so "unreadable file" tests would prove nothing
+    there (CI runs as root). The real uid stays 0, so the block can switch back.
+    """
+    if os.geteuid() != 0:
+        yield
+        return
+    os.setegid(NOBODY)
+    os.seteuid(NOBODY)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+
+
+@pytest.fixture
+def shared_tmp() -> Iterator[Path]:
+    """A temporary directory that `nobody` can traverse (pytest's tmp_path is root-only)."""
+    path = Path(tempfile.mkdtemp(prefix="stampd-test-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path)

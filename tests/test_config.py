@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ from stampd.daemon.config import (
     load_config,
     parse_config,
 )
+from tests.conftest import unprivileged
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "config.example.toml"
 
@@ -349,12 +349,15 @@ def test_a_trust_file_that_is_a_directory(tmp_path: Path) -> None:
     )
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can read any file")
-def test_an_unreadable_trust_file(tmp_path: Path) -> None:
-    roots = tmp_path / "roots.pem"
+def test_an_unreadable_trust_file(shared_tmp: Path) -> None:
+    roots = shared_tmp / "roots.pem"
     roots.write_text("")
     roots.chmod(0)
-    error = _error(tmp_path, WATCH + TSA + 'trust = "roots.pem"\n')
+    config = _write(shared_tmp, WATCH + TSA + 'trust = "roots.pem"\n')
+    config.chmod(0o644)
+    with unprivileged(), pytest.raises(ConfigError) as caught:
+        load_config(config)
+    error = caught.value
     assert error.problems == (
         f'timestamp.tsa[0].trust: "{roots}" cannot be read (Permission denied)'
         " (expected a readable PEM file of root certificates)",

@@ -28,7 +28,7 @@ from stampd.store.digest import (
     sha256_fd,
 )
 from stampd.store.errors import FileAccessError
-from tests.conftest import require_tool
+from tests.conftest import require_tool, unprivileged
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -334,12 +334,11 @@ def test_directory(tmp_path: Path) -> None:
     assert caught.value.hint
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
-def test_unreadable_file(tmp_path: Path) -> None:
-    path = tmp_path / "secret"
+def test_unreadable_file(shared_tmp: Path) -> None:
+    path = shared_tmp / "secret"
     path.write_bytes(b"x")
     path.chmod(0)
-    with pytest.raises(FileAccessError) as caught:
+    with unprivileged(), pytest.raises(FileAccessError) as caught:
         digest_path(path)
     assert str(path) in caught.value.message
     assert "Permission denied" in caught.value.message
