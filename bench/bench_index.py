@@ -37,7 +37,8 @@ def populate(index: Index, dirs: int, files_per_dir: int, versions: int) -> int:
             current_rows = []
             for f in range(files_per_dir):
                 file_id += 1
-                path = f"{ROOT}/d{d:03}/file-{f:04}.pdf"
+                directory = f"{ROOT}/d{d:03}"
+                path = f"{directory}/file-{f:04}.pdf"
                 first_version = version_id + 1
                 for v in range(versions):
                     version_id += 1
@@ -79,13 +80,30 @@ def populate(index: Index, dirs: int, files_per_dir: int, versions: int) -> int:
                         (version_id, "tsr", "obtain", version_id, "done", 1, now, now, now)
                     )
                     attempt_rows.append((version_id, "digicert", now, 120.5, None, 200, None))
-                file_rows.append((file_id, watch_id, path, 2049, file_id, "present", now, now))
+                # The scan key is the current (last) version's stat.
+                last = versions - 1
+                file_rows.append(
+                    (
+                        file_id,
+                        watch_id,
+                        path,
+                        directory,
+                        2049,
+                        file_id,
+                        4096 + last,
+                        10**18 + last,
+                        10**18 + last,
+                        "present",
+                        now,
+                        now,
+                    )
+                )
                 current_rows.append((first_version + versions - 1, file_id))
             # Parents before children, so every foreign key holds at each statement as in
             # Index.record_version; deferring the checks instead makes SQLite scan for children.
             conn.executemany(
-                "INSERT INTO files (id, watch_id, path, dev, ino, state, first_seen_at,"
-                " updated_at) VALUES (?,?,?,?,?,?,?,?)",
+                "INSERT INTO files (id, watch_id, path, dir, dev, ino, size, mtime_ns, ctime_ns,"
+                " state, first_seen_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 file_rows,
             )
             conn.executemany("INSERT INTO versions VALUES (?,?,?,?,?,?,?,?,?,?,?)", version_rows)

@@ -68,6 +68,8 @@ class DaemonSettings:
     log_level: LogLevel
     #: (host, port) to serve Prometheus metrics on, or None for no metrics endpoint.
     metrics: tuple[str, int] | None
+    #: Seconds between full reconciliation scans of every watch (inotify misses some changes).
+    rescan: float
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,8 @@ class WatchConfig:
     #: Seconds without events after which a file counts as settled.
     quiet: float
     sidecars: SidecarLayout
+    #: Seconds after which a file still open for writing is taken anyway (a log kept open).
+    max_wait: float
 
 
 @dataclass(frozen=True)
@@ -221,6 +225,7 @@ def config_to_dict(config: Config) -> dict[str, Any]:
             "log_format": daemon.log_format,
             "log_level": daemon.log_level,
             "metrics": None if daemon.metrics is None else _format_address(*daemon.metrics),
+            "rescan": format_duration(daemon.rescan),
         },
         "watch": [
             {
@@ -230,6 +235,7 @@ def config_to_dict(config: Config) -> dict[str, Any]:
                 "exclude": list(watch.exclude),
                 "quiet": format_duration(watch.quiet),
                 "sidecars": watch.sidecars,
+                "max_wait": format_duration(watch.max_wait),
             }
             for watch in config.watches
         ],
@@ -253,8 +259,8 @@ def config_to_dict(config: Config) -> dict[str, Any]:
 
 # --- sections -------------------------------------------------------------------------------
 
-_DAEMON_KEYS = ("state_dir", "control_socket", "log_format", "log_level", "metrics")
-_WATCH_KEYS = ("path", "evidence", "include", "exclude", "quiet", "sidecars")
+_DAEMON_KEYS = ("state_dir", "control_socket", "log_format", "log_level", "metrics", "rescan")
+_WATCH_KEYS = ("path", "evidence", "include", "exclude", "quiet", "sidecars", "max_wait")
 _TIMESTAMP_KEYS = ("selection", "timeout", "digest", "mode", "tsa")
 _TSA_KEYS = ("name", "url", "trust", "min_interval")
 # Used to point a misplaced key to its table: a key written after `[[timestamp.tsa]]` belongs
@@ -277,6 +283,7 @@ def _daemon_settings(table: _Table) -> DaemonSettings:
         log_format=table.choice("log_format", get_args(LogFormat), "auto"),
         log_level=table.choice("log_level", get_args(LogLevel), "info"),
         metrics=_metrics_address(table),
+        rescan=table.duration("rescan", "24h", allow_zero=False),
     )
 
 
@@ -309,6 +316,7 @@ def _watch(table: _Table) -> WatchConfig | None:
         exclude=_patterns(table, "exclude", ()),
         quiet=table.duration("quiet", "2s", allow_zero=False),
         sidecars=table.choice("sidecars", get_args(SidecarLayout), "adjacent"),
+        max_wait=table.duration("max_wait", "1h", allow_zero=False),
     )
     return None if path is None else watch
 

@@ -14,17 +14,20 @@ readable in ``sqlite3``, and they sort correctly as strings. Digests are lowerca
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
 from stampd.store.errors import IndexUnavailableError
+from stampd.store.filestat import FileStat
 
 #: Seconds a connection waits for another connection's write lock before giving up.
 BUSY_TIMEOUT_S = 10.0
@@ -53,12 +56,22 @@ def _initial_schema(db: Database) -> None:
             path TEXT NOT NULL UNIQUE,
             added_at TEXT NOT NULL
         )""",
+        # One row per path ever recorded; rows are never deleted (DESIGN rule 6: proofs are
+        # history). dev..ctime_ns are the scan key (reference/watching-and-service.md §3.4): the
+        # last stat seen at this path — for a readable file its current version's stat, for an
+        # unreadable one the stat it had when reading failed — so the scan rehashes a file only
+        # when the key changes, or while `racy` says the key cannot be trusted yet.
         f"""CREATE TABLE files (
             id INTEGER PRIMARY KEY,
             watch_id INTEGER NOT NULL REFERENCES watches(id),
             path TEXT NOT NULL UNIQUE,
+            dir TEXT NOT NULL,
             dev INTEGER,
             ino INTEGER,
+            size INTEGER,
+            mtime_ns INTEGER,
+            ctime_ns INTEGER,
+            racy INTEGER NOT NULL DEFAULT 0 CHECK (racy IN (0, 1)),
             state TEXT NOT NULL DEFAULT 'present' {_check("state", FILE_STATES)},
             current_version_id INTEGER REFERENCES versions(id),
             problem_class TEXT,
@@ -68,6 +81,9 @@ def _initial_schema(db: Database) -> None:
         )""",
         "CREATE INDEX files_watch_state ON files(watch_id, state)",
         "CREATE INDEX files_state ON files(state)",
+        # The scan lists one directory's rows at a time, and after its walk the directories
+        # under a root that still have live rows; (dir, state) covers both.
+        "CREATE INDEX files_dir_state ON files(dir, state)",
         # Rename detection looks a vanished file up by (dev, ino) (watching-and-service.md §3).
         "CREATE INDEX files_dev_ino ON files(dev, ino)",
         """CREATE TABLE versions (
@@ -173,6 +189,113 @@ class RecordedVersion:
     job_ids: tuple[int, ...]
 
 
+@dataclass(frozen=True)
+class Settled:
+    """One settled, hashed file, ready to be recorded by :meth:`Index.record_settled`."""
+
+    watch_id: int
+    path: Path
+    #: The ``fstat`` the digests belong to (unchanged from before to after the read).
+    stat: FileStat
+    sha256: str
+    sha512: str
+    #: When the read began, in the index's time format (:func:`utc_now`).
+    hashed_at: str
+    #: The caller's verdict that ``stat.mtime_ns`` is too close to ``hashed_at`` for the scan
+    #: key to be trusted (reference/watching-and-service.md §3.4, racy timestamps).
+    racy: bool
+    #: Evidence kinds of the watch: one pending ``obtain`` job each for a new version.
+    evidence: tuple[str, ...]
+
+
+#: What :meth:`Index.record_settled` did with one :class:`Settled` item:
+#: ``new_file`` — the path had no version yet (no row, or a row that was never readable);
+#: ``new_version`` — the path had another content: a version and its jobs were added;
+#: ``unchanged`` — same content as the current version: only the scan key was refreshed;
+#: ``renamed`` — the row of the path this inode came from moved here, history and all.
+Outcome = Literal["new_file", "new_version", "unchanged", "renamed"]
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """The outcome of one :class:`Settled` item."""
+
+    path: Path
+    outcome: Outcome
+    file_id: int
+    #: The file's current version: the new one, or the one it already had.
+    version_id: int
+    #: Jobs created (empty unless ``new_file`` or ``new_version``).
+    job_ids: tuple[int, ...]
+    #: For ``renamed``: the path the row had before.
+    renamed_from: Path | None
+
+
+@dataclass(frozen=True)
+class ScanRow:
+    """One row of a directory as the reconciliation scan compares it with the disk."""
+
+    file_id: int
+    name: str
+    state: str
+    #: The scan key; None when unknown (an unreadable file that could not even be stat'ed).
+    stat: FileStat | None
+    racy: bool
+
+
+#: States of a row whose file is, as far as the index knows, on disk.
+LIVE_STATES = ("present", "unreadable")
+
+# The SQL of the writer and of the scan helpers, named so that tests/test_index.py can check
+# that each one is answered from an index (EXPLAIN QUERY PLAN) with a million versions.
+_SQL_FILE_AT_PATH = (
+    "SELECT f.id, f.current_version_id, v.sha256, f.watch_id FROM files f"
+    " LEFT JOIN versions v ON v.id = f.current_version_id WHERE f.path = ?"
+)
+_SQL_RENAME_SOURCES = (
+    "SELECT f.id, f.path, f.current_version_id FROM files f"
+    " JOIN versions v ON v.id = f.current_version_id"
+    " WHERE f.dev = ? AND f.ino = ? AND f.path <> ? AND v.sha256 = ? ORDER BY f.id"
+)
+# SQLite rewrites the entries of every index holding a column named in SET, changed or not,
+# so each UPDATE names only what it must: a new file's row only gets its current version.
+_SQL_SET_CURRENT = "UPDATE files SET current_version_id = ? WHERE id = ?"
+_SQL_SET_PRESENT = (
+    "UPDATE files SET dev = ?, ino = ?, size = ?, mtime_ns = ?, ctime_ns = ?, racy = ?,"
+    " state = 'present', problem_class = NULL, problem = NULL,"
+    " current_version_id = COALESCE(?, current_version_id), updated_at = ? WHERE id = ?"
+)
+_SQL_MOVE = "UPDATE files SET watch_id = ?, path = ?, dir = ? WHERE id = ?"
+_SQL_SET_UNREADABLE = (
+    "UPDATE files SET watch_id = ?, dir = ?, dev = ?, ino = ?, size = ?, mtime_ns = ?,"
+    " ctime_ns = ?, racy = 0, state = 'unreadable', problem_class = ?, problem = ?,"
+    " updated_at = ? WHERE id = ?"
+)
+_SQL_MARK_MISSING = (
+    # The scan key stays: a missing row whose inode turns up elsewhere is a rename (§3.4).
+    "UPDATE files SET state = 'missing', racy = 0, problem_class = NULL, problem = NULL,"
+    " updated_at = ? WHERE path = ? AND state IN ('present', 'unreadable')"
+)
+_SQL_MARK_ID_MISSING = (
+    "UPDATE files SET state = 'missing', racy = 0, problem_class = NULL, problem = NULL,"
+    " updated_at = ? WHERE id = ? AND state IN ('present', 'unreadable')"
+)
+_SQL_ROWS_IN_DIRECTORY = (
+    "SELECT id, path, state, dev, ino, size, mtime_ns, ctime_ns, racy FROM files WHERE dir = ?"
+)
+# "+state" keeps the planner off files_state, which it would otherwise prefer without ANALYZE
+# statistics and which selects nearly every row (sqlite.org/optoverview.html, "Disqualifying
+# WHERE clause terms using unary-+"): these two must range-scan by path and by dir.
+_SQL_PRESENT_UNDER = (
+    "SELECT id, path FROM files WHERE (path = ? OR (path >= ? AND path < ?))"
+    " AND +state IN ('present', 'unreadable') ORDER BY path"
+)
+_SQL_LIVE_DIRECTORIES_BELOW = (
+    "SELECT DISTINCT dir FROM files WHERE dir >= ? AND dir < ?"
+    " AND +state IN ('present', 'unreadable') ORDER BY dir"
+)
+
+
 def _connect(target: str, *, uri: bool = False) -> sqlite3.Connection:
     try:
         conn = sqlite3.connect(target, timeout=BUSY_TIMEOUT_S, uri=uri, check_same_thread=False)
@@ -187,7 +310,11 @@ def _connect(target: str, *, uri: bool = False) -> sqlite3.Connection:
 
 
 class Index:
-    """The writer connection to ``STATE/index.sqlite``. Only the daemon holds one."""
+    """The writer connection to ``STATE/index.sqlite``. Only the daemon holds one.
+
+    Its write methods are meant for one thread (the daemon's index writer); the read helpers
+    below (:func:`rows_in_directory`, :func:`present_under`) work on it as on a reader.
+    """
 
     def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
         self.path = path
@@ -274,56 +401,276 @@ class Index:
         evidence: Sequence[str],
         seen_at: str | None = None,
     ) -> RecordedVersion:
-        """Record a settled version and one pending job per evidence kind, in one transaction.
+        """Record a new version of ``path`` and one pending job per evidence kind, always.
 
-        DESIGN rule 1: the version and its jobs are durable before any network call, so a
-        crash after this returns loses nothing; a crash before it leaves no half record.
+        Unlike :meth:`record_settled` it never decides "unchanged" or "renamed": for
+        ``stampd stamp PATH`` (an explicit request) and for tests. DESIGN rule 1: the version
+        and its jobs are durable before any network call, so a crash after this returns loses
+        nothing; a crash before it leaves no half record.
+        """
+        now = utc_now()
+        stat = FileStat(facts.dev, facts.ino, facts.size, facts.mtime_ns, facts.ctime_ns)
+        with self.write() as conn:
+            row = conn.execute("SELECT id FROM files WHERE path = ?", (str(path),)).fetchone()
+            file_id = (
+                int(row[0])
+                if row is not None
+                else _insert_file(conn, watch_id=watch_id, path=path, stat=stat, now=now)
+            )
+            version_id, job_ids = _add_version(
+                conn,
+                file_id=file_id,
+                stat=stat,
+                sha256=facts.sha256,
+                sha512=facts.sha512,
+                seen_at=seen_at or now,
+                hashed_at=now,
+                evidence=evidence,
+                now=now,
+            )
+            _set_present(conn, file_id, stat, racy=False, now=now, version_id=version_id)
+        return RecordedVersion(file_id=file_id, version_id=version_id, job_ids=job_ids)
+
+    def record_settled(self, batch: Sequence[Settled]) -> list[Recorded]:
+        """Record a batch of hashed files in ONE transaction; one :class:`Recorded` per item.
+
+        For each item, in order (later items see what earlier ones did):
+
+        1. ``unchanged`` — the row at this path has this sha256 as its current version: only
+           the scan key, ``racy`` and the state (present again, problem cleared) are updated.
+           A touch, a chmod or a new link to the inode (ctime changes) must not restamp
+           (§3.4: same digest, no stamp).
+        2. ``renamed`` — no row at this path, and another row has this (dev, ino) and this
+           sha256 while its own path no longer names that inode (gone, or another file now):
+           that row moves here and keeps its versions, proofs and jobs (DESIGN: a rename is not
+           a new version). A path that still names the inode is a hard link, not a rename.
+        3. ``new_file`` / ``new_version`` — a version plus one pending ``obtain`` job per
+           evidence kind (DESIGN rule 1). When a row already sits at this path and the inode
+           came from another row (``mv a b`` over a recorded ``b``), the destination row gets
+           the new version — its own history stays — and the source row becomes ``missing``
+           if its path is gone; the source's proofs stay with it, and the job runner may reuse
+           a valid proof for the same digest rather than asking a provider again.
+
+        Any error rolls the whole batch back (nothing of it is recorded) and is re-raised.
+        The rename check ``lstat``s the old path inside the transaction: one call per
+        candidate row, and candidates exist only when a file with this inode and this content
+        was recorded under another path.
         """
         now = utc_now()
         with self.write() as conn:
+            return [_record_one(conn, item, now) for item in batch]
+
+    def record_unreadable(
+        self,
+        *,
+        watch_id: int,
+        path: Path,
+        stat: FileStat | None,
+        error_class: str,
+        message: str,
+    ) -> None:
+        """Mark ``path`` unreadable with its problem, creating its row if needed.
+
+        ``stat`` becomes the scan key, so the scan offers the file again only when its stat
+        changes (a chmod changes ctime); None when even ``lstat`` failed, and then every scan
+        retries it. Versions the file already has stay; its current version is kept.
+        """
+        now = utc_now()
+        key = _key(stat)
+        with self.write() as conn:
             row = conn.execute("SELECT id FROM files WHERE path = ?", (str(path),)).fetchone()
             if row is None:
-                cursor = conn.execute(
-                    "INSERT INTO files (watch_id, path, dev, ino, state, first_seen_at, updated_at)"
-                    " VALUES (?, ?, ?, ?, 'present', ?, ?)",
-                    (watch_id, str(path), facts.dev, facts.ino, now, now),
+                conn.execute(
+                    "INSERT INTO files (watch_id, path, dir, dev, ino, size, mtime_ns, ctime_ns,"
+                    " state, problem_class, problem, first_seen_at, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'unreadable', ?, ?, ?, ?)",
+                    (watch_id, str(path), str(path.parent), *key, error_class, message, now, now),
                 )
-                file_id = _rowid(cursor)
             else:
-                file_id = int(row[0])
-            cursor = conn.execute(
-                "INSERT INTO versions (file_id, size, mtime_ns, ctime_ns, dev, ino, sha256,"
-                " sha512, seen_at, hashed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    file_id,
-                    facts.size,
-                    facts.mtime_ns,
-                    facts.ctime_ns,
-                    facts.dev,
-                    facts.ino,
-                    facts.sha256,
-                    facts.sha512,
-                    seen_at or now,
-                    now,
-                ),
-            )
-            version_id = _rowid(cursor)
-            conn.execute(
-                "UPDATE files SET current_version_id = ?, dev = ?, ino = ?, state = 'present',"
-                " problem_class = NULL, problem = NULL, updated_at = ? WHERE id = ?",
-                (version_id, facts.dev, facts.ino, now, file_id),
-            )
-            job_ids = tuple(
-                _rowid(
-                    conn.execute(
-                        "INSERT INTO jobs (kind, action, version_id, state, next_try_at,"
-                        " created_at, updated_at) VALUES (?, 'obtain', ?, 'pending', ?, ?, ?)",
-                        (kind, version_id, now, now, now),
-                    )
+                conn.execute(
+                    _SQL_SET_UNREADABLE,
+                    (watch_id, str(path.parent), *key, error_class, message, now, row[0]),
                 )
-                for kind in evidence
+
+    def mark_missing(self, paths: Sequence[Path]) -> int:
+        """Mark the present or unreadable rows at ``paths`` missing; return how many changed.
+
+        Rows are never deleted, whatever happened to the file: proofs are history (DESIGN rule
+        6), and a missing row whose inode turns up at another path is a rename (§3.4). Paths
+        without a row, or already missing, are ignored.
+        """
+        if not paths:
+            return 0
+        now = utc_now()
+        with self.write() as conn:
+            cursor = conn.executemany(_SQL_MARK_MISSING, [(now, str(path)) for path in paths])
+            return cursor.rowcount
+
+
+def _record_one(conn: sqlite3.Connection, item: Settled, now: str) -> Recorded:
+    """One item of :meth:`Index.record_settled`, inside its transaction."""
+    row = conn.execute(_SQL_FILE_AT_PATH, (str(item.path),)).fetchone()
+    if row is not None and int(row[3]) != item.watch_id:
+        # The path now belongs to another watch (the configuration changed).
+        conn.execute(_SQL_MOVE, (item.watch_id, str(item.path), str(item.path.parent), row[0]))
+    if row is not None and row[2] == item.sha256:
+        file_id, version_id = int(row[0]), int(row[1])
+        _set_present(conn, file_id, item.stat, racy=item.racy, now=now)
+        return Recorded(item.path, "unchanged", file_id, version_id, (), None)
+
+    source = _rename_source(conn, item)
+    if source is not None:
+        source_id, source_path, source_version, source_gone = source
+        if row is None:
+            conn.execute(
+                _SQL_MOVE, (item.watch_id, str(item.path), str(item.path.parent), source_id)
             )
-        return RecordedVersion(file_id=file_id, version_id=version_id, job_ids=job_ids)
+            _set_present(conn, source_id, item.stat, racy=item.racy, now=now)
+            return Recorded(item.path, "renamed", source_id, source_version, (), source_path)
+        # The destination already has a row with its own history: that row gets the new
+        # version below, and the source row, whose path no longer names a file, is missing.
+        if source_gone:
+            conn.execute(_SQL_MARK_ID_MISSING, (now, source_id))
+
+    if row is None:
+        file_id = _insert_file(
+            conn, watch_id=item.watch_id, path=item.path, stat=item.stat, racy=item.racy, now=now
+        )
+        outcome: Outcome = "new_file"
+    else:
+        file_id = int(row[0])
+        outcome = "new_file" if row[1] is None else "new_version"
+    version_id, job_ids = _add_version(
+        conn,
+        file_id=file_id,
+        stat=item.stat,
+        sha256=item.sha256,
+        sha512=item.sha512,
+        # seen_at is when stampd first had this content in hand: the start of the read.
+        seen_at=item.hashed_at,
+        hashed_at=item.hashed_at,
+        evidence=item.evidence,
+        now=now,
+    )
+    if row is None:
+        conn.execute(_SQL_SET_CURRENT, (version_id, file_id))
+    else:
+        _set_present(conn, file_id, item.stat, racy=item.racy, now=now, version_id=version_id)
+    return Recorded(item.path, outcome, file_id, version_id, job_ids, None)
+
+
+def _rename_source(conn: sqlite3.Connection, item: Settled) -> tuple[int, Path, int, bool] | None:
+    """``(file_id, old path, current version id, old path gone)`` of the row this file was
+    renamed from, or None.
+
+    Reference §3.4: the row must have the same (dev, ino) — ctime is left out because
+    ``rename`` updates it — and the same content, and its path must no longer name this inode.
+    """
+    rows = conn.execute(
+        _SQL_RENAME_SOURCES, (item.stat.dev, item.stat.ino, str(item.path), item.sha256)
+    ).fetchall()
+    for file_id, old, version_id in rows:
+        old_path = Path(old)
+        holds = _names_inode(old_path, item.stat)
+        if holds is not True:
+            return int(file_id), old_path, int(version_id), holds is None
+    return None
+
+
+def _names_inode(path: Path, stat: FileStat) -> bool | None:
+    """Whether ``path`` names the inode of ``stat``; None when it names nothing at all."""
+    try:
+        found = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError:
+        # EACCES and the like: we cannot tell. Assume it still does — a missed rename costs
+        # one restamp, a false one would take the history away from a file that is still there.
+        return True
+    return (found.st_dev, found.st_ino) == (stat.dev, stat.ino)
+
+
+def _key(stat: FileStat | None) -> tuple[int | None, ...]:
+    """The scan-key columns ``(dev, ino, size, mtime_ns, ctime_ns)`` of a stat (or NULLs)."""
+    if stat is None:
+        return (None, None, None, None, None)
+    return (stat.dev, stat.ino, stat.size, stat.mtime_ns, stat.ctime_ns)
+
+
+def _insert_file(
+    conn: sqlite3.Connection,
+    *,
+    watch_id: int,
+    path: Path,
+    stat: FileStat,
+    racy: bool = False,
+    now: str,
+) -> int:
+    """A new present row without a version yet (the caller adds one in the same transaction
+    and then sets ``current_version_id``: the two tables reference each other)."""
+    cursor = conn.execute(
+        "INSERT INTO files (watch_id, path, dir, dev, ino, size, mtime_ns, ctime_ns, racy,"
+        " state, first_seen_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'present', ?, ?)",
+        (watch_id, str(path), str(path.parent), *_key(stat), int(racy), now, now),
+    )
+    return _rowid(cursor)
+
+
+def _set_present(
+    conn: sqlite3.Connection,
+    file_id: int,
+    stat: FileStat,
+    *,
+    racy: bool,
+    now: str,
+    version_id: int | None = None,
+) -> None:
+    """Row ``file_id`` has this scan key and racy flag, is present, and has no problem; its
+    current version becomes ``version_id`` when one is given."""
+    conn.execute(_SQL_SET_PRESENT, (*_key(stat), int(racy), version_id, now, file_id))
+
+
+def _add_version(
+    conn: sqlite3.Connection,
+    *,
+    file_id: int,
+    stat: FileStat,
+    sha256: str,
+    sha512: str,
+    seen_at: str,
+    hashed_at: str,
+    evidence: Sequence[str],
+    now: str,
+) -> tuple[int, tuple[int, ...]]:
+    """Insert a version and one pending ``obtain`` job per evidence kind; return their ids."""
+    cursor = conn.execute(
+        "INSERT INTO versions (file_id, size, mtime_ns, ctime_ns, dev, ino, sha256,"
+        " sha512, seen_at, hashed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            file_id,
+            stat.size,
+            stat.mtime_ns,
+            stat.ctime_ns,
+            stat.dev,
+            stat.ino,
+            sha256,
+            sha512,
+            seen_at,
+            hashed_at,
+        ),
+    )
+    version_id = _rowid(cursor)
+    job_ids = tuple(
+        _rowid(
+            conn.execute(
+                "INSERT INTO jobs (kind, action, version_id, state, next_try_at,"
+                " created_at, updated_at) VALUES (?, 'obtain', ?, 'pending', ?, ?, ?)",
+                (kind, version_id, now, now, now),
+            )
+        )
+        for kind in evidence
+    )
+    return version_id, job_ids
 
 
 def _rowid(cursor: sqlite3.Cursor) -> int:
@@ -331,6 +678,48 @@ def _rowid(cursor: sqlite3.Cursor) -> int:
     if rowid is None:  # pragma: no cover - sqlite3 always sets it after INSERT
         raise RuntimeError("INSERT returned no rowid")
     return rowid
+
+
+def subtree_bounds(prefix: Path) -> tuple[str, str, str]:
+    """``(exact, low, high)`` so that ``col = exact OR (col >= low AND col < high)`` selects
+    ``prefix`` and everything below it with a range scan on an index of ``col``.
+
+    "0" is the character after "/", so ``[dir/, dir0)`` is exactly the subtree: "/srv/dir"
+    does not match "/srv/dir2" or "/srv/dir-old".
+    """
+    exact = str(prefix)
+    base = exact.rstrip("/")
+    return exact, base + "/", base + "0"
+
+
+def rows_in_directory(conn: sqlite3.Connection, directory: Path) -> dict[str, ScanRow]:
+    """Every row (any state) whose path is a direct child of ``directory``, keyed by name."""
+    rows: dict[str, ScanRow] = {}
+    for file_id, path, state, dev, ino, size, mtime_ns, ctime_ns, racy in conn.execute(
+        _SQL_ROWS_IN_DIRECTORY, (str(directory),)
+    ):
+        key = (dev, ino, size, mtime_ns, ctime_ns)
+        stat = None if None in key else FileStat(dev, ino, size, mtime_ns, ctime_ns)
+        name = path.rpartition("/")[2]
+        rows[name] = ScanRow(file_id=file_id, name=name, state=state, stat=stat, racy=bool(racy))
+    return rows
+
+
+def present_under(conn: sqlite3.Connection, directory: Path) -> list[tuple[int, Path]]:
+    """``(file_id, path)`` of the present or unreadable rows at or below ``directory``, in
+    path order: what a deleted or moved-away directory takes with it."""
+    return [
+        (int(file_id), Path(path))
+        for file_id, path in conn.execute(_SQL_PRESENT_UNDER, subtree_bounds(directory))
+    ]
+
+
+def live_directories_below(conn: sqlite3.Connection, directory: Path) -> Iterator[Path]:
+    """Directories strictly below ``directory`` that hold present or unreadable rows, in path
+    order, streamed from the ``files_dir_state`` index (never all rows in memory)."""
+    _exact, low, high = subtree_bounds(directory)
+    for (path,) in conn.execute(_SQL_LIVE_DIRECTORIES_BELOW, (low, high)):
+        yield Path(path)
 
 
 def index_path(state_dir: Path) -> Path:

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stampd.store.index import subtree_bounds
+
 
 @dataclass(frozen=True)
 class WatchSummary:
@@ -42,12 +44,16 @@ class FileListing:
     """One line of ``stampd ls``: a file, its current version and its evidence."""
 
     path: str
+    #: present, missing, or unreadable (then ``problem_class``/``problem`` say why; a file that
+    #: was never readable has no version, so no size or digest).
     state: str
     size: int | None
     sha256: str | None
     versions: int
     proofs: dict[str, str]
     pending_jobs: int
+    problem_class: str | None
+    problem: str | None
 
 
 @dataclass(frozen=True)
@@ -158,17 +164,6 @@ def status_summary(conn: sqlite3.Connection, *, now: str) -> StatusSummary:
     )
 
 
-def _prefix_bounds(prefix: Path) -> tuple[str, str, str]:
-    """``(exact, low, high)`` so that ``path = exact OR (path >= low AND path < high)``
-    selects ``prefix`` and everything below it with a range scan on the path index.
-
-    "0" is the character after "/", so ``[dir/, dir0)`` is exactly the subtree.
-    """
-    exact = str(prefix)
-    base = exact.rstrip("/")
-    return exact, base + "/", base + "0"
-
-
 def list_files(
     conn: sqlite3.Connection, prefix: Path | None = None, *, limit: int | None = None
 ) -> Iterator[FileListing]:
@@ -176,12 +171,13 @@ def list_files(
     where = ""
     params: list[Any] = []
     if prefix is not None:
-        exact, low, high = _prefix_bounds(prefix)
+        exact, low, high = subtree_bounds(prefix)
         where = "WHERE f.path = ? OR (f.path >= ? AND f.path < ?)"
         params = [exact, low, high]
     # Only the constant WHERE clause above is interpolated; values are bound parameters.
     sql = f"""
-        SELECT f.id, f.path, f.state, v.id AS version_id, v.size, v.sha256,
+        SELECT f.id, f.path, f.state, f.problem_class, f.problem,
+               v.id AS version_id, v.size, v.sha256,
                (SELECT COUNT(*) FROM versions WHERE file_id = f.id) AS versions
         FROM files f LEFT JOIN versions v ON v.id = f.current_version_id
         {where}
@@ -213,6 +209,8 @@ def list_files(
             versions=row["versions"],
             proofs=proofs,
             pending_jobs=int(pending),
+            problem_class=row["problem_class"],
+            problem=row["problem"],
         )
 
 

@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from stampd.daemon.cli.app import cli
+from stampd.store.filestat import FileStat
 from stampd.store.index import Index, VersionFacts, index_path
 
 
@@ -142,3 +143,33 @@ def test_a_bad_config_is_exit_2_and_one_line(tmp_path: Path) -> None:
     assert result.stderr.startswith(f"stampd: {bad}")
     assert "daemon.state_dir" in result.stderr
     assert "Traceback" not in result.output
+
+
+def test_ls_and_show_an_unreadable_file(config: Path) -> None:
+    """A file that was never readable has a row without versions, and says why."""
+    watched = _populate(config)
+    locked = watched / "locked.pdf"
+    with Index.open(index_path(config.parent / "state")) as index:
+        index.record_unreadable(
+            watch_id=index.ensure_watch(watched),
+            path=locked,
+            stat=FileStat(dev=3, ino=9, size=10, mtime_ns=1, ctime_ns=2),
+            error_class="io",
+            message="Permission denied",
+        )
+    listed = _run(config, "ls", str(locked))
+    assert listed.exit_code == 0, listed.output
+    assert listed.stdout.split() == ["unreadable", "-", "-", str(locked)]
+    (row,) = json.loads(_run(config, "ls", str(locked), "--json").stdout)["files"]
+    assert (row["state"], row["problem_class"], row["problem"]) == (
+        "unreadable",
+        "io",
+        "Permission denied",
+    )
+    assert row["versions"] == 0 and row["sha256"] is None
+    shown = _run(config, "show", str(locked))
+    assert shown.exit_code == 0, shown.output
+    assert "state:      unreadable" in shown.stdout
+    assert "problem:    io: Permission denied" in shown.stdout
+    status = _run(config, "status")
+    assert "files:    2 present, 1 unreadable" in status.stdout

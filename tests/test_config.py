@@ -78,7 +78,8 @@ BAD_CONFIGS = {
     "unknown key with a suggestion": (
         '[daemon]\nstat_dir = "/var/lib/stampd"\n' + WATCH + TSA,
         'daemon.stat_dir: unknown key (did you mean "state_dir"?)'
-        " (valid keys in [daemon]: state_dir, control_socket, log_format, log_level, metrics)",
+        " (valid keys in [daemon]: state_dir, control_socket, log_format, log_level, metrics,"
+        " rescan)",
     ),
     "key placed in the wrong table": (
         WATCH + TSA + 'quiet = "5s"\n',
@@ -264,6 +265,7 @@ def test_defaults(tmp_path: Path) -> None:
             log_format="auto",
             log_level="info",
             metrics=None,
+            rescan=86400.0,
         ),
         watches=(
             WatchConfig(
@@ -273,6 +275,7 @@ def test_defaults(tmp_path: Path) -> None:
                 exclude=(),
                 quiet=2.0,
                 sidecars="adjacent",
+                max_wait=3600.0,
             ),
         ),
         timestamp=TimestampConfig(

@@ -1,0 +1,200 @@
+"""First scan, readiness, close-to-version latency and peak RSS of `stampd run` (DESIGN §11).
+
+1. Builds a tree of 100k files of 4 KiB (100 per directory).
+2. Reference: `find TREE -type f -print0 | xargs -0 sha256sum > /dev/null`, files/s.
+3. stampd: `stampd run` on the tree with an empty state directory; time to `daemon_ready`
+   (must not depend on the tree's size) and until every file has a version in the index
+   (hashed with SHA-256 and SHA-512 and committed with its jobs); files/s and the ratio.
+4. Close-to-version latency: with the scan done, 100 files written and closed one at a time;
+   the time from close() until the version is in the index, p50/p99, next to `quiet`.
+5. Peak RSS (VmHWM) of the daemon.
+
+    python bench/bench_scan.py [--files 100000] [--quiet 0.5s]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+STAMPD = str(Path(sys.executable).with_name("stampd"))
+
+
+def build_tree(root: Path, files: int) -> None:
+    block = os.urandom(4096)
+    for number in range(files):
+        directory = root / f"d{number // 100:05}"
+        if number % 100 == 0:
+            directory.mkdir(parents=True)
+        # Distinct contents: the first 8 bytes carry the file number.
+        (directory / f"f{number:06}.dat").write_bytes(number.to_bytes(8, "big") + block[8:])
+
+
+def reference_files_per_s(root: Path, files: int) -> float:
+    subprocess.run(["sync"], check=False)
+    start = time.perf_counter()
+    subprocess.run(
+        f"find {root} -type f -print0 | xargs -0 sha256sum > /dev/null", shell=True, check=True
+    )
+    return files / (time.perf_counter() - start)
+
+
+def count_versions(db: Path) -> int:
+    if not db.exists():
+        return 0
+    try:
+        conn = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=5)
+        try:
+            return int(conn.execute("SELECT COUNT(*) FROM versions").fetchone()[0])
+        finally:
+            conn.close()
+    except sqlite3.OperationalError:
+        return 0
+
+
+def has_version(db: Path, path: Path) -> bool:
+    conn = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=5)
+    try:
+        row = conn.execute(
+            "SELECT 1 FROM files WHERE path = ? AND current_version_id IS NOT NULL", (str(path),)
+        ).fetchone()
+        return row is not None
+    finally:
+        conn.close()
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--files", type=int, default=100_000)
+    parser.add_argument("--quiet", default="0.5s")
+    parser.add_argument("--latency-samples", type=int, default=100)
+    args = parser.parse_args()
+    quiet_s = float(args.quiet.removesuffix("s"))
+
+    with tempfile.TemporaryDirectory(prefix="stampd-bench-scan-") as tmp:
+        base = Path(tmp)
+        tree = base / "tree"
+        print(f"building {args.files:,} files of 4 KiB ...", flush=True)
+        build_tree(tree, args.files)
+        reference = reference_files_per_s(tree, args.files)
+
+        state = base / "state"
+        config = base / "config.toml"
+        config.write_text(
+            f'[daemon]\nstate_dir = "{state}"\ncontrol_socket = "{base}/control.sock"\n'
+            f'log_format = "json"\n[[watch]]\npath = "{tree}"\nevidence = ["ots"]\n'
+            f'quiet = "{args.quiet}"\n'
+        )
+        db = state / "index.sqlite"
+        start = time.perf_counter()
+        proc = subprocess.Popen(
+            [STAMPD, "--config", str(config), "run"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if '"daemon_ready"' in line:
+                break
+        ready_s = time.perf_counter() - start
+        # Keep draining the log so the daemon never blocks on a full pipe.
+        log = proc.stdout
+        threading.Thread(target=lambda: [None for _ in log], daemon=True).start()
+        while count_versions(db) < args.files:
+            time.sleep(0.05)
+            if proc.poll() is not None:
+                print("stampd exited early", file=sys.stderr)
+                return 1
+        scan_s = time.perf_counter() - start
+        ours = args.files / scan_s
+
+        latencies = []
+        fresh = tree / "fresh"
+        fresh.mkdir()
+        time.sleep(1.0)
+        for number in range(args.latency_samples):
+            path = fresh / f"new-{number}.dat"
+            with path.open("wb") as handle:
+                handle.write(os.urandom(4096))
+            closed = time.perf_counter()
+            while not has_version(db, path):
+                time.sleep(0.002)
+            latencies.append(time.perf_counter() - closed)
+        rss = peak_rss_mib(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+
+    latencies.sort()
+    p50 = statistics.median(latencies)
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+    ratio = ours / reference
+    rows = [
+        (
+            "first scan, files/s (hashed + indexed)",
+            f"{ours:,.0f}",
+            f"find|xargs sha256sum {reference:,.0f}/s",
+            f"{ratio:.2f}x",
+            "≥ 1.0x",
+        ),
+        ("start → daemon_ready", f"{ready_s * 1000:.0f} ms", "", "", "< 1 s"),
+        (
+            "close → version p50",
+            f"{p50 * 1000:.0f} ms",
+            f"quiet {quiet_s * 1000:.0f} ms",
+            f"+{(p50 - quiet_s) * 1000:.0f} ms",
+            "≤ quiet + 150 ms",
+        ),
+        (
+            "close → version p99",
+            f"{p99 * 1000:.0f} ms",
+            f"quiet {quiet_s * 1000:.0f} ms",
+            f"+{(p99 - quiet_s) * 1000:.0f} ms",
+            "≤ quiet + 1 s",
+        ),
+        ("peak RSS (VmHWM)", f"{rss:.0f} MiB", "", "", "< 200 MB"),
+    ]
+    print(f"\n{args.files:,} files of 4 KiB")
+    for row in rows:
+        print(f"{row[0]:<40} {row[1]:>12}  {row[2]:<32} {row[3]:>9}  target {row[4]}")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "scan.json").write_text(
+        json.dumps(
+            {
+                "files": args.files,
+                "reference_files_per_s": reference,
+                "stampd_files_per_s": ours,
+                "ratio": ratio,
+                "ready_ms": ready_s * 1000,
+                "latency_p50_ms": p50 * 1000,
+                "latency_p99_ms": p99 * 1000,
+                "quiet_ms": quiet_s * 1000,
+                "peak_rss_mib": rss,
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
