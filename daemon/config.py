@@ -70,6 +70,8 @@ class DaemonSettings:
     metrics: tuple[str, int] | None
     #: Seconds between full reconciliation scans of every watch (inotify misses some changes).
     rescan: float
+    #: Seconds between rescans while some directories have no inotify watch (limit reached).
+    fallback_rescan: float
 
 
 @dataclass(frozen=True)
@@ -226,6 +228,7 @@ def config_to_dict(config: Config) -> dict[str, Any]:
             "log_level": daemon.log_level,
             "metrics": None if daemon.metrics is None else _format_address(*daemon.metrics),
             "rescan": format_duration(daemon.rescan),
+            "fallback_rescan": format_duration(daemon.fallback_rescan),
         },
         "watch": [
             {
@@ -259,7 +262,15 @@ def config_to_dict(config: Config) -> dict[str, Any]:
 
 # --- sections -------------------------------------------------------------------------------
 
-_DAEMON_KEYS = ("state_dir", "control_socket", "log_format", "log_level", "metrics", "rescan")
+_DAEMON_KEYS = (
+    "state_dir",
+    "control_socket",
+    "log_format",
+    "log_level",
+    "metrics",
+    "rescan",
+    "fallback_rescan",
+)
 _WATCH_KEYS = ("path", "evidence", "include", "exclude", "quiet", "sidecars", "max_wait")
 _TIMESTAMP_KEYS = ("selection", "timeout", "digest", "mode", "tsa")
 _TSA_KEYS = ("name", "url", "trust", "min_interval")
@@ -284,6 +295,7 @@ def _daemon_settings(table: _Table) -> DaemonSettings:
         log_level=table.choice("log_level", get_args(LogLevel), "info"),
         metrics=_metrics_address(table),
         rescan=table.duration("rescan", "24h", allow_zero=False),
+        fallback_rescan=table.duration("fallback_rescan", "10m", allow_zero=False),
     )
 
 

@@ -52,8 +52,6 @@ HASH_BATCH = 64
 SCAN_BATCH = 256
 #: The scan pauses while this many files wait to settle, hash or be committed (bounded memory).
 MAX_BACKLOG = 20_000
-#: While some directories have no inotify watch, the whole tree is rescanned this often.
-FALLBACK_RESCAN_S = 600.0
 #: How often watch roots and the watch count are checked.
 HEALTH_INTERVAL_S = 1.0
 
@@ -378,11 +376,16 @@ class Daemon:
     def _on_overflow(self) -> None:
         # Called on the observer thread; one inotify instance serves every root (#1099).
         log.warning("inotify_overflow", action="rescanning every watch")
-        self._loop.call_soon_threadsafe(self._rescan_all)
+        self._loop.call_soon_threadsafe(self._events_lost)
 
     def _rescan_all(self) -> None:
         for watch in self._watches:
             self._request_scan(watch)
+
+    def _events_lost(self) -> None:
+        for watch in self._watches:
+            watch.settler.events_lost()
+        self._rescan_all()
 
     def _check_watch_limit(self) -> None:
         """After scans: directories seen vs inotify watches placed (reference §2)."""
@@ -398,8 +401,9 @@ class Daemon:
                 directories=expected,
                 watches=placed,
                 unwatched=shortfall,
-                fix="raise fs.inotify.max_user_watches (sysctl) and restart stampd;"
-                f" until then every watch is rescanned every {FALLBACK_RESCAN_S:.0f} s",
+                fix="raise fs.inotify.max_user_watches (sysctl) and restart stampd; until then"
+                " every watch is rescanned every daemon.fallback_rescan"
+                f" ({self.config.daemon.fallback_rescan:.0f} s)",
             )
         self._unwatched_dirs = shortfall
 
@@ -412,7 +416,8 @@ class Daemon:
                 watch = next(w for w in self._watches if w.root == root)
                 watch.root_dev = root.stat().st_dev
                 self._request_scan(watch)
-            if self._unwatched_dirs and time.monotonic() - last_fallback > FALLBACK_RESCAN_S:
+            fallback = self.config.daemon.fallback_rescan
+            if self._unwatched_dirs and time.monotonic() - last_fallback > fallback:
                 last_fallback = time.monotonic()
                 self._rescan_all()
 

@@ -243,6 +243,17 @@ class Settler:
         for path in [path for path in self._entries if path.is_relative_to(directory)]:
             del self._entries[path]
 
+    def events_lost(self) -> None:
+        """The kernel dropped events (inotify queue overflow): a lost ``closed`` would leave a
+        path "open for write" until ``max_wait``, so no open flag is trusted any more. The
+        quiet period and the two equal ``lstat``s still hold back a file that is still written.
+        """
+        now = self._clock()
+        for path, entry in self._entries.items():
+            if entry.open_for_write:
+                entry.open_for_write = False
+                self._reschedule_if_earlier(path, entry, now)
+
     def next_due(self) -> float | None:
         """The clock value at which :meth:`poll` may next return something (possibly in the
         past: poll now), or None when nothing is pending. Early rather than late: events

@@ -22,7 +22,13 @@ class RunningDaemon:
     """A `stampd run` process with its JSON log collected in the background."""
 
     def __init__(
-        self, tmp: Path, *, quiet: str = "0.3s", prefix: Sequence[str] = (), extra: str = ""
+        self,
+        tmp: Path,
+        *,
+        quiet: str = "0.3s",
+        prefix: Sequence[str] = (),
+        extra: str = "",
+        daemon_extra: str = "",
     ) -> None:
         self.tmp = tmp
         self.watched = tmp / "watched"
@@ -34,8 +40,7 @@ class RunningDaemon:
             f'state_dir = "{self.state}"\n'
             f'control_socket = "{tmp / "control.sock"}"\n'
             'log_format = "json"\n'
-            'log_level = "debug"\n'
-            "[[watch]]\n"
+            'log_level = "debug"\n' + daemon_extra + "[[watch]]\n"
             f'path = "{self.watched}"\n'
             'evidence = ["ots"]\n'
             f'quiet = "{quiet}"\n' + extra
@@ -117,21 +122,35 @@ class RunningDaemon:
             versions = self.versions()
             return all(sha in versions.get(path, []) for path, sha in want.items())
 
-        wait_for(done, timeout, f"versions for {sorted(want)}", self)
+        def missing() -> str:
+            versions = self.versions()
+            absent = sorted(p for p, sha in want.items() if sha not in versions.get(p, []))
+            return f"versions for {len(absent)} of {len(want)} files, e.g. {absent[:3]}"
+
+        wait_for(done, timeout, "versions", self, describe=missing)
         time.sleep(1.0)
 
 
 def wait_for(
-    condition: Callable[[], bool], timeout: float, what: str, daemon: RunningDaemon | None = None
+    condition: Callable[[], bool],
+    timeout: float,
+    what: str,
+    daemon: RunningDaemon | None = None,
+    *,
+    describe: Callable[[], str] | None = None,
 ) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
             return
         time.sleep(0.05)
+    if describe is not None:
+        what = describe()
     detail = ""
     if daemon is not None:
-        detail = f"\nversions: {daemon.versions()}\nlog tail: {daemon.events[-15:]}"
+        recorded = sum(map(len, daemon.versions().values()))
+        tail = [e for e in daemon.events if e.get("logger", "").startswith("stampd")][-12:]
+        detail = f"\n{recorded} versions recorded\nlog tail: {tail}"
     raise AssertionError(f"timed out waiting for {what}{detail}")
 
 

@@ -79,7 +79,7 @@ BAD_CONFIGS = {
         '[daemon]\nstat_dir = "/var/lib/stampd"\n' + WATCH + TSA,
         'daemon.stat_dir: unknown key (did you mean "state_dir"?)'
         " (valid keys in [daemon]: state_dir, control_socket, log_format, log_level, metrics,"
-        " rescan)",
+        " rescan, fallback_rescan)",
     ),
     "key placed in the wrong table": (
         WATCH + TSA + 'quiet = "5s"\n',
@@ -266,6 +266,7 @@ def test_defaults(tmp_path: Path) -> None:
             log_level="info",
             metrics=None,
             rescan=86400.0,
+            fallback_rescan=600.0,
         ),
         watches=(
             WatchConfig(

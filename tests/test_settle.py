@@ -553,3 +553,16 @@ def test_real_file_touched_back_is_not_stable(tmp_path: Path) -> None:
     assert settler.poll() == []
     clock[0] = QUIET
     assert settler.poll() == [Ready(data, FileStat.of(after))]
+
+
+def test_lost_events_clear_the_open_for_write_flags() -> None:
+    # An inotify overflow can swallow the `closed` of a finished file; waiting for it would
+    # hold the file back until max_wait.
+    h = Harness()
+    f = D / "closed-but-we-never-heard.txt"
+    h.fs.write(f, 10)
+    h.event("created", f)
+    h.event("modified", f)
+    assert h.run(QUIET * 4) == []
+    h.settler.events_lost()
+    assert [r.path for r in h.run(QUIET * 4)] == [f]
