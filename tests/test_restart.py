@@ -4,6 +4,7 @@ down, restart, and every file is recorded exactly once with its current digest."
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
 
 from tests.daemon_harness import RunningDaemon, sha256, wait_for
@@ -60,3 +61,29 @@ def test_kill_9_during_a_drop_then_changes_while_down(tmp_path: Path) -> None:
     finally:
         assert restarted.stop() == 0
     assert os.path.exists(tmp_path / "state" / "index.sqlite")
+
+
+def test_sigterm_mid_work_stops_cleanly_and_loses_nothing(tmp_path: Path) -> None:
+    daemon = RunningDaemon(tmp_path, quiet="0.2s").start()
+    contents = {}
+    for number in range(2000):
+        path = daemon.watched / f"d{number // 200}" / f"f{number}.txt"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(f"content {number}".encode())
+        contents[path] = f"content {number}".encode()
+    wait_for(lambda: sum(map(len, daemon.versions().values())) >= 200, 60, "some versions", daemon)
+    assert daemon.stop() == 0  # SIGTERM while settling, hashing and recording
+    assert daemon.count("daemon_stopped") == 1
+    db = tmp_path / "state" / "index.sqlite"
+    wal = db.with_name(db.name + "-wal")
+    assert not wal.exists() or wal.stat().st_size == 0, "the WAL is checkpointed on stop"
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    conn.close()
+
+    restarted = RunningDaemon(tmp_path, quiet="0.2s").start()
+    try:
+        restarted.settle_until(contents, timeout=120)
+        assert all(len(history) == 1 for history in restarted.versions().values())
+    finally:
+        assert restarted.stop() == 0
