@@ -106,7 +106,7 @@ def _hash_open_file(  # noqa: PLR0911 - one return per outcome
         return Retry(path, "replaced by another file since it settled")
     # O_NOFOLLOW guards only the last component; the kernel's own name for what we opened
     # tells whether a symlinked directory on the way led somewhere else.
-    if Path(f"/proc/self/fd/{fd}").readlink() != path:
+    if os.readlink(f"/proc/self/fd/{fd}") != str(path):  # noqa: PTH115 - no Path objects here
         return Skipped(path, "reached through a symbolically linked directory")
     hashed_at_ns = time.time_ns()
     try:

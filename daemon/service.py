@@ -252,18 +252,7 @@ class Daemon:
 
     async def _handle(self, watch: WatchRuntime, outcome: object) -> None:
         if isinstance(outcome, Hashed):
-            self._recorder.submit(
-                Settled(
-                    watch_id=watch.watch_id,
-                    path=outcome.path,
-                    stat=outcome.stat,
-                    sha256=outcome.digests.sha256_hex,
-                    sha512=outcome.digests.sha512_hex,
-                    hashed_at=outcome.hashed_at,
-                    racy=outcome.racy,
-                    evidence=watch.config.evidence,
-                )
-            )
+            self._recorder.submit(self._settled(watch, outcome))
         elif isinstance(outcome, Unreadable):
             self._unreadable.add(outcome.path)
             await self._recorder.unreadable(
@@ -279,6 +268,19 @@ class Daemon:
         elif isinstance(outcome, Skipped):
             log.debug("file_skipped", path=str(outcome.path), reason=outcome.reason)
             await self._check_gone([outcome.path])
+
+    @staticmethod
+    def _settled(watch: WatchRuntime, outcome: Hashed) -> Settled:
+        return Settled(
+            watch_id=watch.watch_id,
+            path=outcome.path,
+            stat=outcome.stat,
+            sha256=outcome.digests.sha256_hex,
+            sha512=outcome.digests.sha512_hex,
+            hashed_at=outcome.hashed_at,
+            racy=outcome.racy,
+            evidence=watch.config.evidence,
+        )
 
     # --- scans ---------------------------------------------------------------------------------
 
@@ -323,26 +325,44 @@ class Daemon:
     def _scan_one(
         self, loop: asyncio.AbstractEventLoop, conn: Any, watch: WatchRuntime
     ) -> ScanReport:
-        """The scan thread: walk, and hand candidates and missing paths to the loop.
+        """The scan thread: walk, hash what has settled already, hand the rest to the loop.
 
-        Candidates cross to the loop in batches: a wake-up of the loop per file would cost
-        more than the file's whole trip through the pipeline.
+        A file unchanged for longer than ``quiet`` (by its own mtime and ctime) whose fstat at
+        open still equals what the walk saw has met the settle rule (two equal stats a quiet
+        period apart), so the scan thread hashes it at once rather than sending it through
+        the settler and the hash pool: each hand-off between threads costs more than hashing
+        a small file, and a first scan is mostly such files. Other candidates settle as
+        usual. Everything crosses to the loop in batches.
         """
         now_wall, now_mono = time.time(), time.monotonic()
-        found: list[tuple[Path, FileStat, float]] = []
+        unsettled: list[tuple[Path, FileStat, float]] = []
+        outcomes: list[HashOutcome] = []
 
         def hand_over() -> None:
-            batch = found.copy()
-            found.clear()
-            loop.call_soon_threadsafe(self._add_candidates, watch, batch)
+            if unsettled:
+                loop.call_soon_threadsafe(self._add_candidates, watch, unsettled.copy())
+                unsettled.clear()
+            if outcomes:
+                loop.call_soon_threadsafe(self._add_outcomes, watch, outcomes.copy())
+                outcomes.clear()
             while self.backlog() > MAX_BACKLOG and not self._stopping.is_set():
                 time.sleep(0.05)
 
         def on_candidate(path: Path, stat: FileStat) -> None:
             # Settled for as long as neither content nor metadata changed (settle.py).
             age = max(0.0, now_wall - max(stat.mtime_ns, stat.ctime_ns) / 1e9)
-            found.append((path, stat, now_mono - age))
-            if len(found) >= SCAN_BATCH:
+            outcome: HashOutcome | None = None
+            if age > watch.config.quiet and watch.root_dev is not None:
+                outcome = hash_file(path, root_dev=watch.root_dev, expected=stat)
+                if isinstance(outcome, Retry) or (
+                    isinstance(outcome, Hashed) and outcome.stat != stat
+                ):
+                    outcome = None  # changed since the walk saw it: settle it after all
+            if outcome is None:
+                unsettled.append((path, stat, now_mono - age))
+            else:
+                outcomes.append(outcome)
+            if len(unsettled) + len(outcomes) >= SCAN_BATCH:
                 hand_over()
 
         def on_missing(paths: list[Path]) -> None:
@@ -366,6 +386,16 @@ class Daemon:
     ) -> None:
         for path, stat, changed_at in batch:
             watch.settler.add_candidate(path, stat=stat, changed_at=changed_at)
+
+    def _add_outcomes(self, watch: WatchRuntime, outcomes: list[HashOutcome]) -> None:
+        rest = []
+        for outcome in outcomes:
+            if isinstance(outcome, Hashed):
+                self._recorder.submit(self._settled(watch, outcome))
+            else:
+                rest.append(outcome)
+        for outcome in rest:
+            self._spawn(self._handle(watch, outcome))
 
     async def _periodic_rescan(self) -> None:
         while True:
