@@ -125,6 +125,8 @@ class Daemon:
 
     def request_stop(self, signame: str) -> None:
         """Ask the loop to shut down (called from a signal handler)."""
+        if self._stop.is_set():
+            return  # `make run` under `timeout`, or systemd, may deliver it twice
         log.info("daemon_stopping", signal=signame)
         self._stopping.set()
         self._stop.set()
