@@ -354,7 +354,12 @@ class Daemon:
             # Settled for as long as neither content nor metadata changed (settle.py).
             age = max(0.0, now_wall - max(stat.mtime_ns, stat.ctime_ns) / 1e9)
             outcome: HashOutcome | None = None
-            if age > watch.config.quiet and watch.root_dev is not None:
+            # A pending path is the settler's: events may say it is still open for writing.
+            if (
+                age > watch.config.quiet
+                and watch.root_dev is not None
+                and path not in watch.settler
+            ):
                 outcome = hash_file(path, root_dev=watch.root_dev, expected=stat)
                 if isinstance(outcome, Retry) or (
                     isinstance(outcome, Hashed) and outcome.stat != stat

@@ -266,6 +266,10 @@ class Settler:
             heapq.heappop(self._heap)
         return None
 
+    def __contains__(self, path: object) -> bool:
+        """Whether ``path`` is pending (events or a scan put it here and it is not ready)."""
+        return path in self._entries
+
     def __len__(self) -> int:
         """The number of pending paths."""
         return len(self._entries)

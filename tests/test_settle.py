@@ -566,3 +566,13 @@ def test_lost_events_clear_the_open_for_write_flags() -> None:
     assert h.run(QUIET * 4) == []
     h.settler.events_lost()
     assert [r.path for r in h.run(QUIET * 4)] == [f]
+
+
+def test_membership_tells_pending_paths() -> None:
+    h = Harness()
+    f = D / "pending.txt"
+    h.fs.write(f, 3)
+    h.event("created", f)
+    assert f in h.settler
+    h.run(5)
+    assert f not in h.settler

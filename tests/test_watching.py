@@ -262,3 +262,21 @@ def test_a_name_that_is_not_utf8_is_skipped_and_recording_goes_on(daemon: Runnin
     daemon.settle_until({good: b"fine"})
     _only(daemon, {good: b"fine"})
     assert daemon.count("path_not_utf8") >= 1
+
+
+def test_slow_writer_is_not_taken_by_a_rescan_in_between(tmp_path: Path) -> None:
+    # Rescans every second see the file unchanged for longer than `quiet` between writes;
+    # only the settler knows (from events) that it is still open for writing.
+    daemon = RunningDaemon(tmp_path, daemon_extra='rescan = "1s"\n').start()
+    try:
+        target = daemon.watched / "slow-during-rescans.log"
+        with target.open("wb") as handle:
+            for part in (b"one ", b"two ", b"three ", b"four"):
+                handle.write(part)
+                handle.flush()
+                time.sleep(1.2)
+        daemon.settle_until({target: b"one two three four"})
+        assert daemon.count("scan_finished") >= 3
+        _only(daemon, {target: b"one two three four"})
+    finally:
+        assert daemon.stop() == 0
