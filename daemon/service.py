@@ -252,7 +252,7 @@ class Daemon:
             finally:
                 self._hashing -= len(batch)
 
-    async def _handle(self, watch: WatchRuntime, outcome: object) -> None:
+    async def _handle(self, watch: WatchRuntime, outcome: HashOutcome) -> None:
         if isinstance(outcome, Hashed):
             self._recorder.submit(self._settled(watch, outcome))
         elif isinstance(outcome, Unreadable):

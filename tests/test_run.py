@@ -3,101 +3,56 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-STAMPD = str(Path(sys.executable).with_name("stampd"))
+from tests.daemon_harness import STAMPD, RunningDaemon
 
 
 def _stampd(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([STAMPD, *args], capture_output=True, text=True, timeout=60)
 
 
-def _wait_for_event(proc: subprocess.Popen[str], event: str, seen: list[dict[str, object]]) -> None:
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        record = json.loads(line)
-        seen.append(record)
-        if record["event"] == event:
-            return
-    pytest.fail(
-        f"no {event} event; saw {seen}; stderr: {proc.stderr.read() if proc.stderr else ''}"
-    )
-
-
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_run_serves_status_and_stops_cleanly(
-    make_config: Callable[..., Path], signum: signal.Signals
-) -> None:
-    config = make_config()
-    state = config.parent / "state"
-    sock = config.parent / "control.sock"
-    proc = subprocess.Popen(
-        [STAMPD, "--config", str(config), "run"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    seen: list[dict[str, object]] = []
+def test_run_serves_status_and_stops_cleanly(tmp_path: Path, signum: signal.Signals) -> None:
+    daemon = RunningDaemon(tmp_path).start()
+    config = str(daemon.config)
     try:
-        _wait_for_event(proc, "daemon_ready", seen)
-        assert (state / "index.sqlite").exists()
-        assert oct(state.stat().st_mode & 0o777) == oct(0o750)
+        assert (daemon.state / "index.sqlite").exists()
+        assert oct(daemon.state.stat().st_mode & 0o777) == oct(0o750)
 
-        status = _stampd("--config", str(config), "status", "--json")
+        status = _stampd("--config", config, "status", "--json")
         assert status.returncode == 0, status.stderr
-        daemon = json.loads(status.stdout)["daemon"]
-        assert daemon["running"] is True
-        assert daemon["pid"] == proc.pid
-        assert json.loads(status.stdout)["summary"]["watches"][0]["path"] == str(
-            config.parent / "watched"
-        )
-
-        proc.send_signal(signum)
-        assert proc.wait(timeout=30) == 0
-        _wait_for_event(proc, "daemon_stopped", seen)
+        document = json.loads(status.stdout)
+        assert document["daemon"]["running"] is True
+        assert daemon.proc is not None
+        assert document["daemon"]["pid"] == daemon.proc.pid
+        assert document["summary"]["watches"][0]["path"] == str(daemon.watched)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert not sock.exists()
-    after = _stampd("--config", str(config), "status")
+        assert daemon.stop(signum) == 0
+    assert daemon.count("daemon_stopped") == 1
+    assert not (tmp_path / "control.sock").exists()
+    after = _stampd("--config", config, "status")
     assert "not running" in after.stdout
 
 
-def test_run_starts_after_a_crash_left_a_stale_socket(make_config: Callable[..., Path]) -> None:
-    config = make_config()
-    first = subprocess.Popen(
-        [STAMPD, "--config", str(config), "run"], stdout=subprocess.PIPE, text=True
-    )
-    _wait_for_event(first, "daemon_ready", [])
+def test_run_starts_after_a_crash_left_a_stale_socket(tmp_path: Path) -> None:
+    first = RunningDaemon(tmp_path).start()
     first.kill()  # kill -9: no cleanup, the socket file stays
-    first.wait()
-    assert (config.parent / "control.sock").exists()
+    assert (tmp_path / "control.sock").exists()
 
-    second = subprocess.Popen(
-        [STAMPD, "--config", str(config), "run"], stdout=subprocess.PIPE, text=True
-    )
+    second = RunningDaemon(tmp_path).start()
     try:
-        _wait_for_event(second, "daemon_ready", [])
-        status = json.loads(_stampd("--config", str(config), "status", "--json").stdout)
-        assert status["daemon"]["pid"] == second.pid
+        status = json.loads(_stampd("--config", str(second.config), "status", "--json").stdout)
+        assert second.proc is not None
+        assert status["daemon"]["pid"] == second.proc.pid
     finally:
-        second.terminate()
-        second.wait(timeout=30)
+        assert second.stop() == 0
 
 
 def test_run_with_a_bad_config_exits_2_with_one_line(tmp_path: Path) -> None:
