@@ -100,7 +100,7 @@ def populate(index: Index, dirs: int, files_per_dir: int, versions: int) -> int:
                 )
                 current_rows.append((first_version + versions - 1, file_id))
             # Parents before children, so every foreign key holds at each statement as in
-            # Index.record_version; deferring the checks instead makes SQLite scan for children.
+            # Index.record_settled; deferring the checks instead makes SQLite scan for children.
             conn.executemany(
                 "INSERT INTO files (id, watch_id, path, dir, dev, ino, size, mtime_ns, ctime_ns,"
                 " state, first_seen_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",

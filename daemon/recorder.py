@@ -30,7 +30,6 @@ class Recorder:
         self.index = index
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stampd-index")
         self._queue: asyncio.Queue[Settled] = asyncio.Queue()
-        self.recorded = 0
 
     async def _run(self, func: object, *args: object) -> object:
         loop = asyncio.get_running_loop()
@@ -77,7 +76,6 @@ class Recorder:
                 await self._commit([item])
             return
         assert isinstance(results, list)
-        self.recorded += len(batch)
         outcomes: dict[str, int] = {}
         for result in results:
             assert isinstance(result, Recorded)

@@ -178,10 +178,6 @@ class Watcher:
                 restarted.append(root)
         return restarted
 
-    def is_healthy(self) -> bool:
-        """The observer thread runs (its death would silently stop all dispatch)."""
-        return self._observer.is_alive()
-
     def stop(self) -> None:
         """Stop watching and wait for the observer thread."""
         logging.getLogger(_OVERFLOW_LOGGER).removeHandler(self._overflow)

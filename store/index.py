@@ -168,28 +168,6 @@ def format_time(moment: datetime) -> str:
 
 
 @dataclass(frozen=True)
-class VersionFacts:
-    """What identifies one content state of one file (DESIGN §1 "version")."""
-
-    size: int
-    mtime_ns: int
-    ctime_ns: int
-    dev: int
-    ino: int
-    sha256: str
-    sha512: str
-
-
-@dataclass(frozen=True)
-class RecordedVersion:
-    """Row ids created by :meth:`Index.record_version`."""
-
-    file_id: int
-    version_id: int
-    job_ids: tuple[int, ...]
-
-
-@dataclass(frozen=True)
 class Settled:
     """One settled, hashed file, ready to be recorded by :meth:`Index.record_settled`."""
 
@@ -391,45 +369,6 @@ class Index:
                 "INSERT INTO watches (path, added_at) VALUES (?, ?)", (str(path), utc_now())
             )
             return _rowid(cursor)
-
-    def record_version(
-        self,
-        *,
-        watch_id: int,
-        path: Path,
-        facts: VersionFacts,
-        evidence: Sequence[str],
-        seen_at: str | None = None,
-    ) -> RecordedVersion:
-        """Record a new version of ``path`` and one pending job per evidence kind, always.
-
-        Unlike :meth:`record_settled` it never decides "unchanged" or "renamed": for
-        ``stampd stamp PATH`` (an explicit request) and for tests. DESIGN rule 1: the version
-        and its jobs are durable before any network call, so a crash after this returns loses
-        nothing; a crash before it leaves no half record.
-        """
-        now = utc_now()
-        stat = FileStat(facts.dev, facts.ino, facts.size, facts.mtime_ns, facts.ctime_ns)
-        with self.write() as conn:
-            row = conn.execute("SELECT id FROM files WHERE path = ?", (str(path),)).fetchone()
-            file_id = (
-                int(row[0])
-                if row is not None
-                else _insert_file(conn, watch_id=watch_id, path=path, stat=stat, now=now)
-            )
-            version_id, job_ids = _add_version(
-                conn,
-                file_id=file_id,
-                stat=stat,
-                sha256=facts.sha256,
-                sha512=facts.sha512,
-                seen_at=seen_at or now,
-                hashed_at=now,
-                evidence=evidence,
-                now=now,
-            )
-            _set_present(conn, file_id, stat, racy=False, now=now, version_id=version_id)
-        return RecordedVersion(file_id=file_id, version_id=version_id, job_ids=job_ids)
 
     def record_settled(self, batch: Sequence[Settled]) -> list[Recorded]:
         """Record a batch of hashed files in ONE transaction; one :class:`Recorded` per item.

@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from stampd.store.filestat import FileStat
+from stampd.store.index import Settled, utc_now
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 NOBODY = 65534
@@ -81,3 +84,29 @@ def shared_tmp() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path)
+
+
+def settled(
+    watch_id: int,
+    path: Path,
+    *,
+    sha256: str,
+    sha512: str,
+    evidence: tuple[str, ...] | list[str] = ("ots",),
+    size: int = 5,
+    mtime_ns: int = 1,
+    ctime_ns: int = 2,
+    dev: int = 3,
+    ino: int = 4,
+) -> Settled:
+    """A hashed file ready for ``Index.record_settled``, with made-up stat fields."""
+    return Settled(
+        watch_id=watch_id,
+        path=path,
+        stat=FileStat(dev=dev, ino=ino, size=size, mtime_ns=mtime_ns, ctime_ns=ctime_ns),
+        sha256=sha256,
+        sha512=sha512,
+        hashed_at=utc_now(),
+        racy=False,
+        evidence=tuple(evidence),
+    )

@@ -11,7 +11,8 @@ from click.testing import CliRunner, Result
 
 from stampd.daemon.cli.app import cli
 from stampd.store.filestat import FileStat
-from stampd.store.index import Index, VersionFacts, index_path
+from stampd.store.index import Index, index_path
+from tests.conftest import settled
 
 
 def _run(config: Path, *args: str) -> Result:
@@ -30,11 +31,8 @@ def _populate(config: Path) -> Path:
     with Index.open(index_path(state)) as index:
         watch = index.ensure_watch(watched)
         for name, digest in (("a.pdf", "1"), ("sub/b.txt", "2")):
-            index.record_version(
-                watch_id=watch,
-                path=watched / name,
-                facts=VersionFacts(2048, 1, 2, 3, 4, digest * 64, digest * 128),
-                evidence=["ots"],
+            index.record_settled(
+                [settled(watch, watched / name, sha256=digest * 64, sha512=digest * 128, size=2048)]
             )
     return watched
 

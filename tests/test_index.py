@@ -20,7 +20,6 @@ from stampd.store.filestat import FileStat
 from stampd.store.index import (
     Index,
     Settled,
-    VersionFacts,
     index_path,
     live_directories_below,
     migrations,
@@ -29,10 +28,9 @@ from stampd.store.index import (
     rows_in_directory,
     utc_now,
 )
+from tests.conftest import settled
 
-FACTS = VersionFacts(
-    size=5, mtime_ns=1, ctime_ns=2, dev=3, ino=4, sha256="a" * 64, sha512="b" * 128
-)
+A64, B128 = "a" * 64, "b" * 128
 
 
 def _tables(path: Path) -> set[str]:
@@ -55,7 +53,7 @@ def test_reopening_applies_nothing_twice_and_keeps_data(tmp_path: Path) -> None:
     path = index_path(tmp_path)
     with Index.open(path) as index:
         watch = index.ensure_watch(Path("/srv/a"))
-        index.record_version(watch_id=watch, path=Path("/srv/a/x"), facts=FACTS, evidence=["tsr"])
+        index.record_settled([settled(watch, Path("/srv/a/x"), sha256=A64, sha512=B128)])
     with Index.open(path) as index:
         assert index.ensure_watch(Path("/srv/a")) == watch
         count = index.conn.execute("SELECT COUNT(*) FROM _sqlite_migrations").fetchone()[0]
@@ -91,17 +89,25 @@ def test_garbage_instead_of_an_index_is_a_clear_error(tmp_path: Path) -> None:
     assert info.value.hint and "rebuild" in info.value.hint
 
 
-def test_record_version_commits_version_and_one_job_per_kind(tmp_path: Path) -> None:
+def test_a_new_version_commits_one_job_per_kind(tmp_path: Path) -> None:
     with Index.open(index_path(tmp_path)) as index:
         watch = index.ensure_watch(Path("/srv"))
-        first = index.record_version(
-            watch_id=watch, path=Path("/srv/f"), facts=FACTS, evidence=["tsr", "ots"]
+        (first,) = index.record_settled(
+            [settled(watch, Path("/srv/f"), sha256=A64, sha512=B128, evidence=["tsr", "ots"])]
         )
-        second = index.record_version(
-            watch_id=watch,
-            path=Path("/srv/f"),
-            facts=VersionFacts(6, 7, 8, 3, 4, "c" * 64, "d" * 128),
-            evidence=["tsr"],
+        (second,) = index.record_settled(
+            [
+                settled(
+                    watch,
+                    Path("/srv/f"),
+                    sha256="c" * 64,
+                    sha512="d" * 128,
+                    evidence=["tsr"],
+                    size=6,
+                    mtime_ns=7,
+                    ctime_ns=8,
+                )
+            ]
         )
         conn = index.conn
         assert first.file_id == second.file_id
@@ -123,8 +129,8 @@ def test_a_failed_write_leaves_no_partial_record(tmp_path: Path) -> None:
         watch = index.ensure_watch(Path("/srv"))
         with pytest.raises(sqlite3.IntegrityError):
             # "nope" violates the CHECK on jobs.kind after the file and version rows went in.
-            index.record_version(
-                watch_id=watch, path=Path("/srv/f"), facts=FACTS, evidence=["tsr", "nope"]
+            index.record_settled(
+                [settled(watch, Path("/srv/f"), sha256=A64, sha512=B128, evidence=["tsr", "nope"])]
             )
         counts = [
             index.conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
@@ -244,16 +250,19 @@ def test_queries_on_an_index_with_history(tmp_path: Path) -> None:
     path = index_path(tmp_path)
     with Index.open(path) as index:
         watch = index.ensure_watch(Path("/srv"))
-        recorded = index.record_version(
-            watch_id=watch, path=Path("/srv/dir/a"), facts=FACTS, evidence=["tsr"]
+        (recorded,) = index.record_settled(
+            [settled(watch, Path("/srv/dir/a"), sha256=A64, sha512=B128, evidence=["tsr"])]
         )
-        index.record_version(watch_id=watch, path=Path("/srv/dir2/b"), facts=FACTS, evidence=[])
+        # Another inode: the same (dev, ino) and digest at a vanished path would be a rename.
+        index.record_settled(
+            [settled(watch, Path("/srv/dir2/b"), sha256=A64, sha512=B128, evidence=[], ino=5)]
+        )
         with index.write() as conn:
             conn.execute(
                 "INSERT INTO proofs (version_id, kind, provider, status, digest_alg, digest,"
                 " gen_time, created_at, updated_at) VALUES (?, 'tsr', 'digicert', 'complete',"
                 " 'sha256', ?, '2026-01-01T00:00:00.000000Z', 'x', 'x')",
-                (recorded.version_id, FACTS.sha256),
+                (recorded.version_id, A64),
             )
             conn.execute(
                 "INSERT INTO attempts (job_id, provider, started_at, error_class, http_status)"
@@ -570,11 +579,21 @@ def test_unreadable_then_readable(index: Index, tree: Path) -> None:
 def test_rows_in_directory_returns_direct_children_only(index: Index, tmp_path: Path) -> None:
     watch = index.ensure_watch(Path("/srv"))
     for number, name in enumerate(["/srv/d/a", "/srv/d/sub/b", "/srv/d2/c", "/srv/d-x/e"]):
-        index.record_version(
-            watch_id=watch,
-            path=Path(name),
-            facts=VersionFacts(1, 2, 3, 4, number, f"{number}" * 64, "b" * 128),
-            evidence=[],
+        index.record_settled(
+            [
+                settled(
+                    watch,
+                    Path(name),
+                    sha256=f"{number}" * 64,
+                    sha512=B128,
+                    evidence=[],
+                    size=1,
+                    mtime_ns=2,
+                    ctime_ns=3,
+                    dev=4,
+                    ino=number,
+                )
+            ]
         )
     index.mark_missing([Path("/srv/d/sub/b")])
     rows = rows_in_directory(index.conn, Path("/srv/d"))
