@@ -5,10 +5,12 @@ exception in a handler stops dispatch forever, so every call is wrapped and can 
 Filtering, settling and hashing happen on the loop and in the hash pool, never here.
 
 Also here: what watchdog does not tell its handler. A queue overflow (events were lost) is
-only logged by watchdog, so a log handler catches the message; a deleted watch root stops its
-emitter for good, so :meth:`Watcher.check_roots` notices and reschedules once the root is
-back; and inotify watches that could not be placed (``max_user_watches``) are counted from
-``/proc/self/fdinfo``.
+only logged by watchdog, on the thread that reads inotify, while events read before it may
+still wait in the observer's queue; so a log handler catches the message and queues a marker
+behind those events, and the handler reports the overflow in stream order. A deleted watch
+root stops its emitter for good, so :meth:`Watcher.check_roots` notices and reschedules once
+the root is back; and inotify watches that could not be placed (``max_user_watches``) are
+counted from ``/proc/self/fdinfo``.
 """
 
 from __future__ import annotations
@@ -86,11 +88,15 @@ class _Enqueuer(FileSystemEventHandler):
     produce them. Attribute events pass: a chmod can make an unreadable file readable.
     """
 
-    def __init__(self, deliver: Callable[[Change], None]) -> None:
+    def __init__(self, deliver: Callable[[Change], None], on_overflow: Callable[[], None]) -> None:
         self._deliver = deliver
+        self._on_overflow = on_overflow
 
     def dispatch(self, event: FileSystemEvent) -> None:
         try:
+            if isinstance(event, _EventsLost):
+                self._on_overflow()
+                return
             kind = _KINDS.get(type(event))
             if kind is None:
                 return
@@ -100,17 +106,29 @@ class _Enqueuer(FileSystemEventHandler):
             log.exception("watch_event_dropped", event_type=event.event_type)
 
 
-class _OverflowListener(logging.Handler):
-    """Catches watchdog's "queue overflowed" warning: the only sign that events were lost."""
+class _EventsLost(FileSystemEvent):
+    """Marker queued behind the events read before an overflow (never an inotify event)."""
 
-    def __init__(self, on_overflow: Callable[[], None]) -> None:
+    event_type = "stampd_events_lost"
+
+
+class _OverflowListener(logging.Handler):
+    """Catches watchdog's "queue overflowed" warning: the only sign that events were lost.
+
+    The warning is logged on the reading thread; events read before it may not have reached
+    the handler yet. Reporting the overflow at once would let the settler forget its "open for
+    write" flags before a late ``modified`` sets one again, and that path would then wait for
+    a close that was lost (``max_wait``, an hour). So ``on_lost`` queues a marker in order.
+    """
+
+    def __init__(self, on_lost: Callable[[], None]) -> None:
         super().__init__(level=logging.WARNING)
-        self._on_overflow = on_overflow
+        self._on_lost = on_lost
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             if "queue overflowed" in record.getMessage():
-                self._on_overflow()
+                self._on_lost()
         except Exception:  # logging handlers must never raise
             self.handleError(record)
 
@@ -134,16 +152,25 @@ class Watcher:
         on_overflow: Callable[[], None],
     ) -> None:
         self.roots = roots
-        self._handler = _Enqueuer(deliver)
+        self._on_overflow = on_overflow
+        self._handler = _Enqueuer(deliver, on_overflow)
         self._observer: BaseObserver = Observer()
         self._scheduled: dict[Path, ObservedWatch] = {}
-        self._overflow = _OverflowListener(on_overflow)
+        self._overflow = _OverflowListener(self._queue_overflow_marker)
 
     def start(self) -> list[Path]:
         """Start watching; returns the roots that could be watched now (others wait)."""
         logging.getLogger(_OVERFLOW_LOGGER).addHandler(self._overflow)
         self._observer.start()
         return [root for root in self.roots if self._schedule(root)]
+
+    def _queue_overflow_marker(self) -> None:
+        """On the reading thread: report the overflow behind the events already queued."""
+        watches = list(self._scheduled.values())
+        if not watches:  # nothing to dispatch through; nothing queued could be lost either
+            self._on_overflow()
+            return
+        self._observer.event_queue.put((_EventsLost(""), watches[0]))
 
     def _schedule(self, root: Path) -> bool:
         if not root.is_dir():
