@@ -18,6 +18,7 @@ from stampd.daemon.cli.exit_codes import ExitCode
 from stampd.daemon.cli.output import JSON_META_KEY, emit_json
 from stampd.daemon.cli.query import ls_command, show_command, status_command
 from stampd.daemon.cli.run import run_command
+from stampd.daemon.cli.verify import verify_command
 from stampd.daemon.config import ConfigError
 from stampd.daemon.control import DaemonUnreachableError
 from stampd.store.errors import StampdError
@@ -94,6 +95,7 @@ cli.add_command(ls_command)
 cli.add_command(show_command)
 cli.add_command(digest_command)
 cli.add_command(config_group)
+cli.add_command(verify_command)
 
 
 def main() -> None:

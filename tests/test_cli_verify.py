@@ -1,0 +1,223 @@
+"""`stampd verify`: real tokens reach the outcome their README gives, and the exit code says it.
+
+With `--tsr` and `--trust` no configuration is read at all (STAMPD_CONFIG points nowhere);
+without `--tsr`, sidecars are found by the watch's layout.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from stampd.daemon.cli.app import cli
+from stampd.store.sidecar import sidecar_path
+from tests.conftest import SHARED
+
+VECTORS = SHARED / "vectors" / "tsr"
+
+
+def _verify(tmp_path: Path, *args: str) -> Result:
+    runner = CliRunner(env={"STAMPD_CONFIG": str(tmp_path / "no-such-config.toml")})
+    return runner.invoke(cli, ["verify", *args])
+
+
+def _given(tmp_path: Path, token: str, data: str | bytes, trust: str, *extra: str) -> Result:
+    if isinstance(data, bytes):
+        target = tmp_path / "data.bin"
+        target.write_bytes(data)
+    else:
+        target = VECTORS / data
+    return _verify(
+        tmp_path,
+        "--tsr",
+        str(VECTORS / token),
+        "--trust",
+        str(VECTORS / trust),
+        *extra,
+        str(target),
+    )
+
+
+@pytest.mark.parametrize(
+    ("token", "data", "trust", "expected"),
+    [
+        (
+            "globalsign-g4_2021_notation.resp.tsr",
+            "data_notation.txt",
+            "globalsign-root-r3.crt.pem",
+            "tsr valid 2021-09-18T11:54:34Z Globalsign TSA for Advanced - G4",
+        ),
+        (
+            "globalsign-g4_2021_notation.token.p7s",
+            "data_notation.txt",
+            "globalsign-root-r3.crt.pem",
+            "tsr valid 2021-09-17T14:09:10Z Globalsign TSA for Advanced - G4",
+        ),
+        (
+            "sigstage_2025_hello_sha384.resp.tsr",
+            "data_hello.txt",
+            "sigstage_ts_chain.pem",
+            "tsr valid 2025-05-09T11:58:55Z sigstore-tsa",
+        ),
+    ],
+)
+def test_valid_tokens_exit_0(
+    tmp_path: Path, token: str, data: str, trust: str, expected: str
+) -> None:
+    result = _given(tmp_path, token, data, trust)
+    assert result.exit_code == 0, result.output
+    assert expected in result.stdout
+    assert "TSA chain valid until" in result.stdout
+
+
+def test_expired_tsa_chain_is_valid_at_gen_time_and_says_renewal_is_overdue(
+    tmp_path: Path,
+) -> None:
+    result = _given(tmp_path, "freetsa_2024_sha512.resp.tsr", b"test", "freetsa_cacert.pem")
+    assert result.exit_code == 0, result.output
+    assert "tsr valid 2024-04-09T05:29:39Z www.freetsa.org" in result.stdout
+    assert "TSA chain expired 2026-03-11: renewal overdue" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("token", "data", "trust", "status", "reason"),
+    [
+        (
+            "comodo-sectigo_2018_hello-nl_nocerts.resp.tsr",
+            "data_hello-nl.txt",
+            "globalsign-root-r3.crt.pem",
+            "unverifiable",
+            "signer_unavailable",
+        ),
+        (
+            "globalsign_rejection.resp.tsr",
+            "data_hello.txt",
+            "freetsa_cacert.pem",
+            "invalid",
+            "rejected",
+        ),
+        (
+            "globalsign-g4_2021_notation.resp.tsr",
+            "data_hello.txt",
+            "globalsign-root-r3.crt.pem",
+            "invalid",
+            "imprint_mismatch",
+        ),
+        (
+            "globalsign-g4_2021_notation.resp.tsr",
+            "data_notation.txt",
+            "freetsa_cacert.pem",
+            "invalid",
+            "chain",
+        ),
+    ],
+)
+def test_unproven_exits_1_with_the_reason(
+    tmp_path: Path, token: str, data: str, trust: str, status: str, reason: str
+) -> None:
+    result = _given(tmp_path, token, data, trust, "--json")
+    assert result.exit_code == 1, result.output
+    document = json.loads(result.stdout)
+    assert document["proven"] is False
+    (evidence,) = document["files"][0]["evidence"]
+    assert (evidence["status"], evidence["reason"]) == (status, reason)
+    assert evidence["message"]
+
+
+def test_base64_token_and_untrusted_signer_certificate(tmp_path: Path) -> None:
+    # A FreeTSA token handed over as base64; the TSA certificate also given separately.
+    armoured = tmp_path / "token.b64"
+    armoured.write_bytes(
+        base64.encodebytes((VECTORS / "freetsa_2024_sha512.resp.tsr").read_bytes())
+    )
+    data = tmp_path / "test.txt"
+    data.write_bytes(b"test")
+    result = _verify(
+        tmp_path,
+        "--tsr",
+        str(armoured),
+        "--trust",
+        str(VECTORS / "freetsa_cacert.pem"),
+        "--untrusted",
+        str(VECTORS / "freetsa_tsa.crt"),
+        str(data),
+    )
+    assert result.exit_code == 0, result.output
+
+
+def test_tsr_takes_exactly_one_path(tmp_path: Path) -> None:
+    result = _verify(
+        tmp_path,
+        "--tsr",
+        str(VECTORS / "globalsign-g4_2021_notation.resp.tsr"),
+        "--trust",
+        str(VECTORS / "globalsign-root-r3.crt.pem"),
+        str(VECTORS / "data_notation.txt"),
+        str(VECTORS / "data_hello.txt"),
+    )
+    assert result.exit_code == 2
+    assert "exactly one PATH" in result.output
+
+
+def test_without_trust_or_configuration_the_missing_config_is_named(tmp_path: Path) -> None:
+    result = _verify(
+        tmp_path,
+        "--tsr",
+        str(VECTORS / "globalsign-g4_2021_notation.resp.tsr"),
+        str(VECTORS / "data_notation.txt"),
+    )
+    assert result.exit_code == 2
+    assert "no-such-config.toml" in result.output
+
+
+def _config_with_tsa(make_config: Callable[..., Path], tmp_path: Path, layout: str) -> Path:
+    return make_config(
+        f'sidecars = "{layout}"\n'
+        "[[timestamp.tsa]]\n"
+        'name = "globalsign"\n'
+        'url = "http://127.0.0.1:9/"\n'
+        f'trust = "{VECTORS / "globalsign-root-r3.crt.pem"}"\n',
+        evidence='["tsr"]',
+    )
+
+
+@pytest.mark.parametrize("layout", ["adjacent", "mirror"])
+def test_sidecars_are_found_by_the_watch_layout(
+    make_config: Callable[..., Path], tmp_path: Path, layout: str
+) -> None:
+    config = _config_with_tsa(make_config, tmp_path, layout)
+    data = tmp_path / "watched" / "notation.txt"
+    shutil.copyfile(VECTORS / "data_notation.txt", data)
+    runner = CliRunner()
+    missing = runner.invoke(cli, ["--config", str(config), "verify", str(data)])
+    assert missing.exit_code == 1
+    assert "no evidence found (looked for" in missing.stdout
+    sidecar = sidecar_path(data, "tsr", layout=layout, state_dir=tmp_path / "state")  # type: ignore[arg-type]
+    sidecar.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(VECTORS / "globalsign-g4_2021_notation.resp.tsr", sidecar)
+    found = runner.invoke(cli, ["--config", str(config), "verify", "--json", str(data)])
+    assert found.exit_code == 0, found.output
+    (evidence,) = json.loads(found.stdout)["files"][0]["evidence"]
+    assert evidence["source"] == str(sidecar)
+    assert evidence["status"] == "valid"
+    data.write_bytes(b"changed since it was stamped")
+    changed = runner.invoke(cli, ["--config", str(config), "verify", str(data)])
+    assert changed.exit_code == 1
+    assert "imprint_mismatch" in changed.stdout
+
+
+def test_unreadable_data_file_is_one_error_line(
+    make_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    config = _config_with_tsa(make_config, tmp_path, "adjacent")
+    result = CliRunner().invoke(
+        cli, ["--config", str(config), "verify", str(tmp_path / "watched" / "nope.txt")]
+    )
+    assert result.exit_code == 1
+    assert "nope.txt" in result.stderr
