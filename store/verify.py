@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -102,12 +102,15 @@ def verify_tsr(
     except (TspParseError, TimestampRejected) as error:
         return Verdict("tsr", source, "invalid", error.error_class, error.message)
     facts = token.facts
-    known = {
-        "gen_time": facts.gen_time,
-        "algorithm": facts.algorithm,
-        "serial": facts.serial,
-        "policy": facts.policy,
-    }
+    known = Verdict(
+        "tsr",
+        source,
+        "invalid",
+        gen_time=facts.gen_time,
+        algorithm=facts.algorithm,
+        serial=facts.serial,
+        policy=facts.policy,
+    )
     try:
         digest = digest_of(facts.algorithm)
     except ValueError:
@@ -128,16 +131,14 @@ def verify_tsr(
     if verified is None:
         assert failure is not None
         status: Status = "unverifiable" if failure.reason == "signer_unavailable" else "invalid"
-        return Verdict("tsr", source, status, failure.reason, failure.message, **known)
+        return replace(known, status=status, reason=failure.reason, message=failure.message)
     moment = now or datetime.now(UTC)
-    return Verdict(
-        "tsr",
-        source,
-        "valid",
+    return replace(
+        known,
+        status="valid",
         authority=verified.authority,
         chain_not_after=verified.chain_not_after,
         renewal_overdue=verified.chain_not_after <= moment,
-        **known,
     )
 
 
