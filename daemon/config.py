@@ -41,6 +41,7 @@ SidecarLayout = Literal["adjacent", "mirror"]
 Selection = Literal["round-robin", "priority"]
 DigestName = Literal["sha256", "sha384", "sha512"]
 TimestampMode = Literal["per-file", "batch"]
+TsaAuth = Literal["none", "basic", "bearer"]
 
 
 class ConfigError(StampdError):
@@ -99,6 +100,13 @@ class TsaConfig:
     trust: Path | None
     #: Seconds to leave between two requests to this TSA.
     min_interval: float
+    #: TSA policy OID to request (reqPolicy); None lets the TSA use its default.
+    policy: str | None = None
+    #: HTTP authentication: "none", "basic" (username + secret) or "bearer" (secret).
+    auth: TsaAuth = "none"
+    username: str | None = None
+    #: File holding the password or token; read at start, never logged (DESIGN rule 7).
+    secret_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -253,6 +261,10 @@ def config_to_dict(config: Config) -> dict[str, Any]:
                     "url": tsa.url,
                     "trust": None if tsa.trust is None else str(tsa.trust),
                     "min_interval": format_duration(tsa.min_interval),
+                    "policy": tsa.policy,
+                    "auth": tsa.auth,
+                    "username": tsa.username,
+                    "secret_file": None if tsa.secret_file is None else str(tsa.secret_file),
                 }
                 for tsa in timestamp.tsa
             ],
@@ -273,7 +285,8 @@ _DAEMON_KEYS = (
 )
 _WATCH_KEYS = ("path", "evidence", "include", "exclude", "quiet", "sidecars", "max_wait")
 _TIMESTAMP_KEYS = ("selection", "timeout", "digest", "mode", "tsa")
-_TSA_KEYS = ("name", "url", "trust", "min_interval")
+_TSA_KEYS = ("name", "url", "trust", "min_interval", "policy", "auth", "username", "secret_file")
+_OID = re.compile(r"[0-2](\.(0|[1-9][0-9]*))+")
 # Used to point a misplaced key to its table: a key written after `[[timestamp.tsa]]` belongs
 # to that TSA in TOML, a classic surprise.
 _KEYS_BY_TABLE = {
@@ -413,11 +426,30 @@ def _tsa(table: _Table) -> TsaConfig:
                 f"{_show(str(trust))} {problem} (expected a readable PEM file of root"
                 " certificates)",
             )
+    policy = table.optional_string("policy")
+    if policy is not None and not _OID.fullmatch(policy):
+        table.add("policy", f'{_show(policy)} is not an OID (like "1.3.6.1.4.1.4146.2.3")')
+        policy = None
+    auth = table.choice("auth", get_args(TsaAuth), "none")
+    username = table.optional_string("username")
+    secret_file = table.optional_path("secret_file")
+    if auth == "basic" and username is None:
+        table.add("auth", '"basic" needs a username (add username = "...")')
+    if auth != "none" and secret_file is None:
+        table.add("auth", f'"{auth}" needs secret_file, the file holding the secret')
+    if secret_file is not None:
+        problem = _unreadable_file_problem(secret_file)
+        if problem:
+            table.add("secret_file", f"{_show(str(secret_file))} {problem}")
     return TsaConfig(
         name=name,
         url=url,
         trust=trust,
         min_interval=table.duration("min_interval", "0s", allow_zero=True),
+        policy=policy,
+        auth=auth,
+        username=username,
+        secret_file=secret_file,
     )
 
 

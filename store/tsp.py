@@ -30,7 +30,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from stampd.store.errors import StampdError
 from stampd.store.trust import ChainError, validate_tsa_chain
@@ -424,14 +424,14 @@ def _verify(
     _check_algorithm_protection(attributes, signer_info)
     _check_signature(signer_info, signer, digest_name)
     _check_ess(attributes, signer)
+    _check_eku(signer)
     moment = at or facts.gen_time
     intermediates = [cert for cert in known if cert != signer]
     try:
         chain = validate_tsa_chain(signer, intermediates, anchors, moment)
     except ChainError as error:
-        reason = "eku" if "extended key usage" in str(error).lower() else "chain"
         raise TokenInvalid(
-            reason,
+            "chain",
             f"the TSA certificate is not trusted at {_when(moment)}: {error}",
         ) from error
     _check_tsa_name(token, signer)
@@ -660,6 +660,27 @@ def _check_ess(attributes: Mapping[str, Any], signer: x509.Certificate) -> None:
     ):
         raise TokenInvalid(
             "ess_mismatch", "the ESSCertID issuerSerial does not name the signer certificate"
+        )
+
+
+def _check_eku(signer: x509.Certificate) -> None:
+    """§2 item 11 (RFC 3161 §2.3): one extended key usage, id-kp-timeStamping, critical.
+
+    The chain validation enforces it too; checked here first for a message that says so."""
+    try:
+        extension = signer.extensions.get_extension_for_class(x509.ExtendedKeyUsage)
+    except x509.ExtensionNotFound:
+        extension = None
+    if extension is None or list(extension.value) != [ExtendedKeyUsageOID.TIME_STAMPING]:
+        raise TokenInvalid(
+            "eku",
+            "the TSA certificate's extended key usage is not id-kp-timeStamping alone"
+            " (RFC 3161 §2.3): it is not a time-stamping certificate",
+        )
+    if not extension.critical:
+        raise TokenInvalid(
+            "eku",
+            "the TSA certificate's extended key usage is not marked critical (RFC 3161 §2.3)",
         )
 
 

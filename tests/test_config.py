@@ -84,7 +84,8 @@ BAD_CONFIGS = {
     "key placed in the wrong table": (
         WATCH + TSA + 'quiet = "5s"\n',
         "timestamp.tsa[0].quiet: unknown key (it belongs in [[watch]])"
-        " (valid keys in [[timestamp.tsa]]: name, url, trust, min_interval)",
+        " (valid keys in [[timestamp.tsa]]: name, url, trust, min_interval, policy, auth,"
+        " username, secret_file)",
     ),
     "evidence as a string instead of a list": (
         '[[watch]]\npath = "inbox"\nevidence = "tsr"\n' + TSA,
@@ -190,6 +191,22 @@ BAD_CONFIGS = {
     "bad log level": (
         '[daemon]\nlog_level = "verbose"\n' + WATCH + TSA,
         'daemon.log_level: "verbose" must be one of "debug", "info", "warning", "error"',
+    ),
+    "policy that is not an OID": (
+        WATCH + TSA + 'policy = "advanced"\n',
+        'timestamp.tsa[0].policy: "advanced" is not an OID (like "1.3.6.1.4.1.4146.2.3")',
+    ),
+    "basic auth without a username": (
+        WATCH + TSA + 'auth = "basic"\nsecret_file = "/etc/hostname"\n',
+        'timestamp.tsa[0].auth: "basic" needs a username (add username = "...")',
+    ),
+    "bearer auth without a secret file": (
+        WATCH + TSA + 'auth = "bearer"\n',
+        'timestamp.tsa[0].auth: "bearer" needs secret_file, the file holding the secret',
+    ),
+    "missing secret file": (
+        WATCH + TSA + 'auth = "bearer"\nsecret_file = "/nonexistent/token"\n',
+        'timestamp.tsa[0].secret_file: "/nonexistent/token" does not exist',
     ),
     "section of the wrong type": (
         "daemon = 5\n" + WATCH + TSA,
@@ -399,6 +416,10 @@ def test_effective_config_round_trips(tmp_path: Path) -> None:
         "url": "http://127.0.0.1:8318/tsa",
         "trust": None,
         "min_interval": "1h30m",
+        "policy": None,
+        "auth": "none",
+        "username": None,
+        "secret_file": None,
     }
     assert parse_config(effective, source=config.source) == config
 

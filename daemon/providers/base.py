@@ -1,0 +1,79 @@
+"""What every provider call reports: the attempt, and how it failed (DESIGN §6).
+
+An attempt's ``error_class`` is one of a fixed set of stable strings; it is stored on the
+attempt row, logged, and counted in metrics, so dashboards and scripts can rely on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from stampd.store.tsp import VerifiedToken
+
+ErrorClass = Literal[
+    "network",
+    "timeout",
+    "http_status",
+    "rate_limited",
+    "quota",
+    "auth",
+    "parse",
+    "rejected",
+    "verify",
+    "unknown",
+]
+
+#: Failures that more tries will not fix without an operator: credentials, paid quota.
+NO_RETRY: frozenset[str] = frozenset({"auth", "quota"})
+
+
+class ProviderFailure(Exception):
+    """One failed try at one provider."""
+
+    def __init__(
+        self,
+        error_class: ErrorClass,
+        message: str,
+        *,
+        http_status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.error_class: ErrorClass = error_class
+        self.message = message
+        self.http_status = http_status
+        #: Seconds the provider asked us to wait (``Retry-After``), if it did.
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One try of one job at one provider, as the ``attempts`` table stores it."""
+
+    provider: str
+    started_at: str
+    latency_ms: float
+    error_class: ErrorClass | None = None
+    http_status: int | None = None
+    message: str | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class Stamped:
+    """A verified timestamp: the TSA's response bytes, unmodified, and what they prove."""
+
+    response: bytes
+    verified: VerifiedToken
+
+
+class TimestampProvider(Protocol):
+    """An RFC 3161 time-stamping authority as the pool sees it."""
+
+    name: str
+    #: Seconds to leave between two requests (some public TSAs ask for it).
+    min_interval: float
+
+    async def timestamp(self, digest: bytes, algorithm: str) -> Stamped:
+        """A verified token for ``digest``, or :class:`ProviderFailure`."""
+        ...
