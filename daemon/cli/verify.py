@@ -85,17 +85,18 @@ def _where(path: Path, config: Config | None) -> _Where:
 
 def _trust_from(trust: Sequence[str], config: Config | None) -> list[tuple[x509.Certificate, ...]]:
     if trust:
-        return [anchors for file in trust for anchors in [load_anchors(Path(file))]]
+        return [load_anchors(Path(file)) for file in trust]
     if config is None:
         return []
     return [load_anchors(tsa.trust or SYSTEM_BUNDLE) for tsa in config.timestamp.tsa]
 
 
-def _config_or_none(cli_needs_it: bool) -> Config | None:
+def _config_or_none(*, required: bool) -> Config | None:
+    """The configuration; without ``--trust`` it is needed for the roots, else optional."""
     try:
         return cli_context().config()
     except ConfigError:
-        if cli_needs_it:
+        if required:
             raise
         return None
 
@@ -150,7 +151,7 @@ def verify_command(
     """
     if tsr_file is not None and len(paths) != 1:
         raise click.UsageError("--tsr verifies one token against exactly one PATH")
-    config = None if (tsr_file is not None and trust) else _config_or_none(not trust)
+    config = None if (tsr_file is not None and trust) else _config_or_none(required=not trust)
     anchor_sets = _trust_from(trust, config)
     extra = load_certificates(Path(untrusted)) if untrusted else ()
     files: list[dict[str, Any]] = []
