@@ -150,26 +150,20 @@ class ProviderPool:
         if failure.retry_after is not None:
             health.not_before = max(health.not_before, now + failure.retry_after)
         if failure.error_class in NO_RETRY:
-            health.cooldown_s = BREAKER_MAX_COOLDOWN_S
+            cooldown: float | None = BREAKER_MAX_COOLDOWN_S
         elif health.consecutive_failures >= BREAKER_THRESHOLD:
-            health.cooldown_s = min(
-                BREAKER_MAX_COOLDOWN_S, max(BREAKER_COOLDOWN_S, health.cooldown_s * 2)
-            )
+            cooldown = min(BREAKER_MAX_COOLDOWN_S, max(BREAKER_COOLDOWN_S, health.cooldown_s * 2))
         else:
-            log.info(
-                "provider_attempt_failed",
-                provider=provider.name,
-                error_class=failure.error_class,
-                http_status=failure.http_status,
-                message=failure.message,
-            )
+            cooldown = None
+        fields = {
+            "provider": provider.name,
+            "error_class": failure.error_class,
+            "http_status": failure.http_status,
+            "message": failure.message,
+        }
+        if cooldown is None:
+            log.info("provider_attempt_failed", **fields)
             return
-        health.open_until = now + health.cooldown_s
-        log.warning(
-            "provider_breaker_open",
-            provider=provider.name,
-            error_class=failure.error_class,
-            http_status=failure.http_status,
-            message=failure.message,
-            cooldown_s=health.cooldown_s,
-        )
+        health.cooldown_s = cooldown
+        health.open_until = now + cooldown
+        log.warning("provider_breaker_open", cooldown_s=cooldown, **fields)
