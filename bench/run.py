@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["bench_digest.py", "bench_index.py", "bench_scan.py"]
+BENCHMARKS = ["bench_digest.py", "bench_index.py", "bench_scan.py", "bench_stamping.py"]
 
 
 def main() -> int:

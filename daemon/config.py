@@ -119,6 +119,12 @@ class TimestampConfig:
     digest: DigestName
     mode: TimestampMode
     tsa: tuple[TsaConfig, ...]
+    #: First wait after a round in which every TSA failed; it doubles per failed round.
+    retry: float = 30.0
+    #: Longest wait between two rounds of one job (the doubling stops here).
+    retry_max: float = 21600.0
+    #: How long a TSA rests after repeated failures (circuit breaker; doubles, up to 20x).
+    cooldown: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -255,6 +261,9 @@ def config_to_dict(config: Config) -> dict[str, Any]:
             "timeout": format_duration(timestamp.timeout),
             "digest": timestamp.digest,
             "mode": timestamp.mode,
+            "retry": format_duration(timestamp.retry),
+            "retry_max": format_duration(timestamp.retry_max),
+            "cooldown": format_duration(timestamp.cooldown),
             "tsa": [
                 {
                     "name": tsa.name,
@@ -284,7 +293,16 @@ _DAEMON_KEYS = (
     "fallback_rescan",
 )
 _WATCH_KEYS = ("path", "evidence", "include", "exclude", "quiet", "sidecars", "max_wait")
-_TIMESTAMP_KEYS = ("selection", "timeout", "digest", "mode", "tsa")
+_TIMESTAMP_KEYS = (
+    "selection",
+    "timeout",
+    "digest",
+    "mode",
+    "retry",
+    "retry_max",
+    "cooldown",
+    "tsa",
+)
 _TSA_KEYS = ("name", "url", "trust", "min_interval", "policy", "auth", "username", "secret_file")
 _OID = re.compile(r"[0-2](\.(0|[1-9][0-9]*))+")
 # Used to point a misplaced key to its table: a key written after `[[timestamp.tsa]]` belongs
@@ -382,6 +400,14 @@ def _timestamp(table: _Table) -> TimestampConfig:
     timeout = table.duration("timeout", "10s", allow_zero=False)
     digest = table.choice("digest", get_args(DigestName), "sha256")
     mode = table.choice("mode", get_args(TimestampMode), "per-file")
+    retry = table.duration("retry", "30s", allow_zero=False)
+    retry_max = table.duration("retry_max", "6h", allow_zero=False)
+    if retry_max < retry:
+        table.add(
+            "retry_max",
+            f"{format_duration(retry_max)} is shorter than retry ({format_duration(retry)})",
+        )
+    cooldown = table.duration("cooldown", "30s", allow_zero=False)
     tsa_tables = table.tables("tsa", "[[timestamp.tsa]]")
     tsas = [_tsa(tsa_table) for tsa_table in tsa_tables]
     first_use: dict[str, str] = {}
@@ -397,7 +423,14 @@ def _timestamp(table: _Table) -> TimestampConfig:
         else:
             first_use[tsa.name] = tsa_table.key_path
     return TimestampConfig(
-        selection=selection, timeout=timeout, digest=digest, mode=mode, tsa=tuple(tsas)
+        selection=selection,
+        timeout=timeout,
+        digest=digest,
+        mode=mode,
+        tsa=tuple(tsas),
+        retry=retry,
+        retry_max=retry_max,
+        cooldown=cooldown,
     )
 
 

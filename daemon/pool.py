@@ -20,6 +20,7 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from stampd.daemon.logs import get_logger
 from stampd.daemon.providers.base import (
@@ -35,7 +36,8 @@ log = get_logger("stampd.pool")
 
 BREAKER_THRESHOLD = 3
 BREAKER_COOLDOWN_S = 30.0
-BREAKER_MAX_COOLDOWN_S = 600.0
+#: The longest rest is this many times the first one (30 s → 10 min by default).
+COOLDOWN_GROWTH = 20
 #: Longest wait for a provider's min_interval or Retry-After inside one job.
 MAX_WAIT_S = 5.0
 
@@ -69,14 +71,34 @@ class ProviderPool:
         providers: Sequence[TimestampProvider],
         *,
         selection: str = "round-robin",
+        cooldown: float = BREAKER_COOLDOWN_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.providers = list(providers)
         self.selection = selection
+        #: The first rest after repeated failures; it doubles up to :data:`COOLDOWN_GROWTH` x.
+        self.cooldown = cooldown
         self._clock = clock
         self._cursor = 0
         self.health = {provider.name: ProviderHealth(provider.name) for provider in providers}
         self._locks = {provider.name: asyncio.Lock() for provider in providers}
+
+    def report(self) -> list[dict[str, Any]]:
+        """Each provider's health as JSON-ready data (control ``status``, ``stampd providers``)."""
+        now = self._clock()
+        return [
+            {
+                "name": health.name,
+                "breaker": health.breaker(now),
+                "resting_s": round(max(0.0, health.open_until - now), 1),
+                "attempts": health.attempts,
+                "failures": health.failures,
+                "consecutive_failures": health.consecutive_failures,
+                "last_error_class": health.last_error_class,
+                "last_success_at": health.last_success_at,
+            }
+            for health in self.health.values()
+        ]
 
     def _order(self) -> list[TimestampProvider]:
         if self.selection == "priority" or not self.providers:
@@ -149,10 +171,11 @@ class ProviderPool:
         health.last_error_class = failure.error_class
         if failure.retry_after is not None:
             health.not_before = max(health.not_before, now + failure.retry_after)
+        longest = self.cooldown * COOLDOWN_GROWTH
         if failure.error_class in NO_RETRY:
-            cooldown: float | None = BREAKER_MAX_COOLDOWN_S
+            cooldown: float | None = longest
         elif health.consecutive_failures >= BREAKER_THRESHOLD:
-            cooldown = min(BREAKER_MAX_COOLDOWN_S, max(BREAKER_COOLDOWN_S, health.cooldown_s * 2))
+            cooldown = min(longest, max(self.cooldown, health.cooldown_s * 2))
         else:
             cooldown = None
         fields = {

@@ -9,7 +9,7 @@ committed together, before anything else happens to them.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -28,6 +28,8 @@ class Recorder:
 
     def __init__(self, index: Index) -> None:
         self.index = index
+        #: Called on the loop after a commit that created jobs (the job runners wake up).
+        self.on_jobs: Callable[[], None] | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stampd-index")
         self._queue: asyncio.Queue[Settled] = asyncio.Queue()
 
@@ -77,6 +79,8 @@ class Recorder:
             return
         assert isinstance(results, list)
         outcomes: dict[str, int] = {}
+        if self.on_jobs is not None and any(r.job_ids for r in results):
+            self.on_jobs()
         for result in results:
             assert isinstance(result, Recorded)
             outcomes[result.outcome] = outcomes.get(result.outcome, 0) + 1

@@ -20,11 +20,14 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import httpx
+from cryptography import x509
 
 from stampd.daemon import __version__
 from stampd.daemon.config import Config, WatchConfig
@@ -32,9 +35,12 @@ from stampd.daemon.control import ControlServer
 from stampd.daemon.filters import WatchFilter
 from stampd.daemon.hasher import Hashed, HashOutcome, Retry, Skipped, Unreadable, hash_file
 from stampd.daemon.logs import get_logger
+from stampd.daemon.pool import ProviderPool
+from stampd.daemon.providers.configured import configured_tsas
 from stampd.daemon.recorder import Recorder
 from stampd.daemon.scan import ScanReport, scan_watch
 from stampd.daemon.settle import Ready, Settler
+from stampd.daemon.stamping import TsrStamper
 from stampd.daemon.watcher import Change, Watcher, count_inotify_watches
 from stampd.store.errors import FileAccessError
 from stampd.store.filestat import FileStat
@@ -106,6 +112,9 @@ class Daemon:
         self._unwatched_dirs = 0
         #: Files recorded as unreadable: a permission change (attrib event) retries them.
         self._unreadable: set[Path] = set()
+        self._stamper: TsrStamper | None = None
+        self._http: httpx.AsyncClient | None = None
+        self._tsa_anchors: Mapping[str, Sequence[x509.Certificate]] = {}
 
     # --- control -----------------------------------------------------------------------------
 
@@ -121,6 +130,7 @@ class Daemon:
             "scanning": self._scanning,
             "scans_done": self._scans_done,
             "unwatched_dirs": self._unwatched_dirs,
+            "tsr": self._stamper.status() if self._stamper else None,
         }
 
     def request_stop(self, signame: str) -> None:
@@ -468,6 +478,7 @@ class Daemon:
         for signum in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(signum, self.request_stop, signal.Signals(signum).name)
 
+        pool = self._tsa_pool()
         index = Index.open(index_path(state_dir))
         self._recorder = Recorder(index)
         for configured in self.config.watches:
@@ -497,14 +508,27 @@ class Daemon:
                 )
         control = ControlServer(self.config.daemon.control_socket, {"status": self._status})
         await control.start()
-        pool = ThreadPoolExecutor(max_workers=HASH_WORKERS, thread_name_prefix="stampd-hash")
+        hashers = ThreadPoolExecutor(max_workers=HASH_WORKERS, thread_name_prefix="stampd-hash")
         background = [
             asyncio.create_task(self._recorder.run()),
             asyncio.create_task(self._tick()),
             asyncio.create_task(self._health()),
             asyncio.create_task(self._periodic_rescan()),
-            *(asyncio.create_task(self._hash_worker(pool)) for _ in range(HASH_WORKERS)),
+            *(asyncio.create_task(self._hash_worker(hashers)) for _ in range(HASH_WORKERS)),
         ]
+        if pool is not None:
+            self._stamper = TsrStamper(
+                recorder=self._recorder,
+                pool=pool,
+                anchors={name: tuple(roots) for name, roots in self._tsa_anchors.items()},
+                state_dir=state_dir,
+                digest_alg=self.config.timestamp.digest,
+                layouts={watch.watch_id: watch.config.sidecars for watch in self._watches},
+                retry=self.config.timestamp.retry,
+                retry_max=self.config.timestamp.retry_max,
+            )
+            self._recorder.on_jobs = self._stamper.wake
+            background.append(asyncio.create_task(self._stamper.run()))
         scanner = asyncio.create_task(self._scanner())
         try:
             log.info(
@@ -520,7 +544,28 @@ class Daemon:
                     self._request_scan(watch)
             await self._stop.wait()
         finally:
-            await self._shutdown(control, pool, background, scanner)
+            await self._shutdown(control, hashers, background, scanner)
+
+    def _tsa_pool(self) -> ProviderPool | None:
+        """The TSAs as a failover pool, when a watch asks for ``tsr`` evidence.
+
+        Built before anything starts: a trust file without roots or an unreadable secret is
+        a configuration error (exit 2), not a failure of every job later.
+        """
+        if not any("tsr" in watch.evidence for watch in self.config.watches):
+            return None
+        timestamp = self.config.timestamp
+        if timestamp.mode == "batch":
+            log.warning(
+                "timestamp_batch_mode_unavailable",
+                hint='timestamp.mode = "batch" is not implemented yet; stamping per file',
+            )
+        self._http = httpx.AsyncClient()
+        tsas = configured_tsas(timestamp, self._http)
+        self._tsa_anchors = tsas.anchors
+        return ProviderPool(
+            tsas.providers, selection=timestamp.selection, cooldown=timestamp.cooldown
+        )
 
     async def _shutdown(
         self,
@@ -544,6 +589,8 @@ class Daemon:
         await self._recorder.flush()
         self._recorder.close()
         self._recorder.index.close()
+        if self._http is not None:
+            await self._http.aclose()
         log.info("daemon_stopped")
 
 

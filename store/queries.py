@@ -31,6 +31,10 @@ class StatusSummary:
     proofs: dict[str, dict[str, int]]
     jobs: dict[str, int]
     jobs_backing_off: int
+    #: Jobs backing off, by the error class of their last round.
+    backoff_errors: dict[str, int]
+    #: When the first backed-off job is due again.
+    next_retry_at: str | None
     last_recorded_at: str | None
 
     @property
@@ -145,10 +149,17 @@ def status_summary(conn: sqlite3.Connection, *, now: str) -> StatusSummary:
         "SELECT kind, status, COUNT(*) FROM proofs GROUP BY kind, status"
     ):
         proofs.setdefault(kind, {})[status] = count
-    backing_off = conn.execute(
-        "SELECT COUNT(*) FROM jobs WHERE state = 'pending' AND next_try_at > ? AND tries > 0",
+    backoff_errors = _counts(
+        conn,
+        "SELECT COALESCE(last_error_class, 'unknown'), COUNT(*) FROM jobs"
+        " WHERE state = 'pending' AND next_try_at > ? AND tries > 0 GROUP BY 1",
+        now,
+    )
+    next_retry = conn.execute(
+        "SELECT MIN(next_try_at) FROM jobs WHERE state = 'pending' AND next_try_at > ?"
+        " AND tries > 0",
         (now,),
-    ).fetchone()[0]
+    ).fetchone()
     # MAX(id) walks the primary key from its end; MAX(hashed_at) would scan the table.
     last = conn.execute(
         "SELECT hashed_at FROM versions WHERE id = (SELECT MAX(id) FROM versions)"
@@ -159,7 +170,9 @@ def status_summary(conn: sqlite3.Connection, *, now: str) -> StatusSummary:
         versions=conn.execute("SELECT COUNT(*) FROM versions").fetchone()[0],
         proofs=proofs,
         jobs=_counts(conn, "SELECT state, COUNT(*) FROM jobs GROUP BY state"),
-        jobs_backing_off=int(backing_off),
+        jobs_backing_off=sum(backoff_errors.values()),
+        backoff_errors=backoff_errors,
+        next_retry_at=next_retry[0] if next_retry else None,
         last_recorded_at=last[0] if last else None,
     )
 
@@ -306,3 +319,46 @@ def _jobs_of(conn: sqlite3.Connection, version_id: int) -> tuple[JobRow, ...]:
             )
         )
     return tuple(jobs)
+
+
+@dataclass(frozen=True)
+class ProviderStats:
+    """What the attempts table says of one provider (``stampd providers``)."""
+
+    name: str
+    attempts: int
+    #: Failed attempts by ``error_class``.
+    failures: dict[str, int]
+    last_success_at: str | None
+    last_failure_at: str | None
+    #: Mean latency of successful attempts, in milliseconds.
+    mean_latency_ms: float | None
+
+
+def provider_stats(conn: sqlite3.Connection) -> dict[str, ProviderStats]:
+    """Every provider that was ever tried, by name (one pass over ``attempts_provider``)."""
+    rows: dict[str, dict[str, Any]] = {}
+    for name, error_class, count, last, latency in conn.execute(
+        "SELECT provider, error_class, COUNT(*), MAX(started_at), AVG(latency_ms)"
+        " FROM attempts GROUP BY provider, error_class"
+    ):
+        entry = rows.setdefault(
+            name, {"attempts": 0, "failures": {}, "ok": None, "failed": None, "latency": None}
+        )
+        entry["attempts"] += count
+        if error_class is None:
+            entry["ok"], entry["latency"] = last, latency
+        else:
+            entry["failures"][error_class] = count
+            entry["failed"] = max(filter(None, (entry["failed"], last)))
+    return {
+        name: ProviderStats(
+            name=name,
+            attempts=entry["attempts"],
+            failures=entry["failures"],
+            last_success_at=entry["ok"],
+            last_failure_at=entry["failed"],
+            mean_latency_ms=None if entry["latency"] is None else round(entry["latency"], 1),
+        )
+        for name, entry in rows.items()
+    }

@@ -29,6 +29,7 @@ class RunningDaemon:
         prefix: Sequence[str] = (),
         extra: str = "",
         daemon_extra: str = "",
+        evidence: str = '["ots"]',
     ) -> None:
         self.tmp = tmp
         self.watched = tmp / "watched"
@@ -42,7 +43,7 @@ class RunningDaemon:
             'log_format = "json"\n'
             'log_level = "debug"\n' + daemon_extra + "[[watch]]\n"
             f'path = "{self.watched}"\n'
-            'evidence = ["ots"]\n'
+            f"evidence = {evidence}\n"
             f'quiet = "{quiet}"\n' + extra
         )
         self.prefix = list(prefix)

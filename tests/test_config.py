@@ -208,6 +208,14 @@ BAD_CONFIGS = {
         WATCH + TSA + 'auth = "bearer"\nsecret_file = "/nonexistent/token"\n',
         'timestamp.tsa[0].secret_file: "/nonexistent/token" does not exist',
     ),
+    "retry_max shorter than retry": (
+        WATCH + '[timestamp]\nretry = "1m"\nretry_max = "10s"\n' + TSA,
+        "timestamp.retry_max: 10s is shorter than retry (1m)",
+    ),
+    "cooldown of zero": (
+        WATCH + '[timestamp]\ncooldown = "0s"\n' + TSA,
+        'timestamp.cooldown: "0s" must be more than 0s (like "30s")',
+    ),
     "section of the wrong type": (
         "daemon = 5\n" + WATCH + TSA,
         "daemon: 5 must be a table ([daemon])",
@@ -322,7 +330,9 @@ def test_every_setting(tmp_path: Path) -> None:
             'sidecars = "mirror"\n'
             '[[watch]]\npath = "/srv/logs"\nevidence = ["ots"]\nquiet = "500ms"\n'
             '[timestamp]\nselection = "priority"\ntimeout = "30s"\ndigest = "sha512"\n'
-            'mode = "batch"\n' + TSA + 'trust = "roots.pem"\nmin_interval = "15s"\n',
+            'mode = "batch"\nretry = "10s"\nretry_max = "1h"\ncooldown = "1m"\n'
+            + TSA
+            + 'trust = "roots.pem"\nmin_interval = "15s"\n',
         )
     )
     assert config.daemon.metrics == ("::1", 9464)
@@ -334,6 +344,8 @@ def test_every_setting(tmp_path: Path) -> None:
     assert config.watches[1].quiet == 0.5
     assert (config.timestamp.selection, config.timestamp.digest) == ("priority", "sha512")
     assert config.timestamp.mode == "batch"
+    assert (config.timestamp.retry, config.timestamp.retry_max) == (10, 3600)
+    assert config.timestamp.cooldown == 60
     assert config.timestamp.tsa[0].trust == tmp_path / "roots.pem"
     assert config.timestamp.tsa[0].min_interval == 15
 

@@ -16,6 +16,7 @@ from stampd.daemon.cli.context import CliContext
 from stampd.daemon.cli.digest import digest_command
 from stampd.daemon.cli.exit_codes import ExitCode
 from stampd.daemon.cli.output import JSON_META_KEY, emit_json
+from stampd.daemon.cli.providers import providers_command
 from stampd.daemon.cli.query import ls_command, show_command, status_command
 from stampd.daemon.cli.run import run_command
 from stampd.daemon.cli.verify import verify_command
@@ -96,6 +97,7 @@ cli.add_command(show_command)
 cli.add_command(digest_command)
 cli.add_command(config_group)
 cli.add_command(verify_command)
+cli.add_command(providers_command)
 
 
 def main() -> None:

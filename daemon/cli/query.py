@@ -26,7 +26,7 @@ from stampd.store.index import index_path, open_reader, utc_now
 
 
 @contextmanager
-def _reader(config: Config) -> Iterator[sqlite3.Connection]:
+def index_reader(config: Config) -> Iterator[sqlite3.Connection]:
     conn = open_reader(index_path(config.daemon.state_dir))
     try:
         yield conn
@@ -51,7 +51,7 @@ def _size(size: int | None) -> str:
     return f"{size} B"  # pragma: no cover - the loop always returns
 
 
-def _daemon_state(config: Config) -> dict[str, Any]:
+def daemon_state(config: Config) -> dict[str, Any]:
     try:
         reply = control.request(config.daemon.control_socket, {"command": "status"}, timeout=2.0)
     except control.DaemonUnreachableError as error:
@@ -70,11 +70,11 @@ def _counts_text(counts: dict[str, int]) -> str:
 def status_command(as_json: bool) -> None:
     """Show the daemon, the watches, and counts of files, proofs and jobs."""
     config = cli_context().config()
-    daemon = _daemon_state(config)
+    daemon = daemon_state(config)
     path = index_path(config.daemon.state_dir)
     summary: queries.StatusSummary | None = None
     if path.exists():
-        with _reader(config) as conn:
+        with index_reader(config) as conn:
             summary = queries.status_summary(conn, now=utc_now())
 
     if as_json:
@@ -108,12 +108,18 @@ def status_command(as_json: bool) -> None:
         f"{kind} {_counts_text(by_status)}" for kind, by_status in sorted(summary.proofs.items())
     )
     click.echo(f"proofs:   {proofs or 'none yet'}")
-    backing_off = (
-        f" ({summary.jobs_backing_off:,} backing off after failures)"
-        if summary.jobs_backing_off
-        else ""
-    )
-    click.echo(f"jobs:     {_counts_text(summary.jobs)}{backing_off}")
+    click.echo(f"jobs:     {_counts_text(summary.jobs)}")
+    if summary.jobs_backing_off:
+        click.echo(
+            f"          {summary.jobs_backing_off:,} backing off after failures"
+            f" ({_counts_text(summary.backoff_errors)}), next retry {summary.next_retry_at}"
+            " — see `stampd providers`"
+        )
+    tsr = daemon.get("tsr") if daemon["running"] else None
+    if isinstance(tsr, dict):
+        resting = [p["name"] for p in tsr.get("providers", []) if p.get("breaker") != "closed"]
+        rest = f"; resting: {', '.join(resting)}" if resting else ""
+        click.echo(f"stamping: {tsr.get('in_flight', 0)} in progress{rest}")
 
 
 @click.command("ls")
@@ -124,7 +130,7 @@ def ls_command(path: str | None, limit: int | None, as_json: bool) -> None:
     """List recorded files at or under PATH (default: everything) with their evidence."""
     config = cli_context().config()
     prefix = _absolute(path) if path else None
-    with _reader(config) as conn:
+    with index_reader(config) as conn:
         rows = queries.list_files(conn, prefix, limit=limit)
         if as_json:
             emit_json({"files": [dataclasses.asdict(row) for row in rows]})
@@ -148,7 +154,7 @@ def show_command(path: str, as_json: bool) -> None:
     """Show every version of PATH with its proofs, jobs and attempts."""
     config = cli_context().config()
     target = _absolute(path)
-    with _reader(config) as conn:
+    with index_reader(config) as conn:
         detail = queries.file_detail(conn, target)
     if detail is None:
         if as_json:

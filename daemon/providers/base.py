@@ -7,21 +7,18 @@ attempt row, logged, and counted in metrics, so dashboards and scripts can rely 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
+from stampd.store.jobs import Attempt, ErrorClass
 from stampd.store.tsp import VerifiedToken
 
-ErrorClass = Literal[
-    "network",
-    "timeout",
-    "http_status",
-    "rate_limited",
-    "quota",
-    "auth",
-    "parse",
-    "rejected",
-    "verify",
-    "unknown",
+__all__ = [
+    "NO_RETRY",
+    "Attempt",
+    "ErrorClass",
+    "ProviderFailure",
+    "Stamped",
+    "TimestampProvider",
 ]
 
 #: Failures that more tries will not fix without an operator: credentials, paid quota.
@@ -45,18 +42,6 @@ class ProviderFailure(Exception):
         self.http_status = http_status
         #: Seconds the provider asked us to wait (``Retry-After``), if it did.
         self.retry_after = retry_after
-
-
-@dataclass(frozen=True)
-class Attempt:
-    """One try of one job at one provider, as the ``attempts`` table stores it."""
-
-    provider: str
-    started_at: str
-    latency_ms: float
-    error_class: ErrorClass | None = None
-    http_status: int | None = None
-    message: str | None = None
 
 
 @dataclass(frozen=True, eq=False)

@@ -1,0 +1,210 @@
+"""RFC 3161 stamping: throughput against a local TSA, and close → sidecar latency (DESIGN §11).
+
+The local TSAs are the ones the tests use (tests/fake_tsa.py), on loopback in this process:
+``openssl ts -reply`` behind a small HTTP server (a process per request, like a real TSA's
+signing step) and a pure-Python signer (fast, so stampd's own cost shows).
+
+1. Reference: the TSA's own capacity — sequential requests from a plain httpx client,
+   tokens parsed but not verified — in requests/s, measured in this run.
+2. Throughput: `stampd run` with `evidence = ["tsr"]`; N files dropped at once; files/s from
+   the first write until every job is done (hashing, settling, requesting, verifying the
+   token completely, archive + sidecar + proof row), as a ratio of the reference.
+3. Latency: files written and closed one at a time; close() → `FILE.tsr` on disk, p50/p99,
+   against the target of quiet + 150 ms / quiet + 1 s.
+
+    python bench/bench_stamping.py [--files 500] [--quiet 0.5s] [--latency-samples 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from stampd.store.tsp import build_request, parse_response  # noqa: E402
+from tests.fake_tsa import FakeTsa, OpenSslTsa  # noqa: E402
+from tests.tsa_pki import make_pki  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+STAMPD = str(Path(sys.executable).with_name("stampd"))
+
+
+def reference_requests_per_s(url: str, requests: int) -> float:
+    with httpx.Client() as client:
+        start = time.perf_counter()
+        for number in range(requests):
+            digest = hashlib.sha256(number.to_bytes(8, "big")).digest()
+            reply = client.post(
+                url,
+                content=build_request(digest, "sha256").der,
+                headers={"Content-Type": "application/timestamp-query"},
+            )
+            parse_response(reply.content)
+        return requests / (time.perf_counter() - start)
+
+
+def done_jobs(db: Path) -> int:
+    if not db.exists():
+        return 0
+    try:
+        conn = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=5)
+        try:
+            row = conn.execute(
+                "SELECT COUNT(*) FROM jobs WHERE kind = 'tsr' AND state = 'done'"
+            ).fetchone()
+            return int(row[0])
+        finally:
+            conn.close()
+    except sqlite3.OperationalError:
+        return 0
+
+
+class Daemon:
+    def __init__(self, base: Path, url: str, root_pem: Path, quiet: str) -> None:
+        self.tree = base / "tree"
+        self.tree.mkdir()
+        self.state = base / "state"
+        config = base / "config.toml"
+        config.write_text(
+            f'[daemon]\nstate_dir = "{self.state}"\ncontrol_socket = "{base}/control.sock"\n'
+            f'log_format = "json"\n[[watch]]\npath = "{self.tree}"\nevidence = ["tsr"]\n'
+            f'quiet = "{quiet}"\n[timestamp]\ntimeout = "10s"\n'
+            f'[[timestamp.tsa]]\nname = "local"\nurl = "{url}"\ntrust = "{root_pem}"\n'
+        )
+        self.proc = subprocess.Popen(
+            [STAMPD, "--config", str(config), "run"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if '"daemon_ready"' in line:
+                break
+        log = self.proc.stdout
+        threading.Thread(target=lambda: [None for _ in log], daemon=True).start()
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=60)
+
+
+def throughput(daemon: Daemon, files: int) -> float:
+    db = daemon.state / "index.sqlite"
+    start = time.perf_counter()
+    for number in range(files):
+        (daemon.tree / f"burst-{number:05}.dat").write_bytes(os.urandom(4096))
+    while done_jobs(db) < files:
+        if daemon.proc.poll() is not None:
+            raise RuntimeError("stampd exited early")
+        time.sleep(0.02)
+    return files / (time.perf_counter() - start)
+
+
+def latencies(daemon: Daemon, samples: int) -> list[float]:
+    fresh = daemon.tree / "fresh"
+    fresh.mkdir()
+    time.sleep(1.0)
+    measured = []
+    for number in range(samples):
+        path = fresh / f"new-{number}.dat"
+        with path.open("wb") as handle:
+            handle.write(os.urandom(4096))
+        closed = time.perf_counter()
+        sidecar = path.with_name(path.name + ".tsr")
+        while not sidecar.exists():
+            time.sleep(0.002)
+        measured.append(time.perf_counter() - closed)
+    return sorted(measured)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--files", type=int, default=500)
+    parser.add_argument("--quiet", default="0.5s")
+    parser.add_argument("--latency-samples", type=int, default=60)
+    args = parser.parse_args()
+    quiet_s = float(args.quiet.removesuffix("s"))
+    results: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="stampd-bench-tsr-") as tmp:
+        base = Path(tmp)
+        pki = make_pki(base / "pki", "Bench")
+        for name, server in (
+            ("python TSA", FakeTsa(pki)),
+            ("openssl ts -reply TSA", OpenSslTsa(base / "openssl", pki)),
+        ):
+            with server:
+                reference = reference_requests_per_s(server.url, 200)
+                run_dir = base / name.replace(" ", "-")
+                run_dir.mkdir()
+                daemon = Daemon(run_dir, server.url, pki.root_pem, "200ms")
+                try:
+                    ours = throughput(daemon, args.files)
+                finally:
+                    daemon.stop()
+                entry = {"reference_requests_per_s": reference, "stampd_files_per_s": ours}
+                if name == "openssl ts -reply TSA":
+                    lat_dir = base / "latency"
+                    lat_dir.mkdir()
+                    daemon = Daemon(lat_dir, server.url, pki.root_pem, args.quiet)
+                    try:
+                        measured = latencies(daemon, args.latency_samples)
+                    finally:
+                        daemon.stop()
+                    entry["latency_p50_ms"] = statistics.median(measured) * 1000
+                    entry["latency_p99_ms"] = (
+                        measured[min(len(measured) - 1, int(len(measured) * 0.99))] * 1000
+                    )
+                results[name] = entry
+
+    print(f"\n{args.files:,} files of 4 KiB dropped at once; quiet 200 ms for throughput")
+    for name, entry in results.items():
+        ratio = entry["stampd_files_per_s"] / entry["reference_requests_per_s"]
+        entry["ratio"] = ratio
+        print(
+            f"{name:<24} stampd {entry['stampd_files_per_s']:>7.1f} files/s"
+            f"   TSA alone {entry['reference_requests_per_s']:>7.1f} req/s   ratio {ratio:.2f}x"
+        )
+    openssl = results["openssl ts -reply TSA"]
+    p50, p99 = openssl["latency_p50_ms"], openssl["latency_p99_ms"]
+    quiet_ms = quiet_s * 1000
+    print(
+        f"close → sidecar (openssl TSA, quiet {quiet_ms:.0f} ms, {args.latency_samples} files):"
+        f" p50 {p50:.0f} ms (+{p50 - quiet_ms:.0f}, target ≤ +150)"
+        f"  p99 {p99:.0f} ms (+{p99 - quiet_ms:.0f}, target ≤ +1000)"
+    )
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "stamping.json").write_text(
+        json.dumps(
+            {
+                "files": args.files,
+                "quiet_ms": quiet_ms,
+                "results": results,
+                "latency_target_p50_ms": quiet_ms + 150,
+                "latency_target_p99_ms": quiet_ms + 1000,
+                "latency_pass": p50 <= quiet_ms + 150 and p99 <= quiet_ms + 1000,
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
