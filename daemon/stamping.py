@@ -324,17 +324,7 @@ class TsrStamper:
                 return False  # an older version's proof, or not a proof: archived on write
             token = _Token.from_verdict(existing, verdict, provider, "sidecar")
             await asyncio.to_thread(archive_put, self._state_dir, existing, KIND)
-            proof_id = await self._call(
-                partial(
-                    complete_job,
-                    self._index,
-                    job_id=job.job_id,
-                    version_id=job.version_id,
-                    proof=token.proof(algorithm, digest),
-                    attempts=(),
-                )
-            )
-        self._stamped(job, token, proof_id, sidecar=True)
+            await self._complete(job, algorithm, digest, token, (), sidecar=True)
         return True
 
     async def _reuse(self, job: DueJob, algorithm: str, digest: bytes) -> _Token | None:
@@ -402,17 +392,7 @@ class TsrStamper:
                     )
                     return
                 sidecar = True
-            proof_id = await self._call(
-                partial(
-                    complete_job,
-                    self._index,
-                    job_id=job.job_id,
-                    version_id=job.version_id,
-                    proof=token.proof(algorithm, digest),
-                    attempts=attempts,
-                )
-            )
-        self._stamped(job, token, proof_id, sidecar=sidecar)
+            await self._complete(job, algorithm, digest, token, attempts, sidecar=sidecar)
 
     def _place_sidecar(self, path: Path, layout: Layout, data: bytes) -> None:
         """Write ``data`` as the sidecar; whatever was there before goes to the archive."""
@@ -432,7 +412,27 @@ class TsrStamper:
             replace=existing is not None,
         )
 
-    def _stamped(self, job: DueJob, token: _Token, proof_id: int | None, *, sidecar: bool) -> None:
+    async def _complete(
+        self,
+        job: DueJob,
+        algorithm: str,
+        digest: bytes,
+        token: _Token,
+        attempts: Sequence[Attempt],
+        *,
+        sidecar: bool,
+    ) -> None:
+        """Commit the proof row, the round's attempts and the job's end; log it."""
+        proof_id = await self._call(
+            partial(
+                complete_job,
+                self._index,
+                job_id=job.job_id,
+                version_id=job.version_id,
+                proof=token.proof(algorithm, digest),
+                attempts=attempts,
+            )
+        )
         self.completed += 1
         log.info(
             "tsr_stamped",
