@@ -32,6 +32,9 @@ DEFAULT_CONFIG_PATH = Path("/etc/stampd/config.toml")
 #: The environment variable naming the configuration file.
 CONFIG_ENV_VAR = "STAMPD_CONFIG"
 
+#: A secret file named ``$CREDENTIALS_DIRECTORY/NAME`` is a systemd credential (LoadCredential=).
+CREDENTIALS_PREFIX = "$CREDENTIALS_DIRECTORY/"
+
 #: Evidence kinds a watch can ask for (DESIGN §5; ``ers`` follows from renewal and batch mode).
 EVIDENCE_KINDS = ("tsr", "ots", "p7s", "attest")
 
@@ -73,6 +76,9 @@ class DaemonSettings:
     rescan: float
     #: Seconds between rescans while some directories have no inotify watch (limit reached).
     fallback_rescan: float
+    #: Seconds a component may have work waiting without progress before the daemon counts
+    #: as unhealthy and stops the systemd watchdog pings (systemd then restarts it).
+    stall_after: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -184,7 +190,9 @@ def load_config(path: Path) -> Config:
     return parse_config(data, source=path)
 
 
-def parse_config(data: Mapping[str, Any], *, source: Path) -> Config:
+def parse_config(
+    data: Mapping[str, Any], *, source: Path, environ: Mapping[str, str] | None = None
+) -> Config:
     """Validate parsed TOML ``data`` read from the file ``source``.
 
     Relative paths are resolved against ``source``'s directory. The only I/O is checking that
@@ -192,7 +200,14 @@ def parse_config(data: Mapping[str, Any], *, source: Path) -> Config:
     every problem.
     """
     problems = _Problems()
-    root = _Table(data, "", "the top level", problems, base_dir=source.absolute().parent)
+    root = _Table(
+        data,
+        "",
+        "the top level",
+        problems,
+        base_dir=source.absolute().parent,
+        environ=os.environ if environ is None else environ,
+    )
     root.check_keys(("daemon", "watch", "timestamp"))
 
     daemon = _daemon_settings(root.table("daemon", "[daemon]"))
@@ -243,6 +258,7 @@ def config_to_dict(config: Config) -> dict[str, Any]:
             "metrics": None if daemon.metrics is None else _format_address(*daemon.metrics),
             "rescan": format_duration(daemon.rescan),
             "fallback_rescan": format_duration(daemon.fallback_rescan),
+            "stall_after": format_duration(daemon.stall_after),
         },
         "watch": [
             {
@@ -291,6 +307,7 @@ _DAEMON_KEYS = (
     "metrics",
     "rescan",
     "fallback_rescan",
+    "stall_after",
 )
 _WATCH_KEYS = ("path", "evidence", "include", "exclude", "quiet", "sidecars", "max_wait")
 _TIMESTAMP_KEYS = (
@@ -327,6 +344,7 @@ def _daemon_settings(table: _Table) -> DaemonSettings:
         metrics=_metrics_address(table),
         rescan=table.duration("rescan", "24h", allow_zero=False),
         fallback_rescan=table.duration("fallback_rescan", "10m", allow_zero=False),
+        stall_after=table.duration("stall_after", "60s", allow_zero=False),
     )
 
 
@@ -465,10 +483,10 @@ def _tsa(table: _Table) -> TsaConfig:
         policy = None
     auth = table.choice("auth", get_args(TsaAuth), "none")
     username = table.optional_string("username")
-    secret_file = table.optional_path("secret_file")
+    secret_file = table.secret_path("secret_file")
     if auth == "basic" and username is None:
         table.add("auth", '"basic" needs a username (add username = "...")')
-    if auth != "none" and secret_file is None:
+    if auth != "none" and table.get("secret_file") is _MISSING:
         table.add("auth", f'"{auth}" needs secret_file, the file holding the secret')
     if secret_file is not None:
         problem = _unreadable_file_problem(secret_file)
@@ -605,12 +623,14 @@ class _Table:
         problems: _Problems,
         *,
         base_dir: Path,
+        environ: Mapping[str, str],
     ) -> None:
         self.data = data
         self.key_path = key_path
         self.title = title
         self.problems = problems
         self.base_dir = base_dir
+        self.environ = environ
 
     def key(self, name: str) -> str:
         return f"{self.key_path}.{name}" if self.key_path else name
@@ -657,7 +677,14 @@ class _Table:
         elif not isinstance(value, Mapping):
             self.add(name, f"{_show(value)} must be a table ({title})")
             value = {}
-        return _Table(value, self.key(name), title, self.problems, base_dir=self.base_dir)
+        return _Table(
+            value,
+            self.key(name),
+            title,
+            self.problems,
+            base_dir=self.base_dir,
+            environ=self.environ,
+        )
 
     def tables(self, name: str, title: str) -> list[_Table]:
         """The array of tables ``name`` (empty when absent or invalid)."""
@@ -674,7 +701,16 @@ class _Table:
         for index, item in enumerate(value):
             key = f"{self.key(name)}[{index}]"
             if isinstance(item, Mapping):
-                found.append(_Table(item, key, title, self.problems, base_dir=self.base_dir))
+                found.append(
+                    _Table(
+                        item,
+                        key,
+                        title,
+                        self.problems,
+                        base_dir=self.base_dir,
+                        environ=self.environ,
+                    )
+                )
             else:
                 self.problems.add(key, f"{_show(item)} must be a table ({title})")
         return found
@@ -767,6 +803,27 @@ class _Table:
     def optional_path(self, name: str) -> Path | None:
         text = self._string(name, required=False)
         return None if text is None else self._resolve(name, text)
+
+    def secret_path(self, name: str) -> Path | None:
+        """A file holding a secret; ``$CREDENTIALS_DIRECTORY/NAME`` names a systemd
+        credential (``LoadCredential=``), which only the service's own environment has."""
+        text = self._string(name, required=False)
+        if text is None or not text.startswith(CREDENTIALS_PREFIX):
+            return None if text is None else self._resolve(name, text)
+        directory = self.environ.get("CREDENTIALS_DIRECTORY")
+        credential = text[len(CREDENTIALS_PREFIX) :]
+        if not credential or "/" in credential or credential in (".", ".."):
+            self.add(name, f"{_show(text)} must name one credential: $CREDENTIALS_DIRECTORY/NAME")
+            return None
+        if not directory:
+            self.add(
+                name,
+                f"{_show(text)}: $CREDENTIALS_DIRECTORY is not set",
+                "systemd sets it for the stampd service, from LoadCredential= in its unit;"
+                " elsewhere, set it or name the file directly",
+            )
+            return None
+        return Path(directory) / credential
 
 
 def _show(value: object) -> str:

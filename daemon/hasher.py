@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from stampd.store.digest import FileDigests, digest_fd
+from stampd.store.digest import FileDigests, Progress, digest_fd
 from stampd.store.filestat import FileStat
 from stampd.store.index import format_time
 
@@ -76,8 +76,17 @@ def _lstat_key(path: Path) -> FileStat | None:
         return None
 
 
-def hash_file(path: Path, *, root_dev: int, expected: FileStat | None = None) -> HashOutcome:
-    """Hash ``path`` if it is still the regular file that settled (``expected``, if given)."""
+def hash_file(
+    path: Path,
+    *,
+    root_dev: int,
+    expected: FileStat | None = None,
+    progress: Progress | None = None,
+) -> HashOutcome:
+    """Hash ``path`` if it is still the regular file that settled (``expected``, if given).
+
+    ``progress`` is called with the byte count of every read (the health check's sign of
+    life for a long hash)."""
     try:
         # O_NONBLOCK: a FIFO planted under the name must not block the worker forever.
         fd = os.open(path, _OPEN_FLAGS)
@@ -88,13 +97,13 @@ def hash_file(path: Path, *, root_dev: int, expected: FileStat | None = None) ->
             return Skipped(path, "a symbolic link")
         return Unreadable(path, _lstat_key(path), "io", f"cannot open: {error.strerror}")
     try:
-        return _hash_open_file(fd, path, root_dev=root_dev, expected=expected)
+        return _hash_open_file(fd, path, root_dev=root_dev, expected=expected, progress=progress)
     finally:
         os.close(fd)
 
 
 def _hash_open_file(  # noqa: PLR0911 - one return per outcome
-    fd: int, path: Path, *, root_dev: int, expected: FileStat | None
+    fd: int, path: Path, *, root_dev: int, expected: FileStat | None, progress: Progress | None
 ) -> HashOutcome:
     before = os.fstat(fd)
     if not stat.S_ISREG(before.st_mode):
@@ -110,7 +119,7 @@ def _hash_open_file(  # noqa: PLR0911 - one return per outcome
         return Skipped(path, "reached through a symbolically linked directory")
     hashed_at_ns = time.time_ns()
     try:
-        digests = digest_fd(fd)
+        digests = digest_fd(fd, progress=progress)
     except OSError as error:
         return Unreadable(path, key, "io", f"read failed: {error.strerror}")
     after = FileStat.of(os.fstat(fd))

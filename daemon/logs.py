@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from collections.abc import MutableMapping
 from typing import Any, Literal, TextIO
@@ -75,11 +76,21 @@ def _redact_value(key: str, value: Any) -> Any:
     return value
 
 
+# A URL inside free text, up to whitespace or a quote (httpx writes `POST URL "HTTP/1.1 401"`).
+_URL_IN_TEXT = re.compile(r"""https?://[^\s"'<>]+""")
+
+
 def redact_secrets(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
-    """structlog processor: replace secret-looking fields and scrub URLs."""
+    """structlog processor: replace secret-looking fields and scrub URLs.
+
+    Our own events name URLs in ``*url`` fields; a library's message is free text, so URLs
+    in it are found and scrubbed too (httpx logs each request's full URL, query included).
+    """
     for key in list(event_dict):
         if key != "event":
             event_dict[key] = _redact_value(key, event_dict[key])
+        elif isinstance(event_dict[key], str) and "://" in event_dict[key]:
+            event_dict[key] = _URL_IN_TEXT.sub(lambda m: scrub_url(m.group()), event_dict[key])
     return event_dict
 
 
@@ -136,6 +147,10 @@ def configure_logging(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # One INFO line per HTTP request duplicates our own tsa_attempt events (and httpcore's
+    # DEBUG trace is noise); their warnings still come through.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
     structlog.configure(
         # filter_by_level first: a debug event on a hot path costs one level check, not a render.

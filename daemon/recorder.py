@@ -32,14 +32,40 @@ class Recorder:
         self.on_jobs: Callable[[], None] | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stampd-index")
         self._queue: asyncio.Queue[Settled] = asyncio.Queue()
+        #: Index calls finished, and calls in progress: the health check's view of the writer
+        #: (work waiting and this count standing still means it is wedged).
+        self.calls_done = 0
+        self.calls_running = 0
 
     async def _run(self, func: object, *args: object) -> object:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, func, *args)  # type: ignore[arg-type]
+        self.calls_running += 1
+        try:
+            return await loop.run_in_executor(self._thread, func, *args)  # type: ignore[arg-type]
+        finally:
+            self.calls_running -= 1
+            self.calls_done += 1
 
     def submit(self, item: Settled) -> None:
         """Queue a hashed file for the next batch."""
         self._queue.put_nowait(item)
+
+    async def record_now(self, item: Settled) -> Recorded:
+        """Commit one hashed file at once, ahead of the queue (``stampd stamp``)."""
+        results = await self._run(self.index.record_settled, [item])
+        assert isinstance(results, list)
+        result = results[0]
+        assert isinstance(result, Recorded)
+        if result.job_ids and self.on_jobs is not None:
+            self.on_jobs()
+        log.info(
+            "version_recorded_on_request",
+            path=str(result.path),
+            outcome=result.outcome,
+            version_id=result.version_id,
+            jobs=len(result.job_ids),
+        )
+        return result
 
     def backlog(self) -> int:
         """Hashed files not yet committed."""

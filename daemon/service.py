@@ -7,15 +7,18 @@ readiness, in the background), periodically, after an inotify overflow and after
 comes back finds what inotify did not report.
 
 Start-up order (reference/watching-and-service.md §3.5): state directory → index → watches
-→ control socket → ``daemon_ready`` → scan. SIGTERM/SIGINT stop watching, let in-flight hashes
-finish, commit what was hashed, and close the index cleanly; whatever was still settling is
-found again by the next start's scan.
+→ control socket → ``daemon_ready`` (and ``READY=1`` to systemd) → scan. SIGTERM/SIGINT stop
+watching, let in-flight hashes finish, commit what was hashed, and close the index cleanly;
+whatever was still settling is found again by the next start's scan. SIGHUP (or ``stampd
+reload``) reads the configuration again (:mod:`stampd.daemon.reload`). The systemd watchdog
+is pinged only while the health check passes (:mod:`stampd.daemon.health`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import threading
@@ -23,6 +26,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,21 +34,26 @@ import httpx
 from cryptography import x509
 
 from stampd.daemon import __version__
-from stampd.daemon.config import Config, WatchConfig
-from stampd.daemon.control import ControlServer
+from stampd.daemon.config import Config, ConfigError, WatchConfig, load_config
+from stampd.daemon.control import ControlRequestError, ControlServer, Handler
 from stampd.daemon.filters import WatchFilter
 from stampd.daemon.hasher import Hashed, HashOutcome, Retry, Skipped, Unreadable, hash_file
+from stampd.daemon.health import Health, StallWatch
 from stampd.daemon.logs import get_logger
+from stampd.daemon.metrics import LiveState, Metrics, MetricsServer, RootState
+from stampd.daemon.notify import Notifier
 from stampd.daemon.pool import ProviderPool
 from stampd.daemon.providers.configured import configured_tsas
 from stampd.daemon.recorder import Recorder
+from stampd.daemon.reload import diff_configs
 from stampd.daemon.scan import ScanReport, scan_watch
 from stampd.daemon.settle import Ready, Settler
 from stampd.daemon.stamping import TsrStamper
 from stampd.daemon.watcher import Change, Watcher, count_inotify_watches
-from stampd.store.errors import FileAccessError
+from stampd.store.errors import FileAccessError, StampdError
 from stampd.store.filestat import FileStat
 from stampd.store.index import Index, Settled, index_path, open_reader, present_under, utc_now
+from stampd.store.jobs import Attempt
 
 log = get_logger("stampd.daemon")
 
@@ -60,6 +69,10 @@ SCAN_BATCH = 256
 MAX_BACKLOG = 20_000
 #: How often watch roots and the watch count are checked.
 HEALTH_INTERVAL_S = 1.0
+#: How often the health check runs when systemd asks for no watchdog (STATUS, metrics).
+CHECK_INTERVAL_S = 5.0
+#: Most paths one ``stamp`` request may name (each is hashed before the reply).
+MAX_STAMP_PATHS = 1000
 
 
 def prepare_state_dir(state_dir: Path) -> None:
@@ -89,9 +102,22 @@ class WatchRuntime:
     settler: Settler
     root_dev: int | None = None
     directories: int = 0
+    #: Unix time and length of the last full scan that walked the whole tree.
+    last_scan_at: float | None = None
+    last_scan_seconds: float | None = None
 
     def contains(self, path: Path) -> bool:
         return path == self.root or self.root in path.parents
+
+    @classmethod
+    def of(cls, configured: WatchConfig, watch_id: int) -> WatchRuntime:
+        return cls(
+            config=configured,
+            root=configured.path,
+            watch_id=watch_id,
+            filter=WatchFilter.for_watch(configured),
+            settler=Settler(quiet=configured.quiet, max_wait=configured.max_wait),
+        )
 
 
 class Daemon:
@@ -113,10 +139,47 @@ class Daemon:
         #: Files recorded as unreadable: a permission change (attrib event) retries them.
         self._unreadable: set[Path] = set()
         self._stamper: TsrStamper | None = None
+        self._stamper_task: asyncio.Task[None] | None = None
         self._http: httpx.AsyncClient | None = None
-        self._tsa_anchors: Mapping[str, Sequence[x509.Certificate]] = {}
+        self._pending_anchors: Mapping[str, Sequence[x509.Certificate]] = {}
+        self._notifier = Notifier.from_environ()
+        self._metrics: Metrics | None = None
+        self._metrics_server: MetricsServer | None = None
+        self._hashers = ThreadPoolExecutor(
+            max_workers=HASH_WORKERS, thread_name_prefix="stampd-hash"
+        )
+        self._reload_lock = asyncio.Lock()
+        self.reloads = 0
+        #: Set while running; cleared by ``stampd pause`` (watching goes on, work waits).
+        self._resumed = asyncio.Event()
+        self._resumed.set()
+        self._paused_since: str | None = None
+        self._scan_files = 0
+        self._overflows = 0
+        self._inotify_watches: int | None = None
+        # Signs of life for the health check: settle ticks, hash reads and files hashed.
+        self._ticks = 0
+        self._hash_reads = 0
+        self._components: dict[str, asyncio.Task[Any]] = {}
+        stall = config.daemon.stall_after
+        self._stalls = {
+            name: StallWatch(name, stall_after=stall)
+            for name in ("settle", "hashing", "index writer")
+        }
+        self.health = Health()
+        self._status_sent = ""
 
     # --- control -----------------------------------------------------------------------------
+
+    def _handlers(self) -> dict[str, Handler]:
+        return {
+            "status": self._status,
+            "stamp": self._stamp_request,
+            "rescan": self._rescan_request,
+            "reload": self._reload_request,
+            "pause": self._pause_request,
+            "resume": self._resume_request,
+        }
 
     async def _status(self, _request: Mapping[str, Any]) -> dict[str, Any]:
         return {
@@ -124,22 +187,223 @@ class Daemon:
             "version": __version__,
             "started_at": self.started_at,
             "config": str(self.config.source),
+            "reloads": self.reloads,
+            "healthy": self.health.ok,
+            "problems": list(self.health.problems),
+            "paused_since": self._paused_since,
             "watches": [str(watch.root) for watch in self._watches],
             "settling": sum(len(watch.settler) for watch in self._watches),
             "hashing": self._hash_queue.qsize() + self._hashing,
+            "recording": self._recorder.backlog(),
             "scanning": self._scanning,
+            "scan_files": self._scan_files if self._scanning else None,
             "scans_done": self._scans_done,
+            "scans": [
+                {
+                    "root": str(watch.root),
+                    "watched": watch.root_dev is not None,
+                    "directories": watch.directories,
+                    "last_full_scan_at": watch.last_scan_at,
+                    "last_full_scan_seconds": watch.last_scan_seconds,
+                }
+                for watch in self._watches
+            ],
+            "inotify_watches": self._inotify_watches,
             "unwatched_dirs": self._unwatched_dirs,
+            "inotify_overflows": self._overflows,
+            "metrics": self._status_metrics_url(),
             "tsr": self._stamper.status() if self._stamper else None,
         }
+
+    def _status_metrics_url(self) -> str | None:
+        server = self._metrics_server
+        return None if server is None else f"http://{_host(server.host)}:{server.port}/metrics"
+
+    async def _stamp_request(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        paths = request.get("paths")
+        if not isinstance(paths, list) or not paths or not all(isinstance(p, str) for p in paths):
+            raise ControlRequestError('"stamp" needs "paths": a list of absolute paths')
+        if len(paths) > MAX_STAMP_PATHS:
+            raise ControlRequestError(f'"stamp" takes at most {MAX_STAMP_PATHS} paths at once')
+        return {"results": [await self._stamp_one(path) for path in paths]}
+
+    async def _stamp_one(self, text: str) -> dict[str, Any]:
+        """Record one file now, without waiting for it to settle (the operator says it has)."""
+        target = self._stamp_target(text)
+        if isinstance(target, _Refusal):
+            return target.reply(text)
+        path, watch, root_dev = target
+        loop = asyncio.get_running_loop()
+        outcome = await loop.run_in_executor(
+            self._hashers, partial(hash_file, path, root_dev=root_dev, progress=self._on_hash_read)
+        )
+        if isinstance(outcome, Hashed):
+            self._count_hashed(outcome)
+            watch.settler.forget(path)
+            recorded = await self._recorder.record_now(self._settled(watch, outcome))
+            return {
+                "path": str(path),
+                "recorded": True,
+                "outcome": recorded.outcome,
+                "version_id": recorded.version_id,
+                "size": outcome.stat.size,
+                "sha256": outcome.digests.sha256_hex,
+                "queued": list(watch.config.evidence) if recorded.job_ids else [],
+            }
+        if isinstance(outcome, Unreadable):
+            refusal = _Refusal(outcome.error_class, f"{path}: {outcome.message}")
+        elif isinstance(outcome, Retry):
+            refusal = _Refusal(
+                "changing", f"{path} changed while it was read", "stamp it once the writer is done"
+            )
+        else:
+            refusal = _Refusal("skipped", f"{path}: {outcome.reason}")
+        return refusal.reply(text)
+
+    def _stamp_target(self, text: str) -> tuple[Path, WatchRuntime, int] | _Refusal:
+        """The file ``stamp`` names and its watch, or why it cannot be stamped."""
+        if not text.startswith("/") or "\0" in text:
+            return _Refusal("bad_request", f"{text!r} is not an absolute path")
+        path = Path(os.path.normpath(text))
+        watch = self._watch_of(path)
+        if watch is None or path == watch.root:
+            return _Refusal(
+                "not_watched",
+                f"{path} is not under a watch",
+                "stampd records only files under a [[watch]] path of its configuration",
+            )
+        if not watch.filter.accepts(path):
+            return _Refusal(
+                "excluded",
+                f"{path} is left out by the include/exclude patterns of the watch {watch.root}",
+            )
+        if watch.root_dev is None:
+            return _Refusal("root_missing", f"the watch root {watch.root} does not exist")
+        if not _storable(path):
+            return _Refusal("not_utf8", f"{path!r} is not a UTF-8 name", "rename it")
+        return path, watch, watch.root_dev
+
+    async def _rescan_request(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        text = request.get("path")
+        if text is None:
+            targets = list(self._watches)
+        elif isinstance(text, str) and text.startswith("/"):
+            path = Path(os.path.normpath(text))
+            targets = [watch for watch in self._watches if watch.contains(path)]
+            if not targets:
+                raise ControlRequestError(f"{path} is not under a watch")
+        else:
+            raise ControlRequestError('"path" must be an absolute path')
+        missing = [str(watch.root) for watch in targets if watch.root_dev is None]
+        for watch in targets:
+            if watch.root_dev is not None:
+                self._request_scan(watch)
+        requested = [str(watch.root) for watch in targets if watch.root_dev is not None]
+        log.info("rescan_requested", roots=requested)
+        return {"scans_requested": requested, "roots_missing": missing, "paused": self.paused}
+
+    async def _reload_request(self, _request: Mapping[str, Any]) -> dict[str, Any]:
+        return await self.reload("control")
+
+    @property
+    def paused(self) -> bool:
+        return not self._resumed.is_set()
+
+    async def _pause_request(self, _request: Mapping[str, Any]) -> dict[str, Any]:
+        if not self.paused:
+            self._paused_since = utc_now()
+            self._resumed.clear()
+            if self._stamper is not None:
+                self._stamper.paused = True
+            log.info("daemon_paused", hint="`stampd resume` continues; watching goes on")
+        return {"paused": True, "since": self._paused_since}
+
+    async def _resume_request(self, _request: Mapping[str, Any]) -> dict[str, Any]:
+        was = self._paused_since
+        if self.paused:
+            self._paused_since = None
+            self._resumed.set()
+            if self._stamper is not None:
+                self._stamper.paused = False
+                self._stamper.wake()
+            log.info("daemon_resumed", paused_since=was)
+        return {"paused": False, "was_paused_since": was}
 
     def request_stop(self, signame: str) -> None:
         """Ask the loop to shut down (called from a signal handler)."""
         if self._stop.is_set():
             return  # `make run` under `timeout`, or systemd, may deliver it twice
         log.info("daemon_stopping", signal=signame)
+        self._notifier.stopping(f"stopping on {signame}")
         self._stopping.set()
         self._stop.set()
+
+    # --- reload --------------------------------------------------------------------------------
+
+    def _on_sighup(self) -> None:
+        async def reload_quietly() -> None:
+            with contextlib.suppress(ConfigError):  # refused: logged, and the old one runs on
+                await self.reload("SIGHUP")
+
+        self._spawn(reload_quietly())
+
+    async def reload(self, trigger: str) -> dict[str, Any]:
+        """Read the configuration file again and apply it, or refuse it and keep the old one.
+
+        Raises :class:`ConfigError` (the reason) when the new configuration is refused.
+        """
+        async with self._reload_lock:
+            self._notifier.reloading()
+            try:
+                return await self._reload(trigger)
+            finally:
+                self._notifier.ready(self._status_line())
+
+    async def _reload(self, trigger: str) -> dict[str, Any]:
+        source = self.config.source
+        try:
+            new = await asyncio.to_thread(load_config, source)
+            diff = diff_configs(self.config, new)
+            if diff.restart_only:
+                raise ConfigError(
+                    f"{source}: {'; '.join(diff.restart_only)}",
+                    hint="these take effect only at a restart (systemctl restart stampd);"
+                    " put the old values back to reload the rest",
+                )
+            pool = self._tsa_pool(new)
+            metrics_server = self._rebind_metrics(new) if "metrics" in diff.daemon_changed else None
+        except ConfigError as error:
+            log.error("reload_refused", trigger=trigger, reason=str(error), config=str(source))
+            raise
+        changes = diff.describe()
+        for path in diff.removed:
+            watch = next(w for w in self._watches if w.root == path)
+            self._watcher.remove_root(path)
+            self._watches.remove(watch)
+        for configured in diff.added:
+            watch_id = await self._recorder.call(self._recorder.index.ensure_watch, configured.path)
+            assert isinstance(watch_id, int)
+            watch = WatchRuntime.of(configured, watch_id)
+            self._watches.append(watch)
+            self._start_watching(watch, self._watcher.add_root(watch.root))
+        for configured, keys in diff.changed:
+            watch = next(w for w in self._watches if w.root == configured.path)
+            watch.config = configured
+            watch.filter = WatchFilter.for_watch(configured)
+            watch.settler.retune(quiet=configured.quiet, max_wait=configured.max_wait)
+            if {"include", "exclude"} & set(keys) and watch.root_dev is not None:
+                self._request_scan(watch)  # files newly included are found by a walk
+        self.config = new
+        self._apply_tsa_pool(pool)
+        if "metrics" in diff.daemon_changed:
+            self._replace_metrics_server(metrics_server)
+        for stall in self._stalls.values():
+            stall.stall_after = new.daemon.stall_after
+        if "log_level" in diff.daemon_changed:
+            logging.getLogger().setLevel(new.daemon.log_level.upper())
+        self.reloads += 1
+        log.info("config_reloaded", trigger=trigger, config=str(source), changes=changes)
+        return {"config": str(source), "changes": changes}
 
     def backlog(self) -> int:
         """Files between discovery and commit (read from the scan thread; ints are atomic)."""
@@ -156,6 +420,8 @@ class Daemon:
 
     def on_change(self, change: Change) -> None:
         """One filesystem event, on the loop thread."""
+        if self._metrics is not None:
+            self._metrics.events.labels(type=change.kind).inc()
         if not _storable(change.path) or (change.dest is not None and not _storable(change.dest)):
             log.warning("path_not_utf8", path=repr(change.path), hint="rename it to UTF-8")
             return
@@ -233,13 +499,18 @@ class Daemon:
     # --- settle → hash → record ----------------------------------------------------------------
 
     async def _tick(self) -> None:
-        """Move ready paths from the settlers to the hash queue, as often as settling needs."""
-        interval = max(0.05, min(watch.config.quiet for watch in self._watches) / 4)
+        """Move ready paths from the settlers to the hash queue, as often as settling needs.
+
+        While paused, ready paths stay with their settler (which still follows their events).
+        """
         while True:
-            for watch in self._watches:
-                for ready in watch.settler.poll():
-                    self._hash_queue.put_nowait((watch, ready))
-            await asyncio.sleep(interval)
+            self._ticks += 1
+            if not self.paused:
+                for watch in list(self._watches):
+                    for ready in watch.settler.poll():
+                        self._hash_queue.put_nowait((watch, ready))
+            quiet = min((watch.config.quiet for watch in self._watches), default=1.0)
+            await asyncio.sleep(max(0.05, quiet / 4))
 
     async def _hash_worker(self, pool: ThreadPoolExecutor) -> None:
         """Hash ready files in batches: one thread hand-off per batch, not per file.
@@ -254,7 +525,7 @@ class Daemon:
                 batch.append(self._hash_queue.get_nowait())
             self._hashing += len(batch)
             try:
-                outcomes = await loop.run_in_executor(pool, _hash_batch, batch)
+                outcomes = await loop.run_in_executor(pool, self._hash_batch, batch)
                 for (watch, _ready), outcome in zip(batch, outcomes, strict=True):
                     await self._handle(watch, outcome)
             except Exception:
@@ -262,8 +533,38 @@ class Daemon:
             finally:
                 self._hashing -= len(batch)
 
+    def _hash_batch(self, batch: list[tuple[WatchRuntime, Ready]]) -> list[HashOutcome]:
+        """Hash thread: each ready file of a batch, in order (a vanished root skips its files)."""
+        outcomes: list[HashOutcome] = []
+        for watch, ready in batch:
+            if watch.root_dev is None:
+                outcomes.append(Skipped(ready.path, "its watch root is gone"))
+                continue
+            log.debug("hash_started", path=str(ready.path))
+            started = time.monotonic()
+            outcome = hash_file(
+                ready.path,
+                root_dev=watch.root_dev,
+                expected=ready.stat,
+                progress=self._on_hash_read,
+            )
+            if self._metrics is not None and isinstance(outcome, Hashed):
+                self._metrics.hash_duration.observe(time.monotonic() - started)
+            outcomes.append(outcome)
+        return outcomes
+
+    def _on_hash_read(self, _count: int) -> None:
+        # Any thread; a lost increment under contention only delays the next sign of life.
+        self._hash_reads += 1
+
+    def _count_hashed(self, outcome: Hashed) -> None:
+        self._hash_reads += 1  # an empty file reads nothing, but was hashed
+        if self._metrics is not None:
+            self._metrics.hash_bytes.inc(outcome.stat.size)
+
     async def _handle(self, watch: WatchRuntime, outcome: HashOutcome) -> None:
         if isinstance(outcome, Hashed):
+            self._count_hashed(outcome)
             self._recorder.submit(self._settled(watch, outcome))
         elif isinstance(outcome, Unreadable):
             self._unreadable.add(outcome.path)
@@ -315,11 +616,20 @@ class Daemon:
                     if more is not None:
                         pending.setdefault(more.root, more)
                 for target in pending.values():
+                    await self._resumed.wait()
+                    if target not in self._watches:
+                        continue  # a reload removed it meanwhile
                     self._scanning = str(target.root)
+                    self._scan_files = 0
                     report = await asyncio.to_thread(self._scan_one, loop, conn, target)
                     self._scanning = None
                     self._scans_done += 1
                     target.directories = report.directories
+                    if not report.stopped and report.problem is None:
+                        target.last_scan_at = time.time()
+                        target.last_scan_seconds = report.seconds
+                        if self._metrics is not None:
+                            self._metrics.scans.labels(root=str(target.root)).inc()
                     log.info(
                         "scan_finished",
                         root=str(report.root),
@@ -357,7 +667,7 @@ class Daemon:
             if outcomes:
                 loop.call_soon_threadsafe(self._add_outcomes, watch, outcomes.copy())
                 outcomes.clear()
-            while self.backlog() > MAX_BACKLOG and not self._stopping.is_set():
+            while (self.backlog() > MAX_BACKLOG or self.paused) and not self._stopping.is_set():
                 time.sleep(0.05)
 
         def on_candidate(path: Path, stat: FileStat) -> None:
@@ -370,7 +680,9 @@ class Daemon:
                 and watch.root_dev is not None
                 and path not in watch.settler
             ):
-                outcome = hash_file(path, root_dev=watch.root_dev, expected=stat)
+                outcome = hash_file(
+                    path, root_dev=watch.root_dev, expected=stat, progress=self._on_hash_read
+                )
                 if isinstance(outcome, Retry) or (
                     isinstance(outcome, Hashed) and outcome.stat != stat
                 ):
@@ -381,6 +693,9 @@ class Daemon:
                 outcomes.append(outcome)
             if len(unsettled) + len(outcomes) >= SCAN_BATCH:
                 hand_over()
+
+        def on_progress(_directories: int, files: int) -> None:
+            self._scan_files = files
 
         def on_missing(paths: list[Path]) -> None:
             # Re-checked just before the write: the file may have come back meanwhile.
@@ -394,6 +709,7 @@ class Daemon:
                 on_candidate=on_candidate,
                 on_missing=on_missing,
                 should_stop=self._stopping.is_set,
+                on_progress=on_progress,
             )
         finally:
             hand_over()
@@ -408,6 +724,7 @@ class Daemon:
         rest = []
         for outcome in outcomes:
             if isinstance(outcome, Hashed):
+                self._count_hashed(outcome)
                 self._recorder.submit(self._settled(watch, outcome))
             else:
                 rest.append(outcome)
@@ -423,6 +740,9 @@ class Daemon:
     def _on_overflow(self) -> None:
         # Called on the observer thread; one inotify instance serves every root (#1099).
         log.warning("inotify_overflow", action="rescanning every watch")
+        self._overflows += 1
+        if self._metrics is not None:
+            self._metrics.inotify_overflows.inc()
         self._loop.call_soon_threadsafe(self._events_lost)
 
     def _rescan_all(self) -> None:
@@ -441,6 +761,7 @@ class Daemon:
             placed = count_inotify_watches()
         except OSError:
             return
+        self._inotify_watches = placed
         shortfall = max(0, expected - placed)
         if shortfall and not self._unwatched_dirs:
             log.warning(
@@ -454,7 +775,7 @@ class Daemon:
             )
         self._unwatched_dirs = shortfall
 
-    async def _health(self) -> None:
+    async def _watch_roots(self) -> None:
         """Re-watch roots that came back; rescan on the fallback interval while watches lack."""
         last_fallback = time.monotonic()
         while True:
@@ -468,7 +789,161 @@ class Daemon:
                 last_fallback = time.monotonic()
                 self._rescan_all()
 
+    # --- health and systemd --------------------------------------------------------------------
+
+    def check_health(self) -> Health:
+        """Observer, settle, hashing and index writer: alive, and moving when work waits."""
+        problems = []
+        if not self._watcher.observer_alive():
+            problems.append("observer: the inotify dispatch thread has stopped")
+        for name, task in self._components.items():
+            if task.done():
+                problems.append(f"{name}: stopped")
+        hashing = self._hash_queue.qsize() + self._hashing > 0 and not self.paused
+        recorder = self._recorder
+        for problem in (
+            self._stalls["settle"].check(waiting=True, progress=self._ticks),
+            self._stalls["hashing"].check(
+                waiting=self._hashing > 0 or hashing, progress=self._hash_reads
+            ),
+            self._stalls["index writer"].check(
+                waiting=recorder.backlog() > 0 or recorder.calls_running > 0,
+                progress=recorder.calls_done,
+            ),
+        ):
+            if problem is not None:
+                problems.append(problem)
+        return Health(tuple(problems))
+
+    def _status_line(self) -> str:
+        """One line for ``systemctl status`` (STATUS=)."""
+        watched = sum(1 for watch in self._watches if watch.root_dev is not None)
+        parts = [f"watching {watched} of {len(self._watches)} roots"]
+        if self._scanning:
+            parts.append(f"scanning {self._scanning} ({self._scan_files:,} files)")
+        busy = sum(len(watch.settler) for watch in self._watches)
+        hashing = self._hash_queue.qsize() + self._hashing
+        if busy or hashing:
+            parts.append(f"{busy:,} settling, {hashing:,} hashing")
+        if self._stamper is not None and self._stamper.status()["in_flight"]:
+            parts.append(f"{self._stamper.status()['in_flight']} stamping")
+        if self._unwatched_dirs:
+            parts.append(f"{self._unwatched_dirs:,} directories without inotify watch")
+        if self.paused:
+            parts.append(f"PAUSED since {self._paused_since}")
+        if not self.health.ok:
+            parts.insert(0, "UNHEALTHY: " + "; ".join(self.health.problems))
+        return "; ".join(parts)
+
+    async def _watchdog(self) -> None:
+        """Check health; ping systemd's watchdog only while it passes (never a blind timer)."""
+        interval = min(self._notifier.watchdog_interval or CHECK_INTERVAL_S, CHECK_INTERVAL_S)
+        while True:
+            await asyncio.sleep(interval)
+            health = self.check_health()
+            if health.problems != self.health.problems:
+                if health.ok:
+                    log.info("health_restored")
+                else:
+                    log.error(
+                        "health_failed",
+                        problems=list(health.problems),
+                        consequence="watchdog pings stop; systemd restarts stampd after"
+                        " WatchdogSec",
+                    )
+            self.health = health
+            line = self._status_line()
+            if line != self._status_sent:
+                self._notifier.status(line)
+                self._status_sent = line
+            if health.ok and self._notifier.watchdog_interval is not None:
+                self._notifier.watchdog()
+
+    # --- metrics -------------------------------------------------------------------------------
+
+    def _live_state(self) -> LiveState:
+        """What the metrics need from the running daemon (called on the scrape thread)."""
+        report = self._stamper.status()["providers"] if self._stamper else []
+        return LiveState(
+            roots=tuple(
+                RootState(
+                    root=str(watch.root),
+                    watched=watch.root_dev is not None,
+                    directories=watch.directories,
+                    scanning=self._scanning == str(watch.root),
+                    last_scan_finished_at=watch.last_scan_at,
+                    last_scan_seconds=watch.last_scan_seconds,
+                )
+                for watch in list(self._watches)
+            ),
+            inotify_watches=self._inotify_watches,
+            unwatched_dirs=self._unwatched_dirs,
+            settle_queue=sum(len(watch.settler) for watch in list(self._watches)),
+            hash_queue=self._hash_queue.qsize() + self._hashing,
+            record_queue=self._recorder.backlog(),
+            paused=self.paused,
+            providers=tuple((p["name"], p["breaker"] == "closed") for p in report),
+            healthy=self.health.ok,
+        )
+
+    def _bind_metrics(self, config: Config) -> MetricsServer | None:
+        """Serve ``/metrics`` where ``daemon.metrics`` says; an unusable address is a config
+        error (exit 2 at start, a refused reload later)."""
+        if config.daemon.metrics is None:
+            return None
+        if self._metrics is None:
+            self._metrics = Metrics(
+                version=__version__,
+                index_path=index_path(config.daemon.state_dir),
+                live=self._live_state,
+            )
+        host, port = config.daemon.metrics
+        try:
+            return self._metrics.serve(host, port)
+        except StampdError as error:
+            raise ConfigError(error.message, hint=error.hint) from None
+
+    def _rebind_metrics(self, config: Config) -> MetricsServer | None:
+        if self._metrics_server is not None and config.daemon.metrics is not None:
+            # Rebinding the same port fails while the old server holds it: close it first,
+            # and bring it back on the old address if the new one is unusable.
+            self._metrics_server.close()
+            self._metrics_server = None
+            try:
+                return self._bind_metrics(config)
+            except ConfigError:
+                self._metrics_server = self._bind_metrics(self.config)
+                raise
+        return self._bind_metrics(config)
+
+    def _replace_metrics_server(self, server: MetricsServer | None) -> None:
+        if self._metrics_server is not None:
+            self._metrics_server.close()
+        self._metrics_server = server
+
+    def _on_attempts(self, attempts: Sequence[Attempt]) -> None:
+        if self._metrics is None:
+            return
+        for attempt in attempts:
+            self._metrics.stamp_requests.labels(
+                provider=attempt.provider, kind="tsr", result=attempt.error_class or "ok"
+            ).inc()
+            self._metrics.stamp_duration.labels(provider=attempt.provider, kind="tsr").observe(
+                attempt.latency_ms / 1000
+            )
+
     # --- lifecycle -----------------------------------------------------------------------------
+
+    def _start_watching(self, watch: WatchRuntime, watched: bool) -> None:
+        if watched:
+            watch.root_dev = watch.root.stat().st_dev
+            self._request_scan(watch)
+        else:
+            log.warning(
+                "watch_root_missing",
+                path=str(watch.root),
+                hint="create the directory; it is picked up once it exists",
+            )
 
     async def run(self) -> None:
         """Run until SIGTERM/SIGINT."""
@@ -477,133 +952,169 @@ class Daemon:
         prepare_state_dir(state_dir)
         for signum in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(signum, self.request_stop, signal.Signals(signum).name)
+        # Until the handler is in place, SIGHUP's default action would kill the daemon.
+        self._loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
 
-        pool = self._tsa_pool()
+        pool = self._tsa_pool(self.config)
         index = Index.open(index_path(state_dir))
         self._recorder = Recorder(index)
+        try:
+            self._metrics_server = self._bind_metrics(self.config)
+        except ConfigError:
+            self._recorder.close()
+            index.close()
+            raise
         for configured in self.config.watches:
-            self._watches.append(
-                WatchRuntime(
-                    config=configured,
-                    root=configured.path,
-                    watch_id=index.ensure_watch(configured.path),
-                    filter=WatchFilter.for_watch(configured),
-                    settler=Settler(quiet=configured.quiet, max_wait=configured.max_wait),
-                )
-            )
+            self._watches.append(WatchRuntime.of(configured, index.ensure_watch(configured.path)))
         self._watcher = Watcher(
             [watch.root for watch in self._watches],
             deliver=self._deliver_threadsafe(self._loop),
             on_overflow=self._on_overflow,
         )
         watched = set(self._watcher.start())
-        for watch in self._watches:
-            if watch.root in watched:
-                watch.root_dev = watch.root.stat().st_dev
-            else:
-                log.warning(
-                    "watch_root_missing",
-                    path=str(watch.root),
-                    hint="create the directory; it is picked up once it exists",
-                )
-        control = ControlServer(self.config.daemon.control_socket, {"status": self._status})
-        await control.start()
-        hashers = ThreadPoolExecutor(max_workers=HASH_WORKERS, thread_name_prefix="stampd-hash")
-        background = [
-            asyncio.create_task(self._recorder.run()),
-            asyncio.create_task(self._tick()),
-            asyncio.create_task(self._health()),
-            asyncio.create_task(self._periodic_rescan()),
-            *(asyncio.create_task(self._hash_worker(hashers)) for _ in range(HASH_WORKERS)),
-        ]
-        if pool is not None:
-            self._stamper = TsrStamper(
-                recorder=self._recorder,
-                pool=pool,
-                anchors={name: tuple(roots) for name, roots in self._tsa_anchors.items()},
-                state_dir=state_dir,
-                digest_alg=self.config.timestamp.digest,
-                layouts={watch.watch_id: watch.config.sidecars for watch in self._watches},
-                retry=self.config.timestamp.retry,
-                retry_max=self.config.timestamp.retry_max,
-            )
-            self._recorder.on_jobs = self._stamper.wake
-            background.append(asyncio.create_task(self._stamper.run()))
-        scanner = asyncio.create_task(self._scanner())
+        control = ControlServer(self.config.daemon.control_socket, self._handlers())
+        watchdog: asyncio.Task[None] | None = None
         try:
+            await control.start()
+            self._components = {
+                "index writer": asyncio.create_task(self._recorder.run()),
+                "settle": asyncio.create_task(self._tick()),
+                "root watch": asyncio.create_task(self._watch_roots()),
+                "periodic rescan": asyncio.create_task(self._periodic_rescan()),
+                **{
+                    f"hashing[{n}]": asyncio.create_task(self._hash_worker(self._hashers))
+                    for n in range(HASH_WORKERS)
+                },
+            }
+            self._apply_tsa_pool(pool)
+            scanner = asyncio.create_task(self._scanner())
+            self._components["scanner"] = scanner
+            watchdog = asyncio.create_task(self._watchdog())
             log.info(
                 "daemon_ready",
                 version=__version__,
                 pid=os.getpid(),
                 state_dir=str(state_dir),
                 control_socket=str(self.config.daemon.control_socket),
+                metrics=self._status_metrics_url(),
                 watches=[str(watch.root) for watch in self._watches],
+                systemd_watchdog_s=self._notifier.watchdog_interval,
             )
+            # READY before the scan: a first scan of a large tree would outlast
+            # TimeoutStartSec=, and watching has begun, so nothing is missed (ref. §3.5).
             for watch in self._watches:
-                if watch.root_dev is not None:
-                    self._request_scan(watch)
+                self._start_watching(watch, watch.root in watched)
+            self._notifier.ready(self._status_line())
             await self._stop.wait()
         finally:
-            await self._shutdown(control, hashers, background, scanner)
+            await self._shutdown(control, watchdog)
 
-    def _tsa_pool(self) -> ProviderPool | None:
+    def _tsa_pool(self, config: Config) -> ProviderPool | None:
         """The TSAs as a failover pool, when a watch asks for ``tsr`` evidence.
 
-        Built before anything starts: a trust file without roots or an unreadable secret is
-        a configuration error (exit 2), not a failure of every job later.
+        Built before anything starts (or changes, on a reload): a trust file without roots or
+        an unreadable secret is a configuration error (exit 2), not a failure of every job.
         """
-        if not any("tsr" in watch.evidence for watch in self.config.watches):
+        if not any("tsr" in watch.evidence for watch in config.watches):
             return None
-        timestamp = self.config.timestamp
+        timestamp = config.timestamp
         if timestamp.mode == "batch":
             log.warning(
                 "timestamp_batch_mode_unavailable",
                 hint='timestamp.mode = "batch" is not implemented yet; stamping per file',
             )
-        self._http = httpx.AsyncClient()
+        if self._http is None:
+            self._http = httpx.AsyncClient()
         tsas = configured_tsas(timestamp, self._http)
-        self._tsa_anchors = tsas.anchors
-        return ProviderPool(
+        pool = ProviderPool(
             tsas.providers, selection=timestamp.selection, cooldown=timestamp.cooldown
         )
+        self._pending_anchors = tsas.anchors
+        return pool
 
-    async def _shutdown(
-        self,
-        control: ControlServer,
-        pool: ThreadPoolExecutor,
-        background: list[asyncio.Task[Any]],
-        scanner: asyncio.Task[None],
-    ) -> None:
+    def _apply_tsa_pool(self, pool: ProviderPool | None) -> None:
+        """Start, reconfigure or stop the ``tsr`` runner. Stopping loses nothing: pending
+        jobs stay in the index and run when a watch asks for ``tsr`` again."""
+        anchors = {name: tuple(roots) for name, roots in self._pending_anchors.items()}
+        settings = {
+            "digest_alg": self.config.timestamp.digest,
+            "layouts": {watch.watch_id: watch.config.sidecars for watch in self._watches},
+            "retry": self.config.timestamp.retry,
+            "retry_max": self.config.timestamp.retry_max,
+        }
+        if pool is None:
+            if self._stamper_task is not None:
+                self._stamper_task.cancel()
+                self._components.pop("stamping", None)
+                log.info("tsr_runner_stopped", reason="no watch asks for tsr evidence")
+            self._stamper = self._stamper_task = None
+            return
+        if self._stamper is not None:
+            self._stamper.reconfigure(pool=pool, anchors=anchors, **settings)  # type: ignore[arg-type]
+            return
+        self._stamper = TsrStamper(
+            recorder=self._recorder,
+            pool=pool,
+            anchors=anchors,
+            state_dir=self.config.daemon.state_dir,
+            **settings,  # type: ignore[arg-type]
+        )
+        self._stamper.paused = self.paused
+        self._stamper.on_attempts = self._on_attempts
+        self._recorder.on_jobs = self._stamper.wake
+        self._stamper_task = asyncio.create_task(self._stamper.run())
+        self._components["stamping"] = self._stamper_task
+
+    async def _shutdown(self, control: ControlServer, watchdog: asyncio.Task[None] | None) -> None:
         self._stopping.set()
+        self._resumed.set()  # a paused scan must see the stop, not wait for a resume
         self._watcher.stop()
         await control.close()
+        if watchdog is not None:
+            watchdog.cancel()
+        scanner = self._components.pop("scanner", None)
         self._scan_requests.put_nowait(None)
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await asyncio.wait_for(scanner, timeout=30)
-        for task in [*background, *self._tasks]:
+        if scanner is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                async with asyncio.timeout(30):
+                    await scanner
+        tasks = [*self._components.values(), *self._tasks]
+        if watchdog is not None:
+            tasks.append(watchdog)
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*background, *self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         # Hashes already running finish in the pool; their results are dropped, and the next
         # start's scan finds those files again. What was hashed and queued is committed now.
-        pool.shutdown(wait=True, cancel_futures=True)
+        self._hashers.shutdown(wait=True, cancel_futures=True)
         await self._recorder.flush()
         self._recorder.close()
         self._recorder.index.close()
         if self._http is not None:
             await self._http.aclose()
+        if self._metrics_server is not None:
+            self._metrics_server.close()
+        self._notifier.close()
         log.info("daemon_stopped")
 
 
-def _hash_batch(batch: list[tuple[WatchRuntime, Ready]]) -> list[HashOutcome]:
-    """Hash thread: each ready file of a batch, in order (a vanished root skips its files)."""
-    outcomes: list[HashOutcome] = []
-    for watch, ready in batch:
-        if watch.root_dev is None:
-            outcomes.append(Skipped(ready.path, "its watch root is gone"))
-            continue
-        log.debug("hash_started", path=str(ready.path))
-        outcomes.append(hash_file(ready.path, root_dev=watch.root_dev, expected=ready.stat))
-    return outcomes
+@dataclass(frozen=True)
+class _Refusal:
+    """Why ``stamp`` did not record one of its paths (the others go on)."""
+
+    error_class: str
+    message: str
+    hint: str | None = None
+
+    def reply(self, path: str) -> dict[str, Any]:
+        error = {"error_class": self.error_class, "message": self.message}
+        if self.hint:
+            error["hint"] = self.hint
+        return {"path": path, "recorded": False, "error": error}
+
+
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def _storable(path: Path) -> bool:

@@ -234,6 +234,16 @@ class Settler:
             self._push(path, entry, due)
         return ready
 
+    def retune(self, *, quiet: float, max_wait: float) -> None:
+        """New ``quiet`` and ``max_wait`` (a reload); pending paths keep their history."""
+        if quiet < 0 or max_wait < 0:
+            raise ValueError(f"quiet and max_wait must be >= 0, got {quiet} and {max_wait}")
+        self._quiet, self._max_wait = quiet, max_wait
+        now = self._clock()
+        # A longer wait needs nothing: an entry popped early is pushed back (poll).
+        for path, entry in self._entries.items():
+            self._reschedule_if_earlier(path, entry, now)
+
     def forget(self, path: Path) -> None:
         """Drop ``path`` if pending (deleted, or handed elsewhere)."""
         self._entries.pop(path, None)

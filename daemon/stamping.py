@@ -172,6 +172,30 @@ class TsrStamper:
         self._locks = [asyncio.Lock() for _ in range(PATH_LOCKS)]
         self.completed = 0
         self.failed_rounds = 0
+        #: While set (``stampd pause``), no new round starts; rounds in progress finish.
+        self.paused = False
+        #: Called with the attempts of each request round (the daemon's metrics).
+        self.on_attempts: Callable[[Sequence[Attempt]], None] | None = None
+
+    def reconfigure(
+        self,
+        *,
+        pool: ProviderPool,
+        anchors: Mapping[str, Sequence[x509.Certificate]],
+        digest_alg: str,
+        layouts: Mapping[int, Layout],
+        retry: float,
+        retry_max: float,
+    ) -> None:
+        """A reload: rounds in progress finish with what they started with; the next rounds
+        use the new TSAs and settings. Pending jobs live in the index, so none is lost."""
+        self._pool = pool
+        self._anchors = dict(anchors)
+        self._algorithm = digest_alg
+        self._layouts = dict(layouts)
+        self._retry = retry
+        self._retry_max = retry_max
+        self._wake.set()
 
     def wake(self) -> None:
         """New jobs were committed: look for due jobs now rather than at the next poll."""
@@ -191,7 +215,7 @@ class TsrStamper:
             while True:
                 self._wake.clear()
                 free = self._concurrency - len(self._running)
-                if free > 0:
+                if free > 0 and not self.paused:
                     await self._start_due(free)
                 # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancellation that
                 # arrives as the wake-up completes (python/cpython#86296), and shutdown hung.
@@ -255,6 +279,8 @@ class TsrStamper:
         token = await self._reuse(job, algorithm, digest)
         if token is None:
             stamped, attempts = await self._pool.timestamp(digest, algorithm)
+            if self.on_attempts is not None:
+                self.on_attempts(attempts)
             if stamped is None:
                 await self._fail(job, attempts, *_failure_summary(attempts))
                 return

@@ -15,6 +15,7 @@ counted from ``/proc/self/fdinfo``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from collections.abc import Callable
@@ -204,6 +205,26 @@ class Watcher:
                 log.info("watch_root_rewatched", path=str(root))
                 restarted.append(root)
         return restarted
+
+    def add_root(self, root: Path) -> bool:
+        """Watch one more root (a reload); True if it is watched now, else once it exists."""
+        if root not in self.roots:
+            self.roots.append(root)
+        return root in self._scheduled or self._schedule(root)
+
+    def remove_root(self, root: Path) -> None:
+        """Stop watching ``root`` (a reload removed its watch)."""
+        if root in self.roots:
+            self.roots.remove(root)
+        watch = self._scheduled.pop(root, None)
+        if watch is not None:
+            with contextlib.suppress(KeyError):  # its emitter may have died with the root
+                self._observer.unschedule(watch)
+
+    def observer_alive(self) -> bool:
+        """Whether events are still dispatched: an exception in a handler ends the observer
+        thread while its emitters keep queueing (reference §2, "handler exceptions")."""
+        return self._observer.is_alive()
 
     def stop(self) -> None:
         """Stop watching and wait for the observer thread."""

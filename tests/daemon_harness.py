@@ -30,6 +30,7 @@ class RunningDaemon:
         extra: str = "",
         daemon_extra: str = "",
         evidence: str = '["ots"]',
+        env: dict[str, str] | None = None,
     ) -> None:
         self.tmp = tmp
         self.watched = tmp / "watched"
@@ -47,6 +48,7 @@ class RunningDaemon:
             f'quiet = "{quiet}"\n' + extra
         )
         self.prefix = list(prefix)
+        self.env = dict(env or {})
         self.events: list[dict[str, Any]] = []
         self.proc: subprocess.Popen[str] | None = None
 
@@ -56,7 +58,7 @@ class RunningDaemon:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -84,6 +86,24 @@ class RunningDaemon:
         code = self.proc.wait(timeout=60)
         self._reader.join(timeout=10)
         return code
+
+    def cli(
+        self,
+        *args: str,
+        timeout: float = 60,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``stampd --config CONFIG ARGS…`` against this daemon, as an operator would."""
+        return subprocess.run(
+            [STAMPD, "--config", str(self.config), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            cwd=cwd,
+            env={**os.environ, **(env or {})},
+        )
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)

@@ -134,7 +134,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(_Reply(413, "text/plain", b"query too large\n"))
             return
         body = self.rfile.read(length)
-        owner._record(body)
+        owner._record(body, self.headers.get("Authorization"))
         content_type = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
         if content_type != QUERY_TYPE:
             self._send(_Reply(415, "text/plain", b"expected application/timestamp-query\n"))
@@ -189,6 +189,8 @@ class _LocalTsa:
         self.requests = 0
         self.last_nonce: int | None = None
         self.last_query: bytes | None = None
+        #: The Authorization header of each request (None when absent), in order.
+        self.authorizations: list[str | None] = []
 
     @property
     def url(self) -> str:
@@ -232,10 +234,11 @@ class _LocalTsa:
     ) -> None:
         self.stop()
 
-    def _record(self, body: bytes) -> None:
+    def _record(self, body: bytes, authorization: str | None = None) -> None:
         nonce = _query_nonce(body)
         with self._lock:
             self.requests += 1
+            self.authorizations.append(authorization)
             self.last_query = body
             self.last_nonce = nonce
 

@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from stampd.daemon.cli.app import cli
+from stampd.daemon.cli.exit_codes import ExitCode
 from stampd.store.filestat import FileStat
 from stampd.store.index import Index, index_path
 from tests.conftest import settled
@@ -39,7 +40,7 @@ def _populate(config: Path) -> Path:
 
 def test_status_without_index_or_daemon(config: Path) -> None:
     result = _run(config, "status")
-    assert result.exit_code == 0
+    assert result.exit_code == ExitCode.DAEMON_UNREACHABLE
     assert "daemon:   not running" in result.stdout
     assert "no control socket at" in result.stdout
     assert "index:    none yet at" in result.stdout
@@ -47,7 +48,7 @@ def test_status_without_index_or_daemon(config: Path) -> None:
 
 def test_status_json_without_index(config: Path) -> None:
     result = _run(config, "status", "--json")
-    assert result.exit_code == 0
+    assert result.exit_code == ExitCode.DAEMON_UNREACHABLE
     document = json.loads(result.stdout)
     assert document["daemon"]["running"] is False
     assert document["index"]["exists"] is False
@@ -59,14 +60,14 @@ def test_status_on_an_empty_index(config: Path) -> None:
     with Index.open(index_path(config.parent / "state")):
         pass
     result = _run(config, "status")
-    assert result.exit_code == 0
+    assert result.exit_code == ExitCode.DAEMON_UNREACHABLE
     assert "nothing recorded yet" in result.stdout
 
 
 def test_status_counts(config: Path) -> None:
     _populate(config)
     result = _run(config, "status")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == ExitCode.DAEMON_UNREACHABLE, result.output
     assert "files:    2 present" in result.stdout
     assert "versions: 2" in result.stdout
     assert "jobs:     2 pending" in result.stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -79,7 +80,7 @@ BAD_CONFIGS = {
         '[daemon]\nstat_dir = "/var/lib/stampd"\n' + WATCH + TSA,
         'daemon.stat_dir: unknown key (did you mean "state_dir"?)'
         " (valid keys in [daemon]: state_dir, control_socket, log_format, log_level, metrics,"
-        " rescan, fallback_rescan)",
+        " rescan, fallback_rescan, stall_after)",
     ),
     "key placed in the wrong table": (
         WATCH + TSA + 'quiet = "5s"\n',
@@ -467,3 +468,59 @@ def test_the_shipped_example_is_valid() -> None:
     assert config.daemon.state_dir == EXAMPLE.parent / "demo" / "state"
     assert [tsa.name for tsa in config.timestamp.tsa] == ["digicert", "globalsign", "sectigo"]
     assert config.timestamp.tsa[2].min_interval == 15
+
+
+def _credential_config(tmp_path: Path, secret_file: str) -> str:
+    return (
+        f'[[watch]]\npath = "{tmp_path}/w"\nevidence = ["tsr"]\n'
+        '[[timestamp.tsa]]\nname = "t"\nurl = "https://tsa.example/"\nauth = "bearer"\n'
+        f'secret_file = "{secret_file}"\n'
+    )
+
+
+def test_a_secret_file_can_name_a_systemd_credential(tmp_path: Path) -> None:
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "tsa_t").write_text("token\n")
+    text = _credential_config(tmp_path, "$CREDENTIALS_DIRECTORY/tsa_t")
+    config = parse_config(
+        tomllib.loads(text),
+        source=tmp_path / "config.toml",
+        environ={"CREDENTIALS_DIRECTORY": str(credentials)},
+    )
+    assert config.timestamp.tsa[0].secret_file == credentials / "tsa_t"
+
+
+@pytest.mark.parametrize(
+    ("secret_file", "environ", "problem"),
+    [
+        (
+            "$CREDENTIALS_DIRECTORY/tsa_t",
+            {},
+            'timestamp.tsa[0].secret_file: "$CREDENTIALS_DIRECTORY/tsa_t": $CREDENTIALS_DIRECTORY'
+            " is not set (systemd sets it for the stampd service, from LoadCredential= in its"
+            " unit; elsewhere, set it or name the file directly)",
+        ),
+        (
+            "$CREDENTIALS_DIRECTORY/../etc/shadow",
+            {"CREDENTIALS_DIRECTORY": "/run/credentials/stampd.service"},
+            'timestamp.tsa[0].secret_file: "$CREDENTIALS_DIRECTORY/../etc/shadow" must name one'
+            " credential: $CREDENTIALS_DIRECTORY/NAME",
+        ),
+        (
+            "$CREDENTIALS_DIRECTORY/absent",
+            {"CREDENTIALS_DIRECTORY": "/nonexistent/credentials"},
+            'timestamp.tsa[0].secret_file: "/nonexistent/credentials/absent" does not exist',
+        ),
+    ],
+)
+def test_bad_credential_references(
+    tmp_path: Path, secret_file: str, environ: dict[str, str], problem: str
+) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_config(
+            tomllib.loads(_credential_config(tmp_path, secret_file)),
+            source=tmp_path / "config.toml",
+            environ=environ,
+        )
+    assert raised.value.problems == (problem,)

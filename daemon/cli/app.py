@@ -11,6 +11,13 @@ from typing import Any
 import click
 
 from stampd.daemon import __version__
+from stampd.daemon.cli.actions import (
+    pause_command,
+    reload_command,
+    rescan_command,
+    resume_command,
+    stamp_command,
+)
 from stampd.daemon.cli.config import config_group
 from stampd.daemon.cli.context import CliContext
 from stampd.daemon.cli.digest import digest_command
@@ -98,6 +105,11 @@ cli.add_command(digest_command)
 cli.add_command(config_group)
 cli.add_command(verify_command)
 cli.add_command(providers_command)
+cli.add_command(stamp_command)
+cli.add_command(rescan_command)
+cli.add_command(reload_command)
+cli.add_command(pause_command)
+cli.add_command(resume_command)
 
 
 def main() -> None:

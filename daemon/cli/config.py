@@ -12,6 +12,7 @@ import click
 from stampd.daemon.cli.context import cli_context
 from stampd.daemon.cli.output import emit_json, json_option, say
 from stampd.daemon.config import Config, config_to_dict, load_config
+from stampd.daemon.logs import scrub_url
 
 
 @click.group("config")
@@ -30,6 +31,9 @@ def check_command(file: str | None, as_json: bool) -> None:
     """
     config = load_config(Path(file)) if file is not None else cli_context().config()
     effective = config_to_dict(config)
+    for tsa in effective["timestamp"]["tsa"]:
+        # A query string may carry an API key (DESIGN rule 7); the file itself still has it.
+        tsa["url"] = scrub_url(tsa["url"])
     if as_json:
         emit_json({"config": str(config.source), "ok": True, "effective": effective})
     else:

@@ -14,6 +14,7 @@ import click
 from stampd.daemon.cli.context import cli_context
 from stampd.daemon.cli.output import emit_json, json_option, say
 from stampd.daemon.cli.query import daemon_state, index_reader
+from stampd.daemon.logs import scrub_url
 from stampd.store import queries
 from stampd.store.index import index_path
 
@@ -34,7 +35,8 @@ def providers_command(as_json: bool) -> None:
 
     configured = [tsa.name for tsa in config.timestamp.tsa]
     names = configured + sorted(set(stats) - set(configured))
-    urls = {tsa.name: tsa.url for tsa in config.timestamp.tsa}
+    # Without query string or userinfo: where API keys hide (DESIGN rule 7).
+    urls = {tsa.name: scrub_url(tsa.url) for tsa in config.timestamp.tsa}
     entries = []
     for name in names:
         stat = stats.get(name)

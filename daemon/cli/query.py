@@ -1,7 +1,8 @@
 """``stampd status``, ``ls`` and ``show``: queries that read the index read-only.
 
 They work whether or not the daemon runs; ``status`` also asks the daemon over the control
-socket and says plainly when it is not there.
+socket, shows its live state (health, queues, scans, inotify, TSAs: what the metrics export),
+and says plainly when it is not there: it then still shows the index, and exits 3.
 """
 
 from __future__ import annotations
@@ -68,7 +69,10 @@ def _counts_text(counts: dict[str, int]) -> str:
 @click.command("status")
 @json_option
 def status_command(as_json: bool) -> None:
-    """Show the daemon, the watches, and counts of files, proofs and jobs."""
+    """Show the daemon, the watches, and counts of files, proofs and jobs.
+
+    Exits 3 when the daemon is not reachable (the index part is shown all the same).
+    """
     config = cli_context().config()
     daemon = daemon_state(config)
     path = index_path(config.daemon.state_dir)
@@ -76,6 +80,7 @@ def status_command(as_json: bool) -> None:
     if path.exists():
         with index_reader(config) as conn:
             summary = queries.status_summary(conn, now=utc_now())
+    exit_code = ExitCode.OK if daemon["running"] else ExitCode.DAEMON_UNREACHABLE
 
     if as_json:
         emit_json(
@@ -85,22 +90,23 @@ def status_command(as_json: bool) -> None:
                 "summary": dataclasses.asdict(summary) if summary else None,
             }
         )
-        return
+        raise click.exceptions.Exit(exit_code)
 
     if daemon["running"]:
         click.echo(f"daemon:   running, pid {daemon.get('pid')}, since {daemon.get('started_at')}")
+        _echo_live(daemon)
     else:
         click.echo(f"daemon:   not running — {daemon['reason']}")
     if summary is None:
         click.echo(f"index:    none yet at {path} — the daemon creates it when it first starts")
-        return
+        raise click.exceptions.Exit(exit_code)
     click.echo(f"index:    {path}")
     click.echo(f"watches:  {len(summary.watches)}")
     for watch in summary.watches:
         click.echo(f"  {watch.path}  ({_counts_text(watch.files)})")
     if summary.empty:
         click.echo("nothing recorded yet: no file has settled under a watch")
-        return
+        raise click.exceptions.Exit(exit_code)
     click.echo(f"files:    {_counts_text(summary.files)}")
     last = f" (last recorded {summary.last_recorded_at})" if summary.last_recorded_at else ""
     click.echo(f"versions: {summary.versions:,}{last}")
@@ -120,6 +126,37 @@ def status_command(as_json: bool) -> None:
         resting = [p["name"] for p in tsr.get("providers", []) if p.get("breaker") != "closed"]
         rest = f"; resting: {', '.join(resting)}" if resting else ""
         click.echo(f"stamping: {tsr.get('in_flight', 0)} in progress{rest}")
+    raise click.exceptions.Exit(exit_code)
+
+
+def _echo_live(daemon: dict[str, Any]) -> None:
+    """The daemon's own view, at a glance: the same figures the metrics export."""
+    if "healthy" not in daemon:
+        return  # an older daemon, or one that answered with an error
+    if daemon["healthy"]:
+        click.echo("health:   ok")
+    else:
+        click.echo(f"health:   UNHEALTHY — {'; '.join(daemon.get('problems', []))}")
+    if daemon.get("paused_since"):
+        click.echo(f"paused:   since {daemon['paused_since']} (`stampd resume` continues)")
+    click.echo(
+        f"queues:   {daemon.get('settling', 0):,} settling, {daemon.get('hashing', 0):,} hashing,"
+        f" {daemon.get('recording', 0):,} recording"
+    )
+    if daemon.get("scanning"):
+        files = daemon.get("scan_files") or 0
+        click.echo(f"scan:     {daemon['scanning']}: {files:,} files so far")
+    directories = sum(scan.get("directories", 0) for scan in daemon.get("scans", []))
+    watches = daemon.get("inotify_watches")
+    inotify = f"{watches:,} watches" if watches is not None else "watches not counted yet"
+    unwatched = daemon.get("unwatched_dirs", 0)
+    lacking = f", {unwatched:,} directories without a watch" if unwatched else ""
+    click.echo(
+        f"inotify:  {inotify} for {directories:,} directories{lacking},"
+        f" {daemon.get('inotify_overflows', 0)} overflows"
+    )
+    if daemon.get("metrics"):
+        click.echo(f"metrics:  {daemon['metrics']}")
 
 
 @click.command("ls")

@@ -1,0 +1,148 @@
+"""`stampd stamp`, `rescan`, `pause`, `resume` against a running daemon, and every control
+command when no daemon runs (one line, exit 3; queries still answer from the index)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from stampd.daemon.cli.exit_codes import ExitCode
+from tests.daemon_harness import RunningDaemon, sha256, wait_for
+
+
+def test_stamp_records_at_once_without_waiting_for_the_quiet_period(tmp_path: Path) -> None:
+    # An hour of quiet: nothing would settle by itself during this test.
+    daemon = RunningDaemon(tmp_path, quiet="1h").start()
+    report = daemon.watched / "report.pdf"
+    content = b"%PDF final\n"
+    report.write_bytes(content)
+    try:
+        result = daemon.cli("stamp", str(report))
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith(f"new_file   {report}: version ")
+        assert f"sha256 {sha256(content)[:16]}" in result.stdout
+        assert "queued: ots" in result.stdout
+        assert daemon.versions() == {str(report): [sha256(content)]}
+
+        # The same content again: recorded already, nothing new queued.
+        again = json.loads(daemon.cli("stamp", "--json", str(report)).stdout)
+        (only,) = again["results"]
+        assert (only["recorded"], only["outcome"], only["queued"]) == (True, "unchanged", [])
+
+        # A relative path means the caller's directory, as for any command.
+        report.write_bytes(b"%PDF final, v2\n")
+        relative = daemon.cli("stamp", "report.pdf", cwd=daemon.watched)
+        assert relative.returncode == 0, relative.stderr
+        assert daemon.versions()[str(report)][-1] == sha256(b"%PDF final, v2\n")
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_stamp_refuses_what_it_cannot_record_and_records_the_rest(tmp_path: Path) -> None:
+    daemon = RunningDaemon(tmp_path, quiet="1h", extra='exclude = ["**/*.log"]\n').start()
+    good = daemon.watched / "good.txt"
+    good.write_text("fine\n")
+    (daemon.watched / "debug.log").write_text("excluded\n")
+    (daemon.watched / "dir").mkdir()
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not watched\n")
+    (daemon.watched / "link.txt").symlink_to(good)
+    try:
+        result = daemon.cli(
+            "stamp",
+            str(good),
+            str(daemon.watched / "debug.log"),
+            str(outside),
+            str(daemon.watched / "absent.txt"),
+            str(daemon.watched / "dir"),
+            str(daemon.watched / "link.txt"),
+            "--json",
+        )
+    finally:
+        daemon.stop()
+    assert result.returncode == ExitCode.FAILURE
+    results = {Path(r["path"]).name: r for r in json.loads(result.stdout)["results"]}
+    assert results["good.txt"]["recorded"] is True
+    classes = {name: r["error"]["error_class"] for name, r in results.items() if not r["recorded"]}
+    assert classes == {
+        "debug.log": "excluded",
+        "outside.txt": "not_watched",
+        "absent.txt": "skipped",
+        "dir": "skipped",
+        "link.txt": "skipped",
+    }
+    assert "a symbolic link" in results["link.txt"]["error"]["message"]
+    assert list(daemon.versions()) == [str(good)]
+
+
+def test_pause_holds_work_and_resume_catches_up(tmp_path: Path) -> None:
+    daemon = RunningDaemon(tmp_path, quiet="0.2s").start()
+    try:
+        paused = daemon.cli("pause")
+        assert paused.returncode == 0, paused.stderr
+        assert paused.stdout.startswith("paused since ")
+        held = daemon.watched / "held.txt"
+        held.write_text("written while paused\n")
+        time.sleep(1.5)  # seven quiet periods: it would be recorded by now
+        assert str(held) not in daemon.versions()
+        status = daemon.cli("status")
+        assert "paused:   since" in status.stdout
+        rescan = daemon.cli("rescan")
+        assert "runs after `stampd resume`" in rescan.stderr
+        resumed = daemon.cli("resume")
+        assert resumed.stdout.startswith("resumed (paused since ")
+        wait_for(lambda: str(held) in daemon.versions(), 15, "the held file")
+        assert daemon.cli("resume").stdout.startswith("not paused")
+    finally:
+        assert daemon.stop() == 0
+    assert daemon.count("daemon_paused") == 1
+    assert daemon.count("daemon_resumed") == 1
+
+
+def test_rescan_walks_the_watch_again(tmp_path: Path) -> None:
+    daemon = RunningDaemon(tmp_path).start()
+    try:
+        daemon.wait_event("scan_finished")
+        result = daemon.cli("rescan", str(daemon.watched / "any" / "path"))
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == f"rescan requested: {daemon.watched}\n"
+        daemon.wait_event("scan_finished", count=2)
+        outside = daemon.cli("rescan", str(tmp_path / "elsewhere"))
+        assert outside.returncode == ExitCode.FAILURE
+        assert "is not under a watch" in outside.stderr
+    finally:
+        daemon.stop()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("stamp", "x.txt"), ("rescan",), ("reload",), ("pause",), ("resume",)],
+)
+def test_commands_say_in_one_line_that_the_daemon_is_unreachable(
+    tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    daemon = RunningDaemon(tmp_path)  # configured, never started
+    result = daemon.cli(*args)
+    assert result.returncode == ExitCode.DAEMON_UNREACHABLE
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "the daemon is not running (no control socket at" in result.stderr
+    as_json = daemon.cli(*args, "--json")
+    assert json.loads(as_json.stdout)["error"]["error_class"] == "daemon_unreachable"
+
+
+def test_queries_keep_working_from_the_index_while_the_daemon_is_down(tmp_path: Path) -> None:
+    daemon = RunningDaemon(tmp_path).start()
+    (daemon.watched / "kept.txt").write_text("recorded before the stop\n")
+    wait_for(lambda: bool(daemon.versions()), 15, "a version")
+    daemon.stop()
+    status = daemon.cli("status")
+    assert status.returncode == ExitCode.DAEMON_UNREACHABLE
+    assert "daemon:   not running" in status.stdout
+    assert "versions: 1" in status.stdout
+    listing = daemon.cli("ls")
+    assert listing.returncode == 0
+    assert "kept.txt" in listing.stdout

@@ -1,0 +1,220 @@
+"""Reloading the configuration: SIGHUP and `stampd reload` apply a good file in place and
+refuse a bad one, keeping the old configuration and every queued job."""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from stampd.daemon import control
+from stampd.daemon.cli.exit_codes import ExitCode
+from stampd.daemon.config import load_config
+from stampd.daemon.reload import diff_configs
+from tests.daemon_harness import RunningDaemon, wait_for
+from tests.fake_tsa import FakeTsa
+from tests.tsa_pki import Pki, make_pki
+
+
+def _watch(path: Path, extra: str = "") -> str:
+    return f'[[watch]]\npath = "{path}"\nevidence = ["ots"]\nquiet = "0.3s"\n{extra}'
+
+
+def _rewrite(daemon: RunningDaemon, watches: str, daemon_extra: str = "") -> None:
+    daemon.config.write_text(
+        "[daemon]\n"
+        f'state_dir = "{daemon.state}"\n'
+        f'control_socket = "{daemon.tmp / "control.sock"}"\n'
+        'log_format = "json"\n'
+        'log_level = "debug"\n' + daemon_extra + watches
+    )
+
+
+def _recorded(daemon: RunningDaemon, path: Path) -> bool:
+    return str(path) in daemon.versions()
+
+
+def test_sighup_with_a_broken_configuration_keeps_the_old_one(tmp_path: Path) -> None:
+    daemon = RunningDaemon(tmp_path).start()
+    try:
+        good = daemon.config.read_text()
+        daemon.config.write_text(good.replace('quiet = "0.3s"', 'quiet = "soon"'))
+        assert daemon.proc is not None
+        daemon.proc.send_signal(signal.SIGHUP)
+        daemon.wait_event("reload_refused")
+        refused = next(e for e in daemon.events if e.get("event") == "reload_refused")
+        assert 'watch[0].quiet: "soon"' in refused["reason"]
+        assert refused["trigger"] == "SIGHUP"
+        # Still running, still on the old configuration: a file settles and is recorded.
+        (daemon.watched / "after.txt").write_text("still recorded\n")
+        wait_for(lambda: _recorded(daemon, daemon.watched / "after.txt"), 15, "the file")
+        # (Asked over the socket: the CLI itself would now stop at the broken file.)
+        status = control.request(daemon.tmp / "control.sock", {"command": "status"})
+        assert status["reloads"] == 0
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_sighup_with_a_good_configuration_starts_a_new_watch(tmp_path: Path) -> None:
+    daemon = RunningDaemon(tmp_path).start()
+    second = tmp_path / "second"
+    second.mkdir()
+    (second / "was-there.txt").write_text("found by the new watch's first scan\n")
+    try:
+        _rewrite(daemon, _watch(daemon.watched) + _watch(second))
+        assert daemon.proc is not None
+        daemon.proc.send_signal(signal.SIGHUP)
+        daemon.wait_event("config_reloaded")
+        reloaded = next(e for e in daemon.events if e.get("event") == "config_reloaded")
+        assert reloaded["changes"] == [f"watch added: {second}"]
+        (second / "new.txt").write_text("seen by inotify on the new watch\n")
+        for path in (second / "was-there.txt", second / "new.txt"):
+            wait_for(lambda p=path: _recorded(daemon, p), 15, str(path))  # type: ignore[misc]
+
+        # And away again: the old watch's files stop being recorded, the history stays.
+        _rewrite(daemon, _watch(second))
+        result = daemon.cli("reload")
+        assert result.returncode == 0, result.stderr
+        assert f"watch removed: {daemon.watched}" in result.stdout
+        (daemon.watched / "unwatched.txt").write_text("nobody looks here now\n")
+        (second / "still.txt").write_text("still watched\n")
+        wait_for(lambda: _recorded(daemon, second / "still.txt"), 15, "still.txt")
+        assert not _recorded(daemon, daemon.watched / "unwatched.txt")
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_reload_command_refuses_with_exit_2_and_the_reason(tmp_path: Path) -> None:
+    daemon = RunningDaemon(tmp_path).start()
+    try:
+        good = daemon.config.read_text()
+        daemon.config.write_text(good + '[timestamp]\nselection = "fastest"\n')
+        refused = daemon.cli("reload")
+        assert refused.returncode == ExitCode.USAGE
+        assert 'timestamp.selection: "fastest" must be one of' in refused.stderr
+        assert refused.stderr.count("\n") == 1, refused.stderr  # one line
+        assert control.request(daemon.tmp / "control.sock", {"command": "status"})["reloads"] == 0
+
+        # A setting only a restart can change is refused too, naming it.
+        daemon.config.write_text(good.replace(str(daemon.state), str(tmp_path / "elsewhere")))
+        moved = daemon.cli("reload", "--json")
+        assert moved.returncode == ExitCode.USAGE
+        assert "daemon.state_dir: the index is open there" in moved.stderr
+        assert '"error_class": "config"' in moved.stdout
+
+        daemon.config.write_text(good.replace('quiet = "0.3s"', 'quiet = "0.5s"'))
+        applied = daemon.cli("reload")
+        assert applied.returncode == 0, applied.stderr
+        assert f"watch changed: {daemon.watched} (quiet)" in applied.stdout
+        assert daemon.cli("reload").stdout.startswith(f"reloaded {daemon.config}: no changes")
+    finally:
+        assert daemon.stop() == 0
+    refusals = [e for e in daemon.events if e.get("event") == "reload_refused"]
+    # The invalid file was refused by the CLI itself, before it asked the daemon; the
+    # restart-only change passed the CLI's check and was refused by the daemon.
+    assert [e["trigger"] for e in refusals] == ["control"]
+    assert "daemon.state_dir" in refusals[0]["reason"]
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"), "Reload")
+
+
+@pytest.fixture
+def working_tsa(pki: Pki) -> Iterator[FakeTsa]:
+    with FakeTsa(pki) as tsa:
+        yield tsa
+
+
+def _tsa_section(name: str, url: str, pki: Pki) -> str:
+    return (
+        "[timestamp]\n"
+        'timeout = "1s"\nretry = "300ms"\nretry_max = "500ms"\n'
+        f'[[timestamp.tsa]]\nname = "{name}"\nurl = "{url}"\ntrust = "{pki.root_pem}"\n'
+    )
+
+
+def test_queued_jobs_survive_a_reload_that_changes_the_tsas(
+    tmp_path: Path, pki: Pki, working_tsa: FakeTsa
+) -> None:
+    # Port 9 (discard) refuses connections: every job fails and waits for its next round.
+    daemon = RunningDaemon(
+        tmp_path, evidence='["tsr"]', extra=_tsa_section("down", "http://127.0.0.1:9/", pki)
+    ).start()
+    files = [daemon.watched / f"record-{n}.txt" for n in range(5)]
+    try:
+        for n, path in enumerate(files):
+            path.write_text(f"record {n}\n")
+
+        def failed_once() -> bool:
+            return _job_states(daemon) == {"pending": 5} and _tries(daemon) >= 5
+
+        wait_for(failed_once, 20, "5 jobs that failed at least once")
+        text = daemon.config.read_text()
+        daemon.config.write_text(
+            text[: text.index("[timestamp]")] + _tsa_section("local", working_tsa.url, pki)
+        )
+        result = daemon.cli("reload")
+        assert result.returncode == 0, result.stderr
+        assert "timestamp: settings or TSAs changed" in result.stdout
+        wait_for(lambda: _job_states(daemon) == {"done": 5}, 30, "every queued job done")
+    finally:
+        assert daemon.stop() == 0
+    assert working_tsa.requests == 5
+    assert all(path.with_name(path.name + ".tsr").exists() for path in files)
+
+
+def _job_states(daemon: RunningDaemon) -> dict[str, int]:
+    conn = sqlite3.connect(f"{(daemon.state / 'index.sqlite').as_uri()}?mode=ro", uri=True)
+    try:
+        return dict(conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
+    finally:
+        conn.close()
+
+
+def _tries(daemon: RunningDaemon) -> int:
+    conn = sqlite3.connect(f"{(daemon.state / 'index.sqlite').as_uri()}?mode=ro", uri=True)
+    try:
+        return int(conn.execute("SELECT COALESCE(SUM(tries > 0), 0) FROM jobs").fetchone()[0])
+    finally:
+        conn.close()
+
+
+# --- the decision alone ---------------------------------------------------------------------
+
+
+def test_diff_names_each_change(make_config: object, tmp_path: Path) -> None:
+    watched = tmp_path / "watched"
+    watched.mkdir()
+    base = tmp_path / "a.toml"
+    base.write_text(
+        f'[daemon]\nstate_dir = "{tmp_path / "s"}"\n' + _watch(watched) + _watch(tmp_path / "b")
+    )
+    old = load_config(base)
+    changed = tmp_path / "c.toml"
+    changed.write_text(
+        f'[daemon]\nstate_dir = "{tmp_path / "s"}"\nlog_level = "debug"\n'
+        + _watch(watched, 'exclude = ["*.log"]\n')
+        + _watch(tmp_path / "c")
+    )
+    diff = diff_configs(old, load_config(changed))
+    assert diff.restart_only == ()
+    assert diff.describe() == [
+        f"watch added: {tmp_path / 'c'}",
+        f"watch removed: {tmp_path / 'b'}",
+        f"watch changed: {watched} (exclude)",
+        "daemon.log_level changed",
+    ]
+    same = diff_configs(old, dataclasses.replace(old))
+    assert same.empty
+    moved = dataclasses.replace(
+        old, daemon=dataclasses.replace(old.daemon, control_socket=tmp_path / "x.sock")
+    )
+    assert diff_configs(old, moved).restart_only == (
+        "daemon.control_socket: the socket is bound there",
+    )

@@ -1,0 +1,240 @@
+"""The daemon under systemd: notifications in order, and a watchdog that stops when stampd is
+wedged (reference/watching-and-service.md §2, §4.1).
+
+The system test runs `stampd run` as a process with a fake NOTIFY_SOCKET; the in-process
+tests wedge one component at a time and read the health check the watchdog relies on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stampd.daemon import control, service
+from stampd.daemon.config import load_config
+from stampd.daemon.hasher import HashOutcome
+from tests.daemon_harness import RunningDaemon, wait_for
+
+
+class NotifyListener:
+    """Collects what the daemon sends to $NOTIFY_SOCKET, in order."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.messages: list[dict[str, str]] = []
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(str(path))
+        self._sock.settimeout(0.1)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self._sock.recv(4096)
+            except TimeoutError:
+                continue
+            fields = dict(line.split("=", 1) for line in data.decode().split("\n"))
+            self.messages.append(fields)
+
+    def pings(self) -> int:
+        return sum(1 for message in list(self.messages) if "WATCHDOG" in message)
+
+    def index_of(self, predicate: Callable[[dict[str, str]], bool], start: int = 0) -> int:
+        for index, message in enumerate(list(self.messages)[start:], start):
+            if predicate(message):
+                return index
+        return -1
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sock.close()
+
+
+@pytest.fixture
+def listener(tmp_path: Path) -> Iterator[NotifyListener]:
+    notify = NotifyListener(tmp_path / "notify.sock")
+    yield notify
+    notify.close()
+
+
+def _status(daemon: RunningDaemon) -> dict[str, Any]:
+    reply: dict[str, Any] = control.request(daemon.tmp / "control.sock", {"command": "status"})
+    return reply
+
+
+def test_ready_status_watchdog_stopping_in_order_and_pings_stop_while_the_index_is_wedged(
+    tmp_path: Path, listener: NotifyListener
+) -> None:
+    daemon = RunningDaemon(
+        tmp_path,
+        daemon_extra='stall_after = "1s"\n',
+        env={"NOTIFY_SOCKET": str(listener.path), "WATCHDOG_USEC": "400000"},
+    ).start()
+    try:
+        wait_for(lambda: listener.pings() >= 3, 15, "three watchdog pings")
+        messages = list(listener.messages)
+        assert messages[0].get("READY") == "1", messages[:3]
+        assert messages[0]["STATUS"].startswith("watching 1 of 1 roots")
+
+        # Wedge the index writer: another process holds the write lock, so the daemon's
+        # commit waits (busy_timeout) with a settled file queued behind it.
+        lock = sqlite3.connect(daemon.state / "index.sqlite", isolation_level=None, timeout=10)
+        lock.execute("BEGIN EXCLUSIVE")
+        try:
+            (daemon.watched / "a.txt").write_text("recorded once the index is free\n")
+            wait_for(
+                lambda: listener.index_of(lambda m: "UNHEALTHY" in m.get("STATUS", "")) >= 0,
+                15,
+                "an UNHEALTHY status",
+            )
+            unhealthy_at = listener.index_of(lambda m: "UNHEALTHY" in m.get("STATUS", ""))
+            assert "index writer: no progress" in listener.messages[unhealthy_at]["STATUS"]
+            status = _status(daemon)
+            assert status["healthy"] is False
+            assert any(p.startswith("index writer") for p in status["problems"])
+            pings = listener.pings()
+            time.sleep(1.5)  # ~7 ping intervals
+            assert listener.pings() == pings, "the watchdog was pinged while wedged"
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+        wait_for(lambda: listener.pings() > pings, 15, "pings once the index is free")
+        wait_for(lambda: str(daemon.watched / "a.txt") in daemon.versions(), 15, "the file")
+        assert _status(daemon)["healthy"] is True
+    finally:
+        assert daemon.stop() == 0
+    messages = list(listener.messages)
+    assert messages[-1].get("STOPPING") == "1"
+    assert "stopping on SIGTERM" in messages[-1]["STATUS"]
+    first_ping = listener.index_of(lambda m: "WATCHDOG" in m)
+    assert first_ping > 0, "no ping may come before READY"
+    assert any("STATUS" in m for m in messages[1 : first_ping + 3])
+
+
+def test_no_watchdog_pings_without_watchdog_usec(tmp_path: Path, listener: NotifyListener) -> None:
+    daemon = RunningDaemon(tmp_path, env={"NOTIFY_SOCKET": str(listener.path)}).start()
+    try:
+        wait_for(lambda: bool(listener.messages), 10, "READY")
+        time.sleep(1)
+    finally:
+        daemon.stop()
+    assert listener.pings() == 0
+    assert listener.messages[0]["READY"] == "1"
+    assert listener.messages[-1]["STOPPING"] == "1"
+
+
+# --- in-process: wedge one component at a time --------------------------------------------------
+
+
+def _config(tmp_path: Path) -> Path:
+    watched = tmp_path / "watched"
+    watched.mkdir()
+    path = tmp_path / "config.toml"
+    path.write_text(
+        "[daemon]\n"
+        f'state_dir = "{tmp_path / "state"}"\n'
+        f'control_socket = "{tmp_path / "control.sock"}"\n'
+        'stall_after = "500ms"\n'
+        "[[watch]]\n"
+        f'path = "{watched}"\n'
+        'evidence = ["ots"]\n'
+        'quiet = "100ms"\n'
+    )
+    return path
+
+
+def _run_with(tmp_path: Path, scenario: Callable[[service.Daemon], Any]) -> None:
+    """Run a daemon in this loop, play ``scenario`` against it, then stop it."""
+
+    async def main() -> None:
+        daemon = service.Daemon(load_config(_config(tmp_path)))
+        task = asyncio.create_task(daemon.run())
+        while not daemon._components and not task.done():
+            await asyncio.sleep(0.01)
+        try:
+            await scenario(daemon)
+        finally:
+            daemon.request_stop("test")
+            await task
+
+    asyncio.run(main())
+
+
+async def _until(condition: Callable[[], bool], what: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def test_a_hash_that_hangs_is_unhealthy_but_a_slow_moving_one_is_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release = threading.Event()
+    real = service.hash_file
+
+    def hanging_hash(path: Path, **options: Any) -> HashOutcome:
+        if path.name.startswith("slow"):
+            for _ in range(30):  # 1.5 s, three times stall_after, reporting progress
+                options["progress"](4096)
+                time.sleep(0.05)
+        elif path.name.startswith("hang"):
+            release.wait(30)  # an NFS server that stopped answering
+        return real(path, **options)
+
+    monkeypatch.setattr(service, "hash_file", hanging_hash)
+
+    async def scenario(daemon: service.Daemon) -> None:
+        watched = tmp_path / "watched"
+        (watched / "slow.bin").write_bytes(b"s" * 10)
+        seen: list[tuple[str, ...]] = []
+        deadline = time.monotonic() + 2.5
+        while time.monotonic() < deadline:
+            seen.append(daemon.check_health().problems)
+            await asyncio.sleep(0.1)
+        assert all(problems == () for problems in seen), seen
+        (watched / "hang.bin").write_bytes(b"h" * 10)
+        await _until(lambda: not daemon.check_health().ok, "hashing flagged")
+        assert daemon.check_health().problems[0].startswith("hashing: no progress for")
+        release.set()
+        await _until(lambda: daemon.check_health().ok, "healthy again")
+
+    _run_with(tmp_path, scenario)
+
+
+def test_a_dead_observer_or_a_crashed_component_is_unhealthy(tmp_path: Path) -> None:
+    async def scenario(daemon: service.Daemon) -> None:
+        assert daemon.check_health().ok
+        daemon._components["settle"].cancel()
+        await asyncio.sleep(0.05)
+        assert "settle: stopped" in daemon.check_health().problems
+        # What an exception in an event handler does to watchdog's dispatch thread (ref. §2).
+        daemon._watcher._observer.stop()
+        await asyncio.to_thread(daemon._watcher._observer.join, 5)
+        assert "observer: the inotify dispatch thread has stopped" in daemon.check_health().problems
+
+    _run_with(tmp_path, scenario)
+
+
+def test_status_json_reports_health(tmp_path: Path) -> None:
+    daemon = RunningDaemon(tmp_path).start()
+    try:
+        document = json.loads(daemon.cli("status", "--json").stdout)
+    finally:
+        daemon.stop()
+    assert document["daemon"]["healthy"] is True
+    assert document["daemon"]["problems"] == []
+    assert document["daemon"]["paused_since"] is None
