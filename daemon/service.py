@@ -71,6 +71,8 @@ MAX_BACKLOG = 20_000
 HEALTH_INTERVAL_S = 1.0
 #: How often the health check runs when systemd asks for no watchdog (STATUS, metrics).
 CHECK_INTERVAL_S = 5.0
+#: Longest pause between two settle ticks (a tick is cheap: a heap peek per watch).
+TICK_MAX_S = 1.0
 #: Most paths one ``stamp`` request may name (each is hashed before the reply).
 MAX_STAMP_PATHS = 1000
 
@@ -510,7 +512,10 @@ class Daemon:
                     for ready in watch.settler.poll():
                         self._hash_queue.put_nowait((watch, ready))
             quiet = min((watch.config.quiet for watch in self._watches), default=1.0)
-            await asyncio.sleep(max(0.05, quiet / 4))
+            # Often enough for the health check even with a quiet of hours: each tick is the
+            # settle stage's sign of life, so there are several per stall_after.
+            cap = min(TICK_MAX_S, self.config.daemon.stall_after / 4)
+            await asyncio.sleep(max(0.05, min(quiet / 4, cap)))
 
     async def _hash_worker(self, pool: ThreadPoolExecutor) -> None:
         """Hash ready files in batches: one thread hand-off per batch, not per file.

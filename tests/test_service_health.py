@@ -95,12 +95,17 @@ def test_ready_status_watchdog_stopping_in_order_and_pings_stop_while_the_index_
         try:
             (daemon.watched / "a.txt").write_text("recorded once the index is free\n")
             wait_for(
-                lambda: listener.index_of(lambda m: "UNHEALTHY" in m.get("STATUS", "")) >= 0,
+                lambda: (
+                    listener.index_of(lambda m: "index writer: no progress" in m.get("STATUS", ""))
+                    >= 0
+                ),
                 15,
                 "an UNHEALTHY status",
             )
-            unhealthy_at = listener.index_of(lambda m: "UNHEALTHY" in m.get("STATUS", ""))
-            assert "index writer: no progress" in listener.messages[unhealthy_at]["STATUS"]
+            unhealthy_at = listener.index_of(
+                lambda m: "index writer: no progress" in m.get("STATUS", "")
+            )
+            assert listener.messages[unhealthy_at]["STATUS"].startswith("UNHEALTHY: ")
             status = _status(daemon)
             assert status["healthy"] is False
             assert any(p.startswith("index writer") for p in status["problems"])
@@ -138,7 +143,7 @@ def test_no_watchdog_pings_without_watchdog_usec(tmp_path: Path, listener: Notif
 # --- in-process: wedge one component at a time --------------------------------------------------
 
 
-def _config(tmp_path: Path) -> Path:
+def _config(tmp_path: Path, quiet: str = "100ms") -> Path:
     watched = tmp_path / "watched"
     watched.mkdir()
     path = tmp_path / "config.toml"
@@ -146,20 +151,22 @@ def _config(tmp_path: Path) -> Path:
         "[daemon]\n"
         f'state_dir = "{tmp_path / "state"}"\n'
         f'control_socket = "{tmp_path / "control.sock"}"\n'
-        'stall_after = "500ms"\n'
+        'stall_after = "1s"\n'
         "[[watch]]\n"
         f'path = "{watched}"\n'
         'evidence = ["ots"]\n'
-        'quiet = "100ms"\n'
+        f'quiet = "{quiet}"\n'
     )
     return path
 
 
-def _run_with(tmp_path: Path, scenario: Callable[[service.Daemon], Any]) -> None:
+def _run_with(
+    tmp_path: Path, scenario: Callable[[service.Daemon], Any], *, quiet: str = "100ms"
+) -> None:
     """Run a daemon in this loop, play ``scenario`` against it, then stop it."""
 
     async def main() -> None:
-        daemon = service.Daemon(load_config(_config(tmp_path)))
+        daemon = service.Daemon(load_config(_config(tmp_path, quiet)))
         task = asyncio.create_task(daemon.run())
         while not daemon._components and not task.done():
             await asyncio.sleep(0.01)
@@ -188,7 +195,7 @@ def test_a_hash_that_hangs_is_unhealthy_but_a_slow_moving_one_is_not(
 
     def hanging_hash(path: Path, **options: Any) -> HashOutcome:
         if path.name.startswith("slow"):
-            for _ in range(30):  # 1.5 s, three times stall_after, reporting progress
+            for _ in range(60):  # 3 s, three times stall_after, reporting progress
                 options["progress"](4096)
                 time.sleep(0.05)
         elif path.name.startswith("hang"):
@@ -201,7 +208,7 @@ def test_a_hash_that_hangs_is_unhealthy_but_a_slow_moving_one_is_not(
         watched = tmp_path / "watched"
         (watched / "slow.bin").write_bytes(b"s" * 10)
         seen: list[tuple[str, ...]] = []
-        deadline = time.monotonic() + 2.5
+        deadline = time.monotonic() + 3.5
         while time.monotonic() < deadline:
             seen.append(daemon.check_health().problems)
             await asyncio.sleep(0.1)
@@ -238,3 +245,15 @@ def test_status_json_reports_health(tmp_path: Path) -> None:
     assert document["daemon"]["healthy"] is True
     assert document["daemon"]["problems"] == []
     assert document["daemon"]["paused_since"] is None
+
+
+def test_a_long_quiet_period_is_not_a_stalled_settle_stage(tmp_path: Path) -> None:
+    # Ticks every quiet/4 would be one per 15 minutes: 1800 stall periods of silence.
+    async def scenario(daemon: service.Daemon) -> None:
+        (tmp_path / "watched" / "waiting.txt").write_text("settles in an hour\n")
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            assert daemon.check_health().ok, daemon.check_health().problems
+            await asyncio.sleep(0.1)
+
+    _run_with(tmp_path, scenario, quiet="1h")
