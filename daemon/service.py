@@ -258,6 +258,8 @@ class Daemon:
             refusal = _Refusal(
                 "changing", f"{path} changed while it was read", "stamp it once the writer is done"
             )
+        elif outcome.reason == "gone":
+            refusal = _Refusal("not_found", f"{path}: no such file")
         else:
             refusal = _Refusal("skipped", f"{path}: {outcome.reason}")
         return refusal.reply(text)

@@ -4,13 +4,15 @@ command when no daemon runs (one line, exit 3; queries still answer from the ind
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
 from stampd.daemon.cli.exit_codes import ExitCode
-from tests.daemon_harness import RunningDaemon, sha256, wait_for
+from tests.daemon_harness import STAMPD, RunningDaemon, sha256, wait_for
 
 
 def test_stamp_records_at_once_without_waiting_for_the_quiet_period(tmp_path: Path) -> None:
@@ -70,7 +72,7 @@ def test_stamp_refuses_what_it_cannot_record_and_records_the_rest(tmp_path: Path
     assert classes == {
         "debug.log": "excluded",
         "outside.txt": "not_watched",
-        "absent.txt": "skipped",
+        "absent.txt": "not_found",
         "dir": "skipped",
         "link.txt": "skipped",
     }
@@ -146,3 +148,23 @@ def test_queries_keep_working_from_the_index_while_the_daemon_is_down(tmp_path: 
     listing = daemon.cli("ls")
     assert listing.returncode == 0
     assert "kept.txt" in listing.stdout
+
+
+def test_a_reader_that_goes_away_is_not_an_internal_error(tmp_path: Path) -> None:
+    daemon = RunningDaemon(tmp_path)  # `stampd status | head -1`, the reader already gone
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run(
+            [STAMPD, "--config", str(daemon.config), "status"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert result.returncode == 141
+    assert "internal error" not in result.stderr
+    assert "Traceback" not in result.stderr

@@ -6,6 +6,8 @@ An error prints one line — what failed, where, what to do — and exits with a
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
 
 import click
@@ -30,6 +32,9 @@ from stampd.daemon.cli.verify import verify_command
 from stampd.daemon.config import ConfigError
 from stampd.daemon.control import DaemonUnreachableError
 from stampd.store.errors import StampdError
+
+#: What a shell reports for a process ended by SIGPIPE (128 + 13).
+EXIT_BROKEN_PIPE = 141
 
 _EXIT_CODE_BY_ERROR: tuple[tuple[type[StampdError], ExitCode], ...] = (
     (ConfigError, ExitCode.USAGE),
@@ -59,6 +64,12 @@ class StampdGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("stampd: interrupted", err=True)
             ctx.exit(130)
+        except BrokenPipeError:
+            # `stampd status | head -3`: the reader has gone, which is not our error. Point
+            # stdout at /dev/null so the interpreter's final flush cannot fail again.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            ctx.exit(EXIT_BROKEN_PIPE)
         except Exception as error:
             state = ctx.find_object(CliContext)
             if state is not None and state.debug:
