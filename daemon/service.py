@@ -143,7 +143,6 @@ class Daemon:
         self._stamper: TsrStamper | None = None
         self._stamper_task: asyncio.Task[None] | None = None
         self._http: httpx.AsyncClient | None = None
-        self._pending_anchors: Mapping[str, Sequence[x509.Certificate]] = {}
         self._notifier = Notifier.from_environ()
         self._metrics: Metrics | None = None
         self._metrics_server: MetricsServer | None = None
@@ -374,7 +373,7 @@ class Daemon:
                     hint="these take effect only at a restart (systemctl restart stampd);"
                     " put the old values back to reload the rest",
                 )
-            pool = self._tsa_pool(new)
+            tsas = self._configured_tsas(new)
             metrics_server = self._rebind_metrics(new) if "metrics" in diff.daemon_changed else None
         except ConfigError as error:
             log.error("reload_refused", trigger=trigger, reason=str(error), config=str(source))
@@ -398,7 +397,7 @@ class Daemon:
             if {"include", "exclude"} & set(keys) and watch.root_dev is not None:
                 self._request_scan(watch)  # files newly included are found by a walk
         self.config = new
-        self._apply_tsa_pool(pool)
+        self._apply_tsas(tsas)
         if "metrics" in diff.daemon_changed:
             self._replace_metrics_server(metrics_server)
         for stall in self._stalls.values():
@@ -832,8 +831,9 @@ class Daemon:
         hashing = self._hash_queue.qsize() + self._hashing
         if busy or hashing:
             parts.append(f"{busy:,} settling, {hashing:,} hashing")
-        if self._stamper is not None and self._stamper.status()["in_flight"]:
-            parts.append(f"{self._stamper.status()['in_flight']} stamping")
+        stamping = self._stamper.status()["in_flight"] if self._stamper else 0
+        if stamping:
+            parts.append(f"{stamping} stamping")
         if self._unwatched_dirs:
             parts.append(f"{self._unwatched_dirs:,} directories without inotify watch")
         if self.paused:
@@ -962,7 +962,7 @@ class Daemon:
         # Until the handler is in place, SIGHUP's default action would kill the daemon.
         self._loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
 
-        pool = self._tsa_pool(self.config)
+        tsas = self._configured_tsas(self.config)
         index = Index.open(index_path(state_dir))
         self._recorder = Recorder(index)
         try:
@@ -993,7 +993,7 @@ class Daemon:
                     for n in range(HASH_WORKERS)
                 },
             }
-            self._apply_tsa_pool(pool)
+            self._apply_tsas(tsas)
             scanner = asyncio.create_task(self._scanner())
             self._components["scanner"] = scanner
             watchdog = asyncio.create_task(self._watchdog())
@@ -1016,7 +1016,7 @@ class Daemon:
         finally:
             await self._shutdown(control, watchdog)
 
-    def _tsa_pool(self, config: Config) -> ProviderPool | None:
+    def _configured_tsas(self, config: Config) -> _TsaSetup | None:
         """The TSAs as a failover pool, when a watch asks for ``tsr`` evidence.
 
         Built before anything starts (or changes, on a reload): a trust file without roots or
@@ -1036,35 +1036,39 @@ class Daemon:
         pool = ProviderPool(
             tsas.providers, selection=timestamp.selection, cooldown=timestamp.cooldown
         )
-        self._pending_anchors = tsas.anchors
-        return pool
+        return _TsaSetup(pool, {name: tuple(roots) for name, roots in tsas.anchors.items()})
 
-    def _apply_tsa_pool(self, pool: ProviderPool | None) -> None:
+    def _apply_tsas(self, tsas: _TsaSetup | None) -> None:
         """Start, reconfigure or stop the ``tsr`` runner. Stopping loses nothing: pending
         jobs stay in the index and run when a watch asks for ``tsr`` again."""
-        anchors = {name: tuple(roots) for name, roots in self._pending_anchors.items()}
-        settings = {
-            "digest_alg": self.config.timestamp.digest,
-            "layouts": {watch.watch_id: watch.config.sidecars for watch in self._watches},
-            "retry": self.config.timestamp.retry,
-            "retry_max": self.config.timestamp.retry_max,
-        }
-        if pool is None:
+        if tsas is None:
             if self._stamper_task is not None:
                 self._stamper_task.cancel()
                 self._components.pop("stamping", None)
                 log.info("tsr_runner_stopped", reason="no watch asks for tsr evidence")
             self._stamper = self._stamper_task = None
             return
+        timestamp = self.config.timestamp
+        layouts = {watch.watch_id: watch.config.sidecars for watch in self._watches}
         if self._stamper is not None:
-            self._stamper.reconfigure(pool=pool, anchors=anchors, **settings)  # type: ignore[arg-type]
+            self._stamper.reconfigure(
+                pool=tsas.pool,
+                anchors=tsas.anchors,
+                digest_alg=timestamp.digest,
+                layouts=layouts,
+                retry=timestamp.retry,
+                retry_max=timestamp.retry_max,
+            )
             return
         self._stamper = TsrStamper(
             recorder=self._recorder,
-            pool=pool,
-            anchors=anchors,
+            pool=tsas.pool,
+            anchors=tsas.anchors,
             state_dir=self.config.daemon.state_dir,
-            **settings,  # type: ignore[arg-type]
+            digest_alg=timestamp.digest,
+            layouts=layouts,
+            retry=timestamp.retry,
+            retry_max=timestamp.retry_max,
         )
         self._stamper.paused = self.paused
         self._stamper.on_attempts = self._on_attempts
@@ -1103,6 +1107,14 @@ class Daemon:
             self._metrics_server.close()
         self._notifier.close()
         log.info("daemon_stopped")
+
+
+@dataclass(frozen=True)
+class _TsaSetup:
+    """The configured TSAs, ready to use: the failover pool and each TSA's trust roots."""
+
+    pool: ProviderPool
+    anchors: Mapping[str, Sequence[x509.Certificate]]
 
 
 @dataclass(frozen=True)
