@@ -7,7 +7,6 @@ When the daemon cannot be reached they say so in one line and exit 3; the query 
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Any
 
@@ -17,6 +16,7 @@ from stampd.daemon import control
 from stampd.daemon.cli.context import cli_context
 from stampd.daemon.cli.exit_codes import ExitCode
 from stampd.daemon.cli.output import emit_json, json_option, say
+from stampd.daemon.cli.query import absolute_path
 from stampd.daemon.config import ConfigError
 from stampd.store.errors import StampdError
 
@@ -60,11 +60,6 @@ def ask_daemon(payload: dict[str, Any], *, timeout: float = 10.0) -> dict[str, A
     return {key: value for key, value in reply.items() if key != "ok"}
 
 
-def _absolute(path: str) -> str:
-    # abspath, not resolve(): the daemon knows files by the path under the watch root.
-    return os.path.abspath(path)  # noqa: PTH100
-
-
 @click.command("stamp")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @json_option
@@ -74,7 +69,7 @@ def stamp_command(paths: tuple[str, ...], as_json: bool) -> None:
     For files you know are complete (the daemon otherwise waits for the watch's quiet period).
     Exits 1 if any path could not be recorded.
     """
-    targets = [_absolute(path) for path in paths]
+    targets = [str(absolute_path(path)) for path in paths]
     results: list[dict[str, Any]] = []
     show_progress = not as_json and sys.stderr.isatty() and len(targets) > STAMP_BATCH
     for start in range(0, len(targets), STAMP_BATCH):
@@ -116,7 +111,7 @@ def rescan_command(path: str | None, as_json: bool) -> None:
     """Walk the watches again (or only the one holding PATH) to find what inotify missed."""
     payload: dict[str, Any] = {"command": "rescan"}
     if path is not None:
-        payload["path"] = _absolute(path)
+        payload["path"] = str(absolute_path(path))
     reply = ask_daemon(payload)
     if as_json:
         emit_json(reply)

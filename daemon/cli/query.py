@@ -35,7 +35,7 @@ def index_reader(config: Config) -> Iterator[sqlite3.Connection]:
         conn.close()
 
 
-def _absolute(path: str) -> Path:
+def absolute_path(path: str) -> Path:
     # abspath, not resolve(): the index holds paths as seen under the watch root, and a
     # symlinked watch root must not turn into its target here.
     return Path(os.path.abspath(path))  # noqa: PTH100 - resolve() would follow symlinks
@@ -166,7 +166,7 @@ def _echo_live(daemon: dict[str, Any]) -> None:
 def ls_command(path: str | None, limit: int | None, as_json: bool) -> None:
     """List recorded files at or under PATH (default: everything) with their evidence."""
     config = cli_context().config()
-    prefix = _absolute(path) if path else None
+    prefix = absolute_path(path) if path else None
     with index_reader(config) as conn:
         rows = queries.list_files(conn, prefix, limit=limit)
         if as_json:
@@ -190,7 +190,7 @@ def ls_command(path: str | None, limit: int | None, as_json: bool) -> None:
 def show_command(path: str, as_json: bool) -> None:
     """Show every version of PATH with its proofs, jobs and attempts."""
     config = cli_context().config()
-    target = _absolute(path)
+    target = absolute_path(path)
     with index_reader(config) as conn:
         detail = queries.file_detail(conn, target)
     if detail is None:
