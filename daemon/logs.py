@@ -23,6 +23,8 @@ from urllib.parse import urlsplit, urlunsplit
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from stampd.store.pathnames import escape
+
 LogFormat = Literal["auto", "json", "console"]
 
 REDACTED = "[REDACTED]"
@@ -119,6 +121,7 @@ def configure_logging(
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         redact_secrets,
+        escape_names,
     ]
     renderer: Processor
     final: list[Processor]
@@ -169,3 +172,20 @@ def get_logger(name: str) -> structlog.stdlib.BoundLogger:
     """A structlog logger; events use stable snake_case names (``version_recorded``)."""
     logger: structlog.stdlib.BoundLogger = structlog.get_logger(name)
     return logger
+
+
+# A name that is not UTF-8 (PEP 383 surrogate escapes) cannot be written to a terminal or
+# parsed back from JSON by jq; log it in the escaped form the CLI prints (store/pathnames.py).
+_UNDECODABLE = re.compile(r"[\udc80-\udcff]")
+
+
+def escape_names(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    """structlog processor: fields holding a file name that is not UTF-8 get its escaped form."""
+    for key, value in event_dict.items():
+        if isinstance(value, str) and _UNDECODABLE.search(value):
+            event_dict[key] = escape(value)
+        elif isinstance(value, list | tuple) and any(
+            isinstance(item, str) and _UNDECODABLE.search(item) for item in value
+        ):
+            event_dict[key] = [escape(item) if isinstance(item, str) else item for item in value]
+    return event_dict

@@ -69,8 +69,8 @@ class ScanReport:
     missing: int
     #: Directories (and bind-mounted files) on another filesystem: not walked, rows untouched.
     skipped: int
-    #: Directories that vanished or could not be listed, entries that could not be stat'ed,
-    #: names that are not UTF-8 (the index cannot store them); rows below are left untouched.
+    #: Directories that vanished or could not be listed, entries that could not be stat'ed;
+    #: rows below are left untouched.
     errors: int
     seconds: float
     #: True when ``should_stop`` ended the walk early; directories that were not visited then
@@ -200,10 +200,6 @@ class _Walk:
         here: set[str] = set()  # names whose rows stay as they are
         subdirectories: list[str] = []
         for entry in entries:
-            if not _storable(entry.name):
-                self.errors += 1
-                log.warning("scan_name_not_utf8", path=_printable(entry.path))
-                continue
             try:
                 st = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
@@ -293,20 +289,3 @@ def _needs_hash(row: ScanRow | None, key: FileStat) -> bool:
     if row is None or row.state == "missing" or row.racy or row.stat is None:
         return True
     return row.stat != key
-
-
-def _storable(name: str) -> bool:
-    """Whether a name can go into the index: SQLite text is UTF-8, and a name that is not
-    valid UTF-8 arrives from ``os.scandir`` with surrogate escapes that cannot be encoded."""
-    if name.isascii():
-        return True
-    try:
-        name.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _printable(path: str) -> str:
-    """A path with undecodable bytes shown as escapes, for logs."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")

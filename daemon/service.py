@@ -54,6 +54,8 @@ from stampd.store.errors import FileAccessError, StampdError
 from stampd.store.filestat import FileStat
 from stampd.store.index import Index, Settled, index_path, open_reader, present_under, utc_now
 from stampd.store.jobs import Attempt
+from stampd.store.pathnames import EscapeError, escape, unescape
+from stampd.store.sidecar import SIDECAR_KINDS, is_ours
 
 log = get_logger("stampd.daemon")
 
@@ -238,12 +240,13 @@ class Daemon:
         outcome = await loop.run_in_executor(
             self._hashers, partial(hash_file, path, root_dev=root_dev, progress=self._on_hash_read)
         )
+        shown = escape(path)
         if isinstance(outcome, Hashed):
             self._count_hashed(outcome)
             watch.settler.forget(path)
             recorded = await self._recorder.record_now(self._settled(watch, outcome))
             return {
-                "path": str(path),
+                "path": shown,
                 "recorded": True,
                 "outcome": recorded.outcome,
                 "version_id": recorded.version_id,
@@ -252,38 +255,36 @@ class Daemon:
                 "queued": list(watch.config.evidence) if recorded.job_ids else [],
             }
         if isinstance(outcome, Unreadable):
-            refusal = _Refusal(outcome.error_class, f"{path}: {outcome.message}")
+            refusal = _Refusal(outcome.error_class, f"{shown}: {outcome.message}")
         elif isinstance(outcome, Retry):
             refusal = _Refusal(
-                "changing", f"{path} changed while it was read", "stamp it once the writer is done"
+                "changing", f"{shown} changed while it was read", "stamp it once the writer is done"
             )
         elif outcome.reason == "gone":
-            refusal = _Refusal("not_found", f"{path}: no such file")
+            refusal = _Refusal("not_found", f"{shown}: no such file")
         else:
-            refusal = _Refusal("skipped", f"{path}: {outcome.reason}")
+            refusal = _Refusal("skipped", f"{shown}: {outcome.reason}")
         return refusal.reply(text)
 
     def _stamp_target(self, text: str) -> tuple[Path, WatchRuntime, int] | _Refusal:
-        """The file ``stamp`` names and its watch, or why it cannot be stamped."""
-        if not text.startswith("/") or "\0" in text:
-            return _Refusal("bad_request", f"{text!r} is not an absolute path")
-        path = Path(os.path.normpath(text))
+        """The file ``stamp`` names and its watch, or why it cannot be stamped.
+
+        Paths arrive in the escaped form of store/pathnames.py, as every path on the socket.
+        """
+        path = _requested_path(text)
+        if isinstance(path, _Refusal):
+            return path
         watch = self._watch_of(path)
         if watch is None or path == watch.root:
             return _Refusal(
                 "not_watched",
-                f"{path} is not under a watch",
+                f"{escape(path)} is not under a watch",
                 "stampd records only files under a [[watch]] path of its configuration",
             )
-        if not watch.filter.accepts(path):
-            return _Refusal(
-                "excluded",
-                f"{path} is left out by the include/exclude patterns of the watch {watch.root}",
-            )
-        if watch.root_dev is None:
-            return _Refusal("root_missing", f"the watch root {watch.root} does not exist")
-        if not _storable(path):
-            return _Refusal("not_utf8", f"{path!r} is not a UTF-8 name", "rename it")
+        refusal = _refusal_in(watch, path)
+        if refusal is not None:
+            return refusal
+        assert watch.root_dev is not None  # _refusal_in checked it
         return path, watch, watch.root_dev
 
     async def _rescan_request(self, request: Mapping[str, Any]) -> dict[str, Any]:
@@ -291,10 +292,13 @@ class Daemon:
         if text is None:
             targets = list(self._watches)
         elif isinstance(text, str) and text.startswith("/"):
-            path = Path(os.path.normpath(text))
+            try:
+                path = Path(os.path.normpath(unescape(text)))
+            except EscapeError as error:
+                raise ControlRequestError(f'"path": {error}') from None
             targets = [watch for watch in self._watches if watch.contains(path)]
             if not targets:
-                raise ControlRequestError(f"{path} is not under a watch")
+                raise ControlRequestError(f"{escape(path)} is not under a watch")
         else:
             raise ControlRequestError('"path" must be an absolute path')
         missing = [str(watch.root) for watch in targets if watch.root_dev is None]
@@ -425,9 +429,6 @@ class Daemon:
         """One filesystem event, on the loop thread."""
         if self._metrics is not None:
             self._metrics.events.labels(type=change.kind).inc()
-        if not _storable(change.path) or (change.dest is not None and not _storable(change.dest)):
-            log.warning("path_not_utf8", path=repr(change.path), hint="rename it to UTF-8")
-            return
         if change.kind in ("dir_created", "dir_deleted", "dir_moved"):
             self._on_directory_change(change)
         elif change.kind == "moved":
@@ -1132,17 +1133,52 @@ class _Refusal:
         return {"path": path, "recorded": False, "error": error}
 
 
+def _requested_path(text: str) -> Path | _Refusal:
+    """The path a control request names (in the escaped form of store/pathnames.py)."""
+    try:
+        name = unescape(text)
+    except EscapeError as error:
+        return _Refusal("bad_request", f"{text}: {error}")
+    if not name.startswith("/") or "\0" in name:
+        return _Refusal("bad_request", f"{text} is not an absolute path")
+    return Path(os.path.normpath(name))
+
+
+def _refusal_in(watch: WatchRuntime, path: Path) -> _Refusal | None:
+    """Why ``stamp`` will not record ``path`` of ``watch``, or None."""
+    shown = escape(path)
+    if is_ours(path.name):
+        data = _data_file_of(path)
+        if data is None:
+            return _Refusal("ours", f"{shown} is a temporary file stampd writes, not one to stamp")
+        return _Refusal(
+            "sidecar",
+            f"{shown} is a sidecar: the proof stampd keeps for {escape(data)}, not a file to stamp",
+            f"stamp {escape(data)} itself; its proofs are written next to it",
+        )
+    # transient_ok: a name like `x.part` is a temporary file's only to a watcher; named by
+    # the operator, it is the file they mean.
+    if not watch.filter.accepts(path, transient_ok=True):
+        return _Refusal(
+            "excluded",
+            f"{shown} is left out by the include/exclude patterns of the watch"
+            f" {escape(watch.root)}",
+        )
+    if watch.root_dev is None:
+        return _Refusal("root_missing", f"the watch root {escape(watch.root)} does not exist")
+    return None
+
+
+def _data_file_of(path: Path) -> Path | None:
+    """The data file whose sidecar (or ``ots upgrade`` backup) ``path`` is, by name."""
+    for suffix in (*(f".{ext}" for ext in SIDECAR_KINDS.values()), ".ots.bak"):
+        if path.name.endswith(suffix) and len(path.name) > len(suffix):
+            return path.with_name(path.name[: -len(suffix)])
+    return None
+
+
 def _host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
-
-
-def _storable(path: Path) -> bool:
-    """The index stores paths as UTF-8 text; a name in another encoding cannot be recorded."""
-    try:
-        str(path).encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _is_regular(path: Path) -> bool:

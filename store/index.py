@@ -8,6 +8,10 @@ between, without consulting the busy handler (sqlite.org/lang_transaction.html; 
 reference/watching-and-service.md §5.2). ``IMMEDIATE`` takes the write lock up front and
 waits for it under ``busy_timeout`` instead.
 
+Paths are stored in the escaped form of :mod:`stampd.store.pathnames` (``caf\\351.txt``
+for a Latin-1 name): lossless for every name Linux allows, valid UTF-8, and the same text
+the CLI prints; a name that is printable UTF-8 without a backslash is stored as it is.
+
 Times are stored as ISO 8601 UTC text with microseconds (``2026-11-22T19:48:00.123456Z``):
 readable in ``sqlite3``, and they sort correctly as strings. Digests are lowercase hex.
 """
@@ -28,6 +32,7 @@ from sqlite_utils.migrations import Migrations
 
 from stampd.store.errors import IndexUnavailableError
 from stampd.store.filestat import FileStat
+from stampd.store.pathnames import escape, unescape, unescape_path
 
 #: Seconds a connection waits for another connection's write lock before giving up.
 BUSY_TIMEOUT_S = 10.0
@@ -155,6 +160,29 @@ def _initial_schema(db: Database) -> None:
     ]
     for statement in statements:
         db.execute(statement)
+
+
+@migrations(name="0002_escaped_paths")
+def _escaped_paths(db: Database) -> None:
+    # Paths were stored as raw text before names that are not UTF-8 were accepted; the
+    # escaped form (store/pathnames.py) rewrites only names with a backslash or a control
+    # character, so almost every row keeps its text and no index entry moves.
+    conn = db.conn
+    for table, columns in (("watches", ("path",)), ("files", ("path", "dir"))):
+        listed = ", ".join(columns)
+        changed = [
+            (*(escape(value) for value in values), row_id)
+            for row_id, *values in conn.execute(f"SELECT id, {listed} FROM {table}")  # noqa: S608
+            if any(escape(value) != value for value in values)
+        ]
+        # Two steps: an escaped name may equal another row's old text ("a\\b" and "a\b"),
+        # and `path` is UNIQUE. "//" never occurs in a stored (normalised) path.
+        conn.executemany(
+            f"UPDATE {table} SET path = '//stampd-migrating/' || id WHERE id = ?",  # noqa: S608
+            [(row[-1],) for row in changed],
+        )
+        assignments = ", ".join(f"{column} = ?" for column in columns)
+        conn.executemany(f"UPDATE {table} SET {assignments} WHERE id = ?", changed)  # noqa: S608
 
 
 def utc_now() -> str:
@@ -362,11 +390,11 @@ class Index:
     def ensure_watch(self, path: Path) -> int:
         """The id of the watch row for ``path``, created on first sight."""
         with self.write() as conn:
-            row = conn.execute("SELECT id FROM watches WHERE path = ?", (str(path),)).fetchone()
+            row = conn.execute("SELECT id FROM watches WHERE path = ?", (escape(path),)).fetchone()
             if row is not None:
                 return int(row[0])
             cursor = conn.execute(
-                "INSERT INTO watches (path, added_at) VALUES (?, ?)", (str(path), utc_now())
+                "INSERT INTO watches (path, added_at) VALUES (?, ?)", (escape(path), utc_now())
             )
             return _rowid(cursor)
 
@@ -417,18 +445,27 @@ class Index:
         now = utc_now()
         key = _key(stat)
         with self.write() as conn:
-            row = conn.execute("SELECT id FROM files WHERE path = ?", (str(path),)).fetchone()
+            row = conn.execute("SELECT id FROM files WHERE path = ?", (escape(path),)).fetchone()
             if row is None:
                 conn.execute(
                     "INSERT INTO files (watch_id, path, dir, dev, ino, size, mtime_ns, ctime_ns,"
                     " state, problem_class, problem, first_seen_at, updated_at)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'unreadable', ?, ?, ?, ?)",
-                    (watch_id, str(path), str(path.parent), *key, error_class, message, now, now),
+                    (
+                        watch_id,
+                        escape(path),
+                        escape(path.parent),
+                        *key,
+                        error_class,
+                        message,
+                        now,
+                        now,
+                    ),
                 )
             else:
                 conn.execute(
                     _SQL_SET_UNREADABLE,
-                    (watch_id, str(path.parent), *key, error_class, message, now, row[0]),
+                    (watch_id, escape(path.parent), *key, error_class, message, now, row[0]),
                 )
 
     def mark_missing(self, paths: Sequence[Path]) -> int:
@@ -442,16 +479,17 @@ class Index:
             return 0
         now = utc_now()
         with self.write() as conn:
-            cursor = conn.executemany(_SQL_MARK_MISSING, [(now, str(path)) for path in paths])
+            cursor = conn.executemany(_SQL_MARK_MISSING, [(now, escape(path)) for path in paths])
             return cursor.rowcount
 
 
 def _record_one(conn: sqlite3.Connection, item: Settled, now: str) -> Recorded:
     """One item of :meth:`Index.record_settled`, inside its transaction."""
-    row = conn.execute(_SQL_FILE_AT_PATH, (str(item.path),)).fetchone()
+    path, parent = escape(item.path), escape(item.path.parent)
+    row = conn.execute(_SQL_FILE_AT_PATH, (path,)).fetchone()
     if row is not None and int(row[3]) != item.watch_id:
         # The path now belongs to another watch (the configuration changed).
-        conn.execute(_SQL_MOVE, (item.watch_id, str(item.path), str(item.path.parent), row[0]))
+        conn.execute(_SQL_MOVE, (item.watch_id, path, parent, row[0]))
     if row is not None and row[2] == item.sha256:
         file_id, version_id = int(row[0]), int(row[1])
         _set_present(conn, file_id, item.stat, racy=item.racy, now=now)
@@ -461,9 +499,7 @@ def _record_one(conn: sqlite3.Connection, item: Settled, now: str) -> Recorded:
     if source is not None:
         source_id, source_path, source_version, source_gone = source
         if row is None:
-            conn.execute(
-                _SQL_MOVE, (item.watch_id, str(item.path), str(item.path.parent), source_id)
-            )
+            conn.execute(_SQL_MOVE, (item.watch_id, path, parent, source_id))
             _set_present(conn, source_id, item.stat, racy=item.racy, now=now)
             return Recorded(item.path, "renamed", source_id, source_version, (), source_path)
         # The destination already has a row with its own history: that row gets the new
@@ -473,7 +509,14 @@ def _record_one(conn: sqlite3.Connection, item: Settled, now: str) -> Recorded:
 
     if row is None:
         file_id = _insert_file(
-            conn, watch_id=item.watch_id, path=item.path, stat=item.stat, racy=item.racy, now=now
+            conn,
+            watch_id=item.watch_id,
+            path=item.path,
+            stat=item.stat,
+            racy=item.racy,
+            # First seen when its content was first in hand: never after "hashed".
+            first_seen=min(item.hashed_at, now),
+            now=now,
         )
         outcome: Outcome = "new_file"
     else:
@@ -506,10 +549,10 @@ def _rename_source(conn: sqlite3.Connection, item: Settled) -> tuple[int, Path, 
     ``rename`` updates it — and the same content, and its path must no longer name this inode.
     """
     rows = conn.execute(
-        _SQL_RENAME_SOURCES, (item.stat.dev, item.stat.ino, str(item.path), item.sha256)
+        _SQL_RENAME_SOURCES, (item.stat.dev, item.stat.ino, escape(item.path), item.sha256)
     ).fetchall()
     for file_id, old, version_id in rows:
-        old_path = Path(old)
+        old_path = unescape_path(old)
         holds = _names_inode(old_path, item.stat)
         if holds is not True:
             return int(file_id), old_path, int(version_id), holds is None
@@ -543,6 +586,7 @@ def _insert_file(
     path: Path,
     stat: FileStat,
     racy: bool = False,
+    first_seen: str,
     now: str,
 ) -> int:
     """A new present row without a version yet (the caller adds one in the same transaction
@@ -550,7 +594,7 @@ def _insert_file(
     cursor = conn.execute(
         "INSERT INTO files (watch_id, path, dir, dev, ino, size, mtime_ns, ctime_ns, racy,"
         " state, first_seen_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'present', ?, ?)",
-        (watch_id, str(path), str(path.parent), *_key(stat), int(racy), now, now),
+        (watch_id, escape(path), escape(path.parent), *_key(stat), int(racy), first_seen, now),
     )
     return _rowid(cursor)
 
@@ -626,7 +670,7 @@ def subtree_bounds(prefix: Path) -> tuple[str, str, str]:
     "0" is the character after "/", so ``[dir/, dir0)`` is exactly the subtree: "/srv/dir"
     does not match "/srv/dir2" or "/srv/dir-old".
     """
-    exact = str(prefix)
+    exact = escape(prefix)
     base = exact.rstrip("/")
     return exact, base + "/", base + "0"
 
@@ -635,11 +679,11 @@ def rows_in_directory(conn: sqlite3.Connection, directory: Path) -> dict[str, Sc
     """Every row (any state) whose path is a direct child of ``directory``, keyed by name."""
     rows: dict[str, ScanRow] = {}
     for file_id, path, state, dev, ino, size, mtime_ns, ctime_ns, racy in conn.execute(
-        _SQL_ROWS_IN_DIRECTORY, (str(directory),)
+        _SQL_ROWS_IN_DIRECTORY, (escape(directory),)
     ):
         key = (dev, ino, size, mtime_ns, ctime_ns)
         stat = None if None in key else FileStat(dev, ino, size, mtime_ns, ctime_ns)
-        name = path.rpartition("/")[2]
+        name = unescape(path.rpartition("/")[2])
         rows[name] = ScanRow(file_id=file_id, name=name, state=state, stat=stat, racy=bool(racy))
     return rows
 
@@ -648,7 +692,7 @@ def present_under(conn: sqlite3.Connection, directory: Path) -> list[tuple[int, 
     """``(file_id, path)`` of the present or unreadable rows at or below ``directory``, in
     path order: what a deleted or moved-away directory takes with it."""
     return [
-        (int(file_id), Path(path))
+        (int(file_id), unescape_path(path))
         for file_id, path in conn.execute(_SQL_PRESENT_UNDER, subtree_bounds(directory))
     ]
 
@@ -658,7 +702,7 @@ def live_directories_below(conn: sqlite3.Connection, directory: Path) -> Iterato
     order, streamed from the ``files_dir_state`` index (never all rows in memory)."""
     _exact, low, high = subtree_bounds(directory)
     for (path,) in conn.execute(_SQL_LIVE_DIRECTORIES_BELOW, (low, high)):
-        yield Path(path)
+        yield unescape_path(path)
 
 
 def index_path(state_dir: Path) -> Path:

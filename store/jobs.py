@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 from stampd.store.index import Index, utc_now
+from stampd.store.pathnames import unescape_path
 
 ErrorClass = Literal[
     "network",
@@ -141,7 +142,7 @@ def due_jobs(conn: sqlite3.Connection, kind: str, *, now: str, limit: int) -> li
             sha256=str(row[4]),
             sha512=str(row[5]),
             file_id=int(row[6]),
-            path=Path(row[7]),
+            path=unescape_path(row[7]),
             watch_id=int(row[8]),
             file_state=str(row[9]),
             current=bool(row[10]),

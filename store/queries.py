@@ -1,5 +1,9 @@
 """Read models over the index for ``stampd status``, ``ls`` and ``show``.
 
+Paths in the results are text in the escaped form of :mod:`stampd.store.pathnames`, as the
+index stores them and the CLI prints them; paths given as arguments are names as Python has
+them (escaped here).
+
 Every query here runs on a read-only connection (:func:`stampd.store.index.open_reader`) and
 is shaped to use an index, so it stays fast with a million versions (bench/bench_index.py).
 """
@@ -20,6 +24,7 @@ from stampd.store.index import (
     format_time,
     subtree_bounds,
 )
+from stampd.store.pathnames import escape
 
 
 @dataclass(frozen=True)
@@ -184,54 +189,73 @@ def status_summary(conn: sqlite3.Connection, *, now: str) -> StatusSummary:
     )
 
 
+#: Rows of ``stampd ls`` read per query: each page is its own short read, so a listing piped
+#: into a pager does not hold one snapshot open (and the WAL growing) while it waits.
+LIST_PAGE = 5000
+
+# One statement per page whatever the page holds: the versions count, the proofs and the
+# open jobs of each row come from correlated subqueries on versions_file, proofs_version and
+# jobs_version, run inside SQLite, not from two more queries per row. Keyset pagination on
+# the UNIQUE path index (`path > last`) keeps every page as cheap as the first.
+_SQL_LIST_PAGE = """
+    SELECT f.path, f.state, f.problem_class, f.problem, v.size, v.sha256,
+           (SELECT COUNT(*) FROM versions WHERE file_id = f.id) AS versions,
+           (SELECT group_concat(kind || ':' || status, ' ') FROM proofs
+             WHERE version_id = v.id) AS proofs,
+           (SELECT COUNT(*) FROM jobs WHERE version_id = v.id
+             AND state IN ('pending', 'running')) AS pending
+    FROM files f LEFT JOIN versions v ON v.id = f.current_version_id
+    WHERE f.path {lower} ? AND f.path < ? AND (f.path = ? OR f.path >= ?)
+    ORDER BY f.path LIMIT ?
+"""
+# Above every path: the bounds of "everything" (paths are absolute, so they start with "/").
+_PATH_MAX = "\U0010ffff"
+
+
 def list_files(
     conn: sqlite3.Connection, prefix: Path | None = None, *, limit: int | None = None
 ) -> Iterator[FileListing]:
-    """Files at or under ``prefix`` (all files when None), in path order."""
-    where = ""
-    params: list[Any] = []
-    if prefix is not None:
+    """Files at or under ``prefix`` (all files when None), in path order.
+
+    A fixed number of queries per :data:`LIST_PAGE` rows, whatever each file holds.
+    """
+    if prefix is None:
+        exact, low, high = "", "", _PATH_MAX
+    else:
         exact, low, high = subtree_bounds(prefix)
-        where = "WHERE f.path = ? OR (f.path >= ? AND f.path < ?)"
-        params = [exact, low, high]
-    # Only the constant WHERE clause above is interpolated; values are bound parameters.
-    sql = f"""
-        SELECT f.id, f.path, f.state, f.problem_class, f.problem,
-               v.id AS version_id, v.size, v.sha256,
-               (SELECT COUNT(*) FROM versions WHERE file_id = f.id) AS versions
-        FROM files f LEFT JOIN versions v ON v.id = f.current_version_id
-        {where}
-        ORDER BY f.path
-    """  # noqa: S608
-    if limit is not None:
-        sql += " LIMIT ?"
-        params.append(limit)
-    for row in conn.execute(sql, params).fetchall():
-        version_id = row["version_id"]
-        proofs: dict[str, str] = {}
-        pending = 0
-        if version_id is not None:
-            for kind, status in conn.execute(
-                "SELECT kind, status FROM proofs WHERE version_id = ? ORDER BY id", (version_id,)
-            ):
-                # A complete proof outranks a pending or invalid one of the same kind.
-                if proofs.get(kind) != "complete":
-                    proofs[kind] = status
-            pending = conn.execute(
-                "SELECT COUNT(*) FROM jobs WHERE version_id = ? AND state IN ('pending','running')",
-                (version_id,),
-            ).fetchone()[0]
-        yield FileListing(
-            path=row["path"],
-            state=row["state"],
-            size=row["size"],
-            sha256=row["sha256"],
-            versions=row["versions"],
-            proofs=proofs,
-            pending_jobs=int(pending),
-            problem_class=row["problem_class"],
-            problem=row["problem"],
-        )
+    last, lower = exact, ">="
+    remaining = limit
+    while remaining is None or remaining > 0:
+        page = LIST_PAGE if remaining is None else min(LIST_PAGE, remaining)
+        sql = _SQL_LIST_PAGE.format(lower=lower)  # only ">=" or ">" is interpolated
+        rows = conn.execute(sql, (last, high, exact, low, page)).fetchall()
+        for row in rows:
+            yield _listing(row)
+        if len(rows) < page:
+            return
+        last, lower = rows[-1]["path"], ">"
+        if remaining is not None:
+            remaining -= len(rows)
+
+
+def _listing(row: sqlite3.Row) -> FileListing:
+    proofs: dict[str, str] = {}
+    for entry in (row["proofs"] or "").split():
+        kind, _, status = entry.partition(":")
+        # A complete proof outranks a pending or invalid one of the same kind.
+        if proofs.get(kind) != "complete":
+            proofs[kind] = status
+    return FileListing(
+        path=row["path"],
+        state=row["state"],
+        size=row["size"],
+        sha256=row["sha256"],
+        versions=row["versions"],
+        proofs=proofs,
+        pending_jobs=int(row["pending"]),
+        problem_class=row["problem_class"],
+        problem=row["problem"],
+    )
 
 
 def file_detail(conn: sqlite3.Connection, path: Path) -> FileDetail | None:
@@ -239,7 +263,7 @@ def file_detail(conn: sqlite3.Connection, path: Path) -> FileDetail | None:
     row = conn.execute(
         "SELECT f.*, w.path AS watch FROM files f JOIN watches w ON w.id = f.watch_id"
         " WHERE f.path = ?",
-        (str(path),),
+        (escape(path),),
     ).fetchone()
     if row is None:
         return None

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import pty
+import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,9 +17,12 @@ from click.testing import CliRunner, Result
 
 from stampd.daemon.cli.app import cli
 from stampd.daemon.cli.exit_codes import ExitCode
+from stampd.store import queries
 from stampd.store.filestat import FileStat
-from stampd.store.index import Index, index_path
+from stampd.store.index import Index, index_path, open_reader
 from tests.conftest import settled
+
+STAMPD = str(Path(sys.executable).with_name("stampd"))
 
 
 def _run(config: Path, *args: str) -> Result:
@@ -130,8 +139,109 @@ def test_show_unknown_path_exits_1(config: Path) -> None:
     result = _run(config, "show", "/nowhere/x")
     assert result.exit_code == 1
     assert "is not in the index" in result.stderr
+    assert result.stderr.count("/nowhere/x") == 1
     as_json = _run(config, "show", "/nowhere/x", "--json")
-    assert json.loads(as_json.stdout) == {"file": None, "path": "/nowhere/x"}
+    assert as_json.exit_code == 1
+    error = json.loads(as_json.stdout)["error"]
+    assert error["error_class"] == "not_indexed"
+    assert error["message"] == "/nowhere/x is not in the index"
+    assert "stampd stamp" in error["hint"]
+
+
+def test_ls_runs_the_same_queries_for_two_rows_or_two_hundred(config: Path) -> None:
+    watched = _populate(config)
+    state = config.parent / "state"
+
+    def statements(count: int) -> list[str]:
+        with Index.open(index_path(state)) as index:
+            watch = index.ensure_watch(watched)
+            index.record_settled(
+                [
+                    settled(watch, watched / f"many/{n:04}", sha256=f"{n:064x}", sha512="e" * 128)
+                    for n in range(count)
+                ]
+            )
+        conn = open_reader(index_path(state))
+        seen: list[str] = []
+        conn.set_trace_callback(seen.append)
+        try:
+            listed = list(queries.list_files(conn, watched / "many"))
+        finally:
+            conn.close()
+        assert len(listed) == count
+        assert all(row.pending_jobs == 1 and row.versions == 1 for row in listed)
+        return seen
+
+    few = statements(2)
+    shutil.rmtree(state)
+    state.mkdir()
+    many = statements(200)
+    assert len(few) == len(many) == 1
+
+
+def test_ls_pages_through_a_long_listing_in_order(
+    config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    watched = _populate(config)
+    with Index.open(index_path(config.parent / "state")) as index:
+        watch = index.ensure_watch(watched)
+        index.record_settled(
+            [
+                settled(watch, watched / f"p/{n:03}", sha256=f"{n:064x}", sha512="e" * 128)
+                for n in range(25)
+            ]
+        )
+    monkeypatch.setattr(queries, "LIST_PAGE", 4)
+    conn = open_reader(index_path(config.parent / "state"))
+    try:
+        every = [row.path for row in queries.list_files(conn, None)]
+        limited = [row.path for row in queries.list_files(conn, watched / "p", limit=9)]
+    finally:
+        conn.close()
+    assert every == sorted(every) and len(every) == 27
+    assert limited == [str(watched / f"p/{n:03}") for n in range(9)]
+
+
+def test_ls_prints_a_header_row_on_a_terminal_only(config: Path) -> None:
+    watched = _populate(config)
+    piped = subprocess.run(
+        [STAMPD, "--config", str(config), "ls"], capture_output=True, text=True, check=True
+    )
+    assert piped.stdout.splitlines()[0].startswith("present")
+    leader, follower = pty.openpty()
+    try:
+        subprocess.run(
+            [STAMPD, "--config", str(config), "ls"], stdout=follower, check=True, timeout=30
+        )
+        os.close(follower)
+        output = b""
+        with contextlib.suppress(OSError):  # EIO once the child side is closed
+            while chunk := os.read(leader, 4096):
+                output += chunk
+    finally:
+        os.close(leader)
+    lines = output.decode().splitlines()
+    assert lines[0].split() == ["STATE", "SIZE", "EVIDENCE", "PATH"]
+    assert lines[1].split()[-1] == str(watched / "a.pdf")
+
+
+def test_a_name_that_is_not_utf8_is_listed_escaped_and_taken_back(config: Path) -> None:
+    watched = _populate(config)
+    latin1 = watched / os.fsdecode(b"caf\xe9.txt")
+    with Index.open(index_path(config.parent / "state")) as index:
+        watch = index.ensure_watch(watched)
+        index.record_settled([settled(watch, latin1, sha256="3" * 64, sha512="3" * 128)])
+    escaped = f"{watched}/caf\\351.txt"
+    listed = _run(config, "ls", str(watched))
+    assert listed.exit_code == 0, listed.output
+    assert any(line.endswith(f" {escaped}") for line in listed.stdout.splitlines())
+    rows = json.loads(_run(config, "ls", "--json").stdout)["files"]
+    assert escaped in [row["path"] for row in rows]
+    # What was printed is accepted back: as the escaped text, and as the raw name.
+    for argument in (escaped, str(latin1)):
+        shown = _run(config, "show", argument, "--json")
+        assert shown.exit_code == 0, shown.output
+        assert json.loads(shown.stdout)["file"]["path"] == escaped
 
 
 def test_a_bad_config_is_exit_2_and_one_line(tmp_path: Path) -> None:

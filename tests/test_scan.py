@@ -387,14 +387,22 @@ def test_a_transient_name_is_stamped_once_left_alone_for_an_hour(
     assert seen.candidates == [temp]
 
 
-def test_a_name_that_is_not_utf8_is_an_error_not_a_crash(env: Env) -> None:
+def test_names_that_are_not_utf8_are_walked_like_any_other(env: Env) -> None:
+    """File names are bytes: a Latin-1 file or directory name is a candidate, recorded, and
+    unchanged on the next walk (issue 10 item 8; the index stores it escaped)."""
+    root = os.fsencode(env.root)
     good = _write(env.root / "good.txt")
-    fd = os.open(os.fsencode(env.root) + b"/bad-\xff.txt", os.O_CREAT | os.O_WRONLY, 0o644)
-    os.close(fd)
-    os.mkdir(os.fsencode(env.root) + b"/dir-\xfe")
+    latin1 = _write(Path(os.fsdecode(root + b"/bad-\xff.txt")))
+    inside = _write(Path(os.fsdecode(root + b"/dir-\xfe/in.txt")))
     report, seen = env.scan()
-    assert seen.candidates == [good]
-    assert report.errors == 2
+    assert sorted(seen.candidates) == sorted([good, latin1, inside])
+    assert report.errors == 0
+    env.record(good, latin1, inside)
+    report, seen = env.scan()
+    assert (seen.candidates, seen.missing, report.errors) == ([], [], 0)
+    os.unlink(os.fsencode(inside))
+    _report, seen = env.scan()
+    assert seen.missing == [inside]
 
 
 def test_a_directory_vanishing_mid_walk_is_an_error_and_its_rows_stay(env: Env) -> None:

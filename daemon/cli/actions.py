@@ -16,7 +16,7 @@ from stampd.daemon import control
 from stampd.daemon.cli.context import cli_context
 from stampd.daemon.cli.exit_codes import ExitCode
 from stampd.daemon.cli.output import emit_json, json_option, say
-from stampd.daemon.cli.query import absolute_path
+from stampd.daemon.cli.paths import argument_path, shown
 from stampd.daemon.config import ConfigError
 from stampd.store.errors import StampdError
 
@@ -69,7 +69,8 @@ def stamp_command(paths: tuple[str, ...], as_json: bool) -> None:
     For files you know are complete (the daemon otherwise waits for the watch's quiet period).
     Exits 1 if any path could not be recorded.
     """
-    targets = [str(absolute_path(path)) for path in paths]
+    # The socket carries paths in their escaped form, as every path stampd prints.
+    targets = [shown(argument_path(path)) for path in paths]
     results: list[dict[str, Any]] = []
     show_progress = not as_json and sys.stderr.isatty() and len(targets) > STAMP_BATCH
     for start in range(0, len(targets), STAMP_BATCH):
@@ -111,7 +112,7 @@ def rescan_command(path: str | None, as_json: bool) -> None:
     """Walk the watches again (or only the one holding PATH) to find what inotify missed."""
     payload: dict[str, Any] = {"command": "rescan"}
     if path is not None:
-        payload["path"] = str(absolute_path(path))
+        payload["path"] = shown(argument_path(path))
     reply = ask_daemon(payload)
     if as_json:
         emit_json(reply)

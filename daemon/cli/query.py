@@ -8,11 +8,10 @@ and says plainly when it is not there: it then still shows the index, and exits 
 from __future__ import annotations
 
 import dataclasses
-import os
 import sqlite3
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import click
@@ -21,8 +20,10 @@ from stampd.daemon import control
 from stampd.daemon.cli.context import cli_context
 from stampd.daemon.cli.exit_codes import ExitCode
 from stampd.daemon.cli.output import emit_json, json_option, say
+from stampd.daemon.cli.paths import argument_path, shown
 from stampd.daemon.config import Config
 from stampd.store import queries
+from stampd.store.errors import StampdError
 from stampd.store.index import index_path, open_reader, utc_now
 
 
@@ -33,12 +34,6 @@ def index_reader(config: Config) -> Iterator[sqlite3.Connection]:
         yield conn
     finally:
         conn.close()
-
-
-def absolute_path(path: str) -> Path:
-    # abspath, not resolve(): the index holds paths as seen under the watch root, and a
-    # symlinked watch root must not turn into its target here.
-    return Path(os.path.abspath(path))  # noqa: PTH100 - resolve() would follow symlinks
 
 
 def _size(size: int | None) -> str:
@@ -166,7 +161,8 @@ def _echo_live(daemon: dict[str, Any]) -> None:
 def ls_command(path: str | None, limit: int | None, as_json: bool) -> None:
     """List recorded files at or under PATH (default: everything) with their evidence."""
     config = cli_context().config()
-    prefix = absolute_path(path) if path else None
+    prefix = argument_path(path) if path else None
+    header = _stdout_is_terminal()
     with index_reader(config) as conn:
         rows = queries.list_files(conn, prefix, limit=limit)
         if as_json:
@@ -174,14 +170,31 @@ def ls_command(path: str | None, limit: int | None, as_json: bool) -> None:
             return
         count = 0
         for row in rows:
+            if count == 0 and header:
+                # For a person only: a script reading the lines gets data from the first one.
+                click.echo(_ls_line("STATE", "SIZE", "EVIDENCE", "PATH"))
             count += 1
             evidence = " ".join(f"{kind}:{status}" for kind, status in sorted(row.proofs.items()))
             if row.pending_jobs:
                 evidence = f"{evidence} {row.pending_jobs} pending".strip()
-            click.echo(f"{row.state:<10} {_size(row.size):>10}  {evidence or '-':<24} {row.path}")
+            click.echo(_ls_line(row.state, _size(row.size), evidence or "-", row.path))
     if count == 0:
-        where = f" under {prefix}" if prefix else ""
+        where = f" under {shown(prefix)}" if prefix else ""
         say(f"nothing recorded{where} yet")
+
+
+def _ls_line(state: str, size: str, evidence: str, path: str) -> str:
+    return f"{state:<10} {size:>10}  {evidence:<24} {path}"
+
+
+def _stdout_is_terminal() -> bool:
+    return sys.stdout.isatty()
+
+
+class NotIndexedError(StampdError):
+    """A path the index has never recorded."""
+
+    error_class = "not_indexed"
 
 
 @click.command("show")
@@ -190,14 +203,16 @@ def ls_command(path: str | None, limit: int | None, as_json: bool) -> None:
 def show_command(path: str, as_json: bool) -> None:
     """Show every version of PATH with its proofs, jobs and attempts."""
     config = cli_context().config()
-    target = absolute_path(path)
+    target = argument_path(path)
     with index_reader(config) as conn:
         detail = queries.file_detail(conn, target)
     if detail is None:
-        if as_json:
-            emit_json({"file": None, "path": str(target)})
-        say(f"stampd: {target} is not in the index (not under a watch, or not settled yet)")
-        raise click.exceptions.Exit(ExitCode.FAILURE)
+        # Exit 1 with one line, or with --json the {"error": ...} document (cli/app.py).
+        raise NotIndexedError(
+            f"{shown(target)} is not in the index",
+            hint="it is not under a [[watch]], or has not settled yet;"
+            " `stampd stamp PATH` records a watched file now",
+        )
     if as_json:
         emit_json({"file": dataclasses.asdict(detail)})
         return
