@@ -52,6 +52,7 @@ def test_stamp_refuses_what_it_cannot_record_and_records_the_rest(tmp_path: Path
     outside = tmp_path / "outside.txt"
     outside.write_text("not watched\n")
     (daemon.watched / "link.txt").symlink_to(good)
+    (daemon.watched / "draft.part").write_text("named by the operator: stamped\n")
     try:
         result = daemon.cli(
             "stamp",
@@ -61,6 +62,8 @@ def test_stamp_refuses_what_it_cannot_record_and_records_the_rest(tmp_path: Path
             str(daemon.watched / "absent.txt"),
             str(daemon.watched / "dir"),
             str(daemon.watched / "link.txt"),
+            str(daemon.watched / "good.txt.tsr"),
+            str(daemon.watched / "draft.part"),
             "--json",
         )
     finally:
@@ -68,6 +71,7 @@ def test_stamp_refuses_what_it_cannot_record_and_records_the_rest(tmp_path: Path
     assert result.returncode == ExitCode.FAILURE
     results = {Path(r["path"]).name: r for r in json.loads(result.stdout)["results"]}
     assert results["good.txt"]["recorded"] is True
+    assert results["draft.part"]["recorded"] is True
     classes = {name: r["error"]["error_class"] for name, r in results.items() if not r["recorded"]}
     assert classes == {
         "debug.log": "excluded",
@@ -75,9 +79,15 @@ def test_stamp_refuses_what_it_cannot_record_and_records_the_rest(tmp_path: Path
         "absent.txt": "not_found",
         "dir": "skipped",
         "link.txt": "skipped",
+        "good.txt.tsr": "sidecar",
     }
     assert "a symbolic link" in results["link.txt"]["error"]["message"]
-    assert list(daemon.versions()) == [str(good)]
+    sidecar = results["good.txt.tsr"]["error"]
+    assert sidecar["message"] == (
+        f"{good}.tsr is a sidecar: the proof stampd keeps for {good}, not a file to stamp"
+    )
+    assert sidecar["hint"].startswith(f"stamp {good} itself")
+    assert sorted(daemon.versions()) == sorted([str(good), str(daemon.watched / "draft.part")])
 
 
 def test_pause_holds_work_and_resume_catches_up(tmp_path: Path) -> None:

@@ -616,3 +616,15 @@ def test_rows_in_directory_returns_direct_children_only(index: Index, tmp_path: 
         assert list(live_directories_below(reader, Path("/srv/d"))) == []  # sub has no live row
     finally:
         reader.close()
+
+
+def test_a_new_file_is_never_first_seen_after_it_was_hashed(tmp_path: Path) -> None:
+    with Index.open(index_path(tmp_path)) as index:
+        watch = index.ensure_watch(Path("/srv/a"))
+        item = settled(watch, Path("/srv/a/x"), sha256=A64, sha512=B128)
+        index.record_settled([item])
+        first_seen, hashed = index.conn.execute(
+            "SELECT f.first_seen_at, v.hashed_at FROM files f"
+            " JOIN versions v ON v.id = f.current_version_id"
+        ).fetchone()
+    assert first_seen <= hashed == item.hashed_at
