@@ -30,6 +30,8 @@ class Recorder:
         self.index = index
         #: Called on the loop after a commit that created jobs (the job runners wake up).
         self.on_jobs: Callable[[], None] | None = None
+        #: Called on the loop with the outcomes of each commit (sidecar repair after renames).
+        self.on_commit: Callable[[list[Recorded]], None] | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stampd-index")
         self._queue: asyncio.Queue[Settled] = asyncio.Queue()
         #: Index calls finished, and calls in progress: the health check's view of the writer
@@ -58,6 +60,8 @@ class Recorder:
         assert isinstance(result, Recorded)
         if result.job_ids and self.on_jobs is not None:
             self.on_jobs()
+        if self.on_commit is not None:
+            self.on_commit([result])
         log.info(
             "version_recorded_on_request",
             path=str(result.path),
@@ -107,6 +111,8 @@ class Recorder:
         outcomes: dict[str, int] = {}
         if self.on_jobs is not None and any(r.job_ids for r in results):
             self.on_jobs()
+        if self.on_commit is not None:
+            self.on_commit(results)
         for result in results:
             assert isinstance(result, Recorded)
             outcomes[result.outcome] = outcomes.get(result.outcome, 0) + 1

@@ -39,6 +39,7 @@ from stampd.daemon.control import ControlRequestError, ControlServer, Handler
 from stampd.daemon.filters import WatchFilter
 from stampd.daemon.hasher import Hashed, HashOutcome, Retry, Skipped, Unreadable, hash_file
 from stampd.daemon.health import Health, StallWatch
+from stampd.daemon.locks import PathLocks
 from stampd.daemon.logs import get_logger
 from stampd.daemon.metrics import LiveState, Metrics, MetricsServer, RootState
 from stampd.daemon.notify import Notifier
@@ -46,6 +47,7 @@ from stampd.daemon.pool import ProviderPool
 from stampd.daemon.providers.configured import configured_tsas
 from stampd.daemon.recorder import Recorder
 from stampd.daemon.reload import diff_configs
+from stampd.daemon.repair import SidecarRepairer
 from stampd.daemon.scan import ScanReport, scan_watch
 from stampd.daemon.settle import Ready, Settler
 from stampd.daemon.stamping import TsrStamper
@@ -55,7 +57,7 @@ from stampd.store.filestat import FileStat
 from stampd.store.index import Index, Settled, index_path, open_reader, present_under, utc_now
 from stampd.store.jobs import Attempt
 from stampd.store.pathnames import EscapeError, escape, unescape
-from stampd.store.sidecar import SIDECAR_KINDS, is_ours
+from stampd.store.sidecar import SIDECAR_KINDS, Layout, is_ours
 
 log = get_logger("stampd.daemon")
 
@@ -143,6 +145,8 @@ class Daemon:
         #: Files recorded as unreadable: a permission change (attrib event) retries them.
         self._unreadable: set[Path] = set()
         self._stamper: TsrStamper | None = None
+        #: Held by everything that places sidecars (job runners, repair), per path.
+        self._path_locks = PathLocks()
         self._stamper_task: asyncio.Task[None] | None = None
         self._http: httpx.AsyncClient | None = None
         self._notifier = Notifier.from_environ()
@@ -418,6 +422,11 @@ class Daemon:
         return settling + self._hash_queue.qsize() + self._hashing + self._recorder.backlog()
 
     # --- events ------------------------------------------------------------------------------
+
+    def _layout_of(self, path: Path) -> Layout | None:
+        """The sidecar layout for a file at ``path`` (None when no watch holds it)."""
+        watch = self._watch_of(path)
+        return None if watch is None else watch.config.sidecars
 
     def _watch_of(self, path: Path) -> WatchRuntime | None:
         for watch in self._watches:
@@ -966,6 +975,15 @@ class Daemon:
         tsas = self._configured_tsas(self.config)
         index = Index.open(index_path(state_dir))
         self._recorder = Recorder(index)
+        self._repairer = SidecarRepairer(
+            recorder=self._recorder,
+            reader=partial(open_reader, index_path(state_dir)),
+            state_dir=state_dir,
+            layout_of=self._layout_of,
+            verifier=lambda: self._stamper,
+            locks=self._path_locks,
+        )
+        self._recorder.on_commit = self._repairer.after_commit
         try:
             self._metrics_server = self._bind_metrics(self.config)
         except ConfigError:
@@ -986,6 +1004,7 @@ class Daemon:
             await control.start()
             self._components = {
                 "index writer": asyncio.create_task(self._recorder.run()),
+                "sidecar repair": asyncio.create_task(self._repairer.run()),
                 "settle": asyncio.create_task(self._tick()),
                 "root watch": asyncio.create_task(self._watch_roots()),
                 "periodic rescan": asyncio.create_task(self._periodic_rescan()),
@@ -1070,6 +1089,7 @@ class Daemon:
             layouts=layouts,
             retry=timestamp.retry,
             retry_max=timestamp.retry_max,
+            locks=self._path_locks,
         )
         self._stamper.paused = self.paused
         self._stamper.on_attempts = self._on_attempts

@@ -39,6 +39,7 @@ from typing import Any, TypeVar
 
 from cryptography import x509
 
+from stampd.daemon.locks import PathLocks
 from stampd.daemon.logs import get_logger
 from stampd.daemon.pool import ProviderPool
 from stampd.daemon.providers.base import Stamped
@@ -52,9 +53,9 @@ from stampd.store.jobs import (
     NewProof,
     cancel_job,
     complete_job,
+    current_path,
     due_jobs,
     fail_job,
-    is_current,
     known_proofs,
 )
 from stampd.store.sidecar import Layout, read_sidecar, write_sidecar
@@ -67,8 +68,6 @@ log = get_logger("stampd.stamping")
 CONCURRENCY = 8
 #: How often due jobs are looked for when nothing wakes the runner (backed-off jobs).
 POLL_S = 1.0
-#: Striped locks, one per path hash: sidecar placement for one path is never concurrent.
-PATH_LOCKS = 64
 KIND = "tsr"
 
 _T = TypeVar("_T")
@@ -154,6 +153,7 @@ class TsrStamper:
         retry_max: float,
         concurrency: int = CONCURRENCY,
         rng: random.Random | None = None,
+        locks: PathLocks | None = None,
     ) -> None:
         self._recorder = recorder
         self._index = recorder.index
@@ -169,7 +169,7 @@ class TsrStamper:
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self._wake = asyncio.Event()
         self._running: dict[int, asyncio.Task[None]] = {}
-        self._locks = [asyncio.Lock() for _ in range(PATH_LOCKS)]
+        self._lock = locks or PathLocks()
         self.completed = 0
         self.failed_rounds = 0
         #: While set (``stampd pause``), no new round starts; rounds in progress finish.
@@ -329,6 +329,28 @@ class TsrStamper:
                 break  # the token itself is wrong: other roots will not change that
         return verdict, None
 
+    def adoptable(self, kind: str, data: bytes, *, sha256: str, sha512: str) -> NewProof | None:
+        """The proof row for ``data`` found in a sidecar, if it is a token that verifies for
+        the content with these digests against a configured TSA's roots; else None.
+
+        For sidecar repair (store/repair.py): a user who moved ``a.txt.tsr`` along with
+        ``a.txt`` keeps it. CPU-bound (a signature check): call it off the loop.
+        """
+        if kind != KIND:
+            return None
+        known = {"sha256": bytes.fromhex(sha256), "sha512": bytes.fromhex(sha512)}
+
+        def digest_of(name: str) -> bytes:
+            if name not in known:
+                raise ValueError(name)  # SHA-384 would need the file read again: not adopted
+            return known[name]
+
+        verdict, provider = self._check(data, source="sidecar", digest_of=digest_of, prefer=None)
+        if provider is None or verdict.algorithm not in known:
+            return None
+        token = _Token.from_verdict(data, verdict, provider, "sidecar")
+        return token.proof(verdict.algorithm, known[verdict.algorithm])
+
     async def _adopt(self, job: DueJob, algorithm: str, digest: bytes, layout: Layout) -> bool:
         """Record a sidecar that is already there and verifies for this version."""
         async with self._lock(job.path):
@@ -402,16 +424,23 @@ class TsrStamper:
         attempts: Sequence[Attempt],
         layout: Layout | None,
     ) -> None:
-        """Sidecar (if this version is still the file's content), then the proof row."""
+        """Sidecar (if this version is still the file's content), then the proof row.
+
+        The sidecar goes where the file is now: a rename since the job was picked moved the
+        row (and a rename after this point is repaired by store/repair.py).
+        """
         sidecar = False
-        async with self._lock(job.path):
-            if layout is not None and await self._call(
+        path = None
+        if layout is not None:
+            path = await self._call(
                 partial(
-                    is_current, self._index.conn, file_id=job.file_id, version_id=job.version_id
+                    current_path, self._index.conn, file_id=job.file_id, version_id=job.version_id
                 )
-            ):
+            )
+        async with self._lock(path or job.path):
+            if layout is not None and path is not None:
                 try:
-                    await asyncio.to_thread(self._place_sidecar, job.path, layout, token.data)
+                    await asyncio.to_thread(self._place_sidecar, path, layout, token.data)
                 except StampdError as error:
                     await self._fail(
                         job, attempts, error.error_class, f"sidecar: {error}", token=token
@@ -518,9 +547,6 @@ class TsrStamper:
             )
         )
         log.warning("tsr_job_cancelled", path=str(job.path), job_id=job.job_id, reason=message)
-
-    def _lock(self, path: Path) -> asyncio.Lock:
-        return self._locks[hash(path) % PATH_LOCKS]
 
 
 def _failure_summary(attempts: Sequence[Attempt]) -> tuple[str, str]:

@@ -165,6 +165,43 @@ def read_path(path: Path, *, max_bytes: int) -> bytes | None:
         os.close(dir_fd)
 
 
+def remove_if_holds(path: Path, data: bytes) -> bool:
+    """Remove the regular file at ``path`` if it holds exactly ``data``; return whether it did.
+
+    For sidecars whose bytes are safe elsewhere (the archive): the file is renamed to a temp
+    name first and checked there, so a file someone wrote at ``path`` in the meantime is put
+    back rather than removed. Walked without following symlinks (DESIGN rule 4); the removal
+    is made durable with an fsync of the directory.
+    """
+    try:
+        dir_fd = _walk(path.parent, create=False, mode=0o755)
+    except FileNotFoundError:
+        return False
+    try:
+        tmp = _temp_name(path.name)
+        try:
+            os.rename(path.name, tmp, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise _access_error("cannot remove", _where(dir_fd, path.name), exc) from exc
+        try:
+            held = _read(dir_fd, tmp, max_bytes=len(data))
+        except (FileAccessError, UnsafePathError):
+            held = None
+        if held != data:
+            # Not what we meant to remove: put it back where it was, unless a new file
+            # took the name meanwhile (then both stay, the other under the temp name).
+            with contextlib.suppress(OSError):
+                _publish_new(dir_fd, tmp, path.name)
+            return False
+        os.unlink(tmp, dir_fd=dir_fd)
+        os.fsync(dir_fd)
+        return True
+    finally:
+        os.close(dir_fd)
+
+
 def _temp_token() -> str:
     """Random part of temp names; unguessable so nobody can plant a file there in advance."""
     return secrets.token_hex(8)

@@ -185,6 +185,13 @@ def _escaped_paths(db: Database) -> None:
         conn.executemany(f"UPDATE {table} SET {assignments} WHERE id = ?", changed)  # noqa: S608
 
 
+@migrations(name="0003_proofs_by_sidecar")
+def _proofs_by_sidecar(db: Database) -> None:
+    # Sidecar repair asks "are these bytes a proof of a file present elsewhere?" for what a
+    # rename left at the old name (store/repair.py): answered by the proof's bytes' SHA-256.
+    db.execute("CREATE INDEX proofs_sidecar ON proofs(sidecar_sha256)")
+
+
 def utc_now() -> str:
     """The current time in the index's text format."""
     return format_time(datetime.now(UTC))

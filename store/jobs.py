@@ -107,7 +107,9 @@ _SQL_KNOWN_PROOFS = (
     " WHERE digest = ? AND kind = ? AND status = 'complete' AND digest_alg = ?"
     " AND sidecar_sha256 IS NOT NULL ORDER BY id DESC LIMIT ?"
 )
-_SQL_IS_CURRENT = "SELECT current_version_id = ? AND state = 'present' FROM files WHERE id = ?"
+_SQL_CURRENT_PATH = (
+    "SELECT path FROM files WHERE current_version_id = ? AND state = 'present' AND id = ?"
+)
 _SQL_INSERT_PROOF = (
     "INSERT INTO proofs (version_id, kind, provider, status, digest_alg, digest, gen_time,"
     " serial, authority, not_after, sidecar_sha256, created_at, updated_at)"
@@ -162,10 +164,23 @@ def known_proofs(
     ]
 
 
-def is_current(conn: sqlite3.Connection, *, file_id: int, version_id: int) -> bool:
-    """Whether the file is present and ``version_id`` is still its content."""
-    row = conn.execute(_SQL_IS_CURRENT, (version_id, file_id)).fetchone()
-    return bool(row and row[0])
+def current_path(conn: sqlite3.Connection, *, file_id: int, version_id: int) -> Path | None:
+    """Where the file is now, if it is present and ``version_id`` is still its content.
+
+    A job's path is the one the file had when the job was picked; a rename since moves the
+    row, and the sidecar belongs at the new name.
+    """
+    row = conn.execute(_SQL_CURRENT_PATH, (version_id, file_id)).fetchone()
+    return unescape_path(row[0]) if row else None
+
+
+def record_proof(index: Index, *, version_id: int, proof: NewProof) -> int:
+    """Record a verified proof that no job asked for: a sidecar found next to the file (a
+    user moved it along with the file) that proves the file's content."""
+    now = utc_now()
+    with index.write() as conn:
+        cursor = conn.execute(_SQL_INSERT_PROOF, (version_id, *_proof_values(proof), now, now))
+        return _rowid(cursor)
 
 
 def complete_job(
@@ -181,23 +196,7 @@ def complete_job(
         state = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if state is None or state[0] != "pending":
             return None
-        cursor = conn.execute(
-            _SQL_INSERT_PROOF,
-            (
-                version_id,
-                proof.kind,
-                proof.provider,
-                proof.digest_alg,
-                proof.digest,
-                proof.gen_time,
-                proof.serial,
-                proof.authority,
-                proof.not_after,
-                proof.sidecar_sha256,
-                now,
-                now,
-            ),
-        )
+        cursor = conn.execute(_SQL_INSERT_PROOF, (version_id, *_proof_values(proof), now, now))
         proof_id = cursor.lastrowid
         _insert_attempts(conn, job_id, attempts)
         conn.execute(_SQL_JOB_DONE, (proof_id, now, job_id))
@@ -228,6 +227,26 @@ def cancel_job(
     with index.write() as conn:
         _insert_attempts(conn, job_id, attempts)
         conn.execute(_SQL_JOB_CANCELLED, (error_class, message, now, job_id))
+
+
+def _proof_values(proof: NewProof) -> tuple[str | None, ...]:
+    return (
+        proof.kind,
+        proof.provider,
+        proof.digest_alg,
+        proof.digest,
+        proof.gen_time,
+        proof.serial,
+        proof.authority,
+        proof.not_after,
+        proof.sidecar_sha256,
+    )
+
+
+def _rowid(cursor: sqlite3.Cursor) -> int:
+    if cursor.lastrowid is None:  # pragma: no cover - sqlite3 always sets it after INSERT
+        raise RuntimeError("INSERT returned no rowid")
+    return cursor.lastrowid
 
 
 def _insert_attempts(conn: sqlite3.Connection, job_id: int, attempts: Sequence[Attempt]) -> None:

@@ -46,7 +46,7 @@ def test_migrations_create_every_table_from_empty(tmp_path: Path) -> None:
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         applied = conn.execute("SELECT name FROM _sqlite_migrations").fetchall()
-    assert applied == [("0001_initial",), ("0002_escaped_paths",)]
+    assert applied == [("0001_initial",), ("0002_escaped_paths",), ("0003_proofs_by_sidecar",)]
 
 
 def test_reopening_applies_nothing_twice_and_keeps_data(tmp_path: Path) -> None:
@@ -58,7 +58,7 @@ def test_reopening_applies_nothing_twice_and_keeps_data(tmp_path: Path) -> None:
         assert index.ensure_watch(Path("/srv/a")) == watch
         count = index.conn.execute("SELECT COUNT(*) FROM _sqlite_migrations").fetchone()[0]
         versions = index.conn.execute("SELECT COUNT(*) FROM versions").fetchone()[0]
-    assert count == 2
+    assert count == 3
     assert versions == 1
 
 
