@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -254,6 +254,10 @@ class ScanRow:
     #: The scan key; None when unknown (an unreadable file that could not even be stat'ed).
     stat: FileStat | None
     racy: bool
+    #: Evidence kind → SHA-256 of the bytes of each complete proof of the current version:
+    #: what the file's sidecars must hold (store/repair.py). Empty for most rows of a tree
+    #: that is not stamped, and for a file whose first proof is still pending.
+    sidecars: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
 
 #: States of a row whose file is, as far as the index knows, on disk.
@@ -293,8 +297,14 @@ _SQL_MARK_ID_MISSING = (
     "UPDATE files SET state = 'missing', racy = 0, problem_class = NULL, problem = NULL,"
     " updated_at = ? WHERE id = ? AND state IN ('present', 'unreadable')"
 )
+# The proofs come from a correlated subquery on proofs_version, inside SQLite: one statement
+# per directory however many files it holds.
 _SQL_ROWS_IN_DIRECTORY = (
-    "SELECT id, path, state, dev, ino, size, mtime_ns, ctime_ns, racy FROM files WHERE dir = ?"
+    "SELECT id, path, state, dev, ino, size, mtime_ns, ctime_ns, racy,"
+    " (SELECT group_concat(p.kind || ':' || p.sidecar_sha256, ' ') FROM proofs p"
+    "   WHERE p.version_id = files.current_version_id AND p.status = 'complete'"
+    "   AND p.sidecar_sha256 IS NOT NULL)"
+    " FROM files WHERE dir = ?"
 )
 # "+state" keeps the planner off files_state, which it would otherwise prefer without ANALYZE
 # statistics and which selects nearly every row (sqlite.org/optoverview.html, "Disqualifying
@@ -685,14 +695,29 @@ def subtree_bounds(prefix: Path) -> tuple[str, str, str]:
 def rows_in_directory(conn: sqlite3.Connection, directory: Path) -> dict[str, ScanRow]:
     """Every row (any state) whose path is a direct child of ``directory``, keyed by name."""
     rows: dict[str, ScanRow] = {}
-    for file_id, path, state, dev, ino, size, mtime_ns, ctime_ns, racy in conn.execute(
+    for file_id, path, state, dev, ino, size, mtime_ns, ctime_ns, racy, proofs in conn.execute(
         _SQL_ROWS_IN_DIRECTORY, (escape(directory),)
     ):
         key = (dev, ino, size, mtime_ns, ctime_ns)
         stat = None if None in key else FileStat(dev, ino, size, mtime_ns, ctime_ns)
         name = unescape(path.rpartition("/")[2])
-        rows[name] = ScanRow(file_id=file_id, name=name, state=state, stat=stat, racy=bool(racy))
+        rows[name] = ScanRow(
+            file_id=file_id,
+            name=name,
+            state=state,
+            stat=stat,
+            racy=bool(racy),
+            sidecars=_sidecar_hashes(proofs) if proofs else {},
+        )
     return rows
+
+
+def _sidecar_hashes(concatenated: str) -> dict[str, frozenset[str]]:
+    found: dict[str, set[str]] = {}
+    for entry in concatenated.split():
+        kind, _, sha256 = entry.partition(":")
+        found.setdefault(kind, set()).add(sha256)
+    return {kind: frozenset(hashes) for kind, hashes in found.items()}
 
 
 def present_under(conn: sqlite3.Connection, directory: Path) -> list[tuple[int, Path]]:
