@@ -1,12 +1,18 @@
 """The configuration file: TOML read into frozen dataclasses (DESIGN §8).
 
 Bad configuration is the one thing that stops the daemon (DESIGN §4 rule 2), so the reader
-reports every problem of a file at once, one line each, in the same shape: the key path
-(``watch[1].quiet``; array indices are 0-based, as in jq), the bad value, and what is expected::
+reports every problem of a file at once, one :class:`ConfigProblem` each, in the same shape: the
+key path (``watch[1].quiet``; array indices are 0-based, as in jq), the bad value, and what is
+expected::
 
     watch[1].quiet: "2x" is not a duration (try "2s")
 
+Only what works is accepted (DESIGN §8): evidence kinds and modes that are planned but not
+built yet are errors that say "not available yet", not settings that create jobs nobody runs.
+
 Relative paths are relative to the directory of the configuration file; ``~`` is not expanded.
+What the settings name on disk (trust roots, secrets) is checked by
+:mod:`stampd.daemon.config_check`, which ``stampd config check`` and ``stampd run`` share.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import difflib
 import itertools
 import json
+import math
 import os
 import re
 import tomllib
@@ -21,11 +28,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, time
 from pathlib import Path
-from typing import Any, Final, Literal, NamedTuple, TypeVar, get_args
+from typing import Any, Final, Literal, TypeVar, get_args
 from urllib.parse import urlsplit
 
+# The problem types live in their own module and are re-exported: `from config import
+# ConfigError` is how the rest of stampd names them (the alias form is mypy's re-export).
+from stampd.daemon.config_problems import ConfigError as ConfigError  # noqa: PLC0414
+from stampd.daemon.config_problems import ConfigProblem as ConfigProblem  # noqa: PLC0414
+from stampd.daemon.config_problems import config_error as config_error  # noqa: PLC0414
 from stampd.daemon.durations import format_duration, parse_duration
-from stampd.store.errors import StampdError
 
 #: Where the configuration lives unless ``--config`` or ``$STAMPD_CONFIG`` says otherwise.
 DEFAULT_CONFIG_PATH = Path("/etc/stampd/config.toml")
@@ -35,31 +46,28 @@ CONFIG_ENV_VAR = "STAMPD_CONFIG"
 #: A secret file named ``$CREDENTIALS_DIRECTORY/NAME`` is a systemd credential (LoadCredential=).
 CREDENTIALS_PREFIX = "$CREDENTIALS_DIRECTORY/"
 
-#: Evidence kinds a watch can ask for (DESIGN §5; ``ers`` follows from renewal and batch mode).
-EVIDENCE_KINDS = ("tsr", "ots", "p7s", "attest")
+#: Evidence kinds a watch can ask for today (DESIGN §5).
+AVAILABLE_EVIDENCE = ("tsr",)
+#: Evidence kinds that are designed but not built yet, with what they will be. Naming one is a
+#: configuration error: a job for a kind that no runner serves would stay pending forever.
+PLANNED_EVIDENCE = {
+    "ots": "OpenTimestamps anchors",
+    "p7s": "CAdES seals",
+    "attest": "attestation service receipts",
+}
+#: Every evidence kind the configuration knows (``ers`` follows from renewal and batch mode).
+EVIDENCE_KINDS = (*AVAILABLE_EVIDENCE, *PLANNED_EVIDENCE)
+#: Timestamp modes that are designed but not built yet (see PLANNED_EVIDENCE).
+PLANNED_MODES = {"batch": "many files under one TSA token, each with an RFC 4998 evidence record"}
 
 LogFormat = Literal["auto", "json", "console"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 SidecarLayout = Literal["adjacent", "mirror"]
 Selection = Literal["round-robin", "priority"]
 DigestName = Literal["sha256", "sha384", "sha512"]
+#: Every mode the format knows; the reader accepts only "per-file" today (see PLANNED_MODES).
 TimestampMode = Literal["per-file", "batch"]
 TsaAuth = Literal["none", "basic", "bearer"]
-
-
-class ConfigError(StampdError):
-    """The configuration file is missing, unreadable, not TOML, or has invalid settings.
-
-    ``problems`` lists every invalid setting, one line each, without the file name.
-    """
-
-    error_class = "config"
-
-    def __init__(
-        self, message: str, *, hint: str | None = None, problems: Sequence[str] = ()
-    ) -> None:
-        super().__init__(message, hint=hint)
-        self.problems: tuple[str, ...] = tuple(problems)
 
 
 @dataclass(frozen=True)
@@ -164,30 +172,41 @@ def load_config(path: Path) -> Config:
     Raises :class:`ConfigError` naming the file when it cannot be read, is not TOML (with the
     line and column), or holds invalid settings (all of them).
     """
+    return parse_config(read_config_file(path), source=path)
+
+
+def read_config_file(path: Path) -> Mapping[str, Any]:
+    """The TOML data of the file at ``path``, not validated yet.
+
+    Raises :class:`ConfigError` (one problem without a key) when the file is missing,
+    unreadable, too large, not UTF-8 or not TOML: then no setting can be checked.
+    """
+
+    def unusable(problem: str, hint: str | None = None) -> ConfigError:
+        return config_error(path, [ConfigProblem(None, None, problem, hint)])
+
     try:
         with path.open("rb") as file:
             raw = file.read(_MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
-        raise ConfigError(
-            f"{path}: no such configuration file",
-            hint=f"create it from config.example.toml, or name another with --config FILE"
+        raise unusable(
+            "no such configuration file",
+            f"create it from config.example.toml, or name another with --config FILE"
             f" or ${CONFIG_ENV_VAR}",
         ) from None
     except OSError as error:
-        raise ConfigError(f"{path}: cannot read the configuration: {error.strerror}") from None
+        raise unusable(f"cannot read the configuration: {error.strerror}") from None
     if len(raw) > _MAX_CONFIG_BYTES:
-        raise ConfigError(f"{path}: larger than 1 MiB, which is not a stampd configuration")
+        raise unusable("larger than 1 MiB, which is not a stampd configuration")
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
+        return tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as error:
-        raise ConfigError(
-            f"{path}: not UTF-8 text (bad byte at offset {error.start})",
-            hint="TOML files are UTF-8",
+        raise unusable(
+            f"not UTF-8 text (bad byte at offset {error.start})", "TOML files are UTF-8"
         ) from None
     except tomllib.TOMLDecodeError as error:
         # tomllib's message ends with "(at line L, column C)".
-        raise ConfigError(f"{path}: invalid TOML: {error}") from None
-    return parse_config(data, source=path)
+        raise unusable(f"invalid TOML: {error}") from None
 
 
 def parse_config(
@@ -196,9 +215,32 @@ def parse_config(
     """Validate parsed TOML ``data`` read from the file ``source``.
 
     Relative paths are resolved against ``source``'s directory. The only I/O is checking that
-    the ``trust`` files named by TSAs are readable. Raises one :class:`ConfigError` listing
+    the ``trust`` and ``secret_file`` files named by TSAs exist and open (what they hold is
+    checked by :mod:`stampd.daemon.config_check`). Raises one :class:`ConfigError` listing
     every problem.
     """
+    parsed = parse_settings(data, source=source, environ=environ)
+    if parsed.config is None:
+        raise config_error(source, parsed.problems)
+    return parsed.config
+
+
+@dataclass(frozen=True)
+class ParsedSettings:
+    """What :func:`parse_settings` made of a file, valid or not."""
+
+    #: The configuration, or None when there are problems.
+    config: Config | None
+    #: Every TSA that could be read, with its key path (``timestamp.tsa[1]``): even in an
+    #: invalid file, so that what its files hold can be checked in the same pass.
+    tsas: tuple[tuple[str, TsaConfig], ...]
+    problems: tuple[ConfigProblem, ...]
+
+
+def parse_settings(
+    data: Mapping[str, Any], *, source: Path, environ: Mapping[str, str] | None = None
+) -> ParsedSettings:
+    """Validate parsed TOML ``data`` like :func:`parse_config`, returning the problems."""
     problems = _Problems()
     root = _Table(
         data,
@@ -221,7 +263,7 @@ def parse_config(
             watches.append((watch_table.key_path, watch))
     _check_overlaps(problems, daemon, watches)
     timestamp_table = root.table("timestamp", "[timestamp]")
-    timestamp = _timestamp(timestamp_table)
+    timestamp, tsa_keys = _timestamp(timestamp_table)
     # A `tsa` of the wrong type is reported already; "tsr needs a TSA" would only repeat it.
     if not timestamp.tsa and timestamp_table.get("tsa") in (_MISSING, []):
         for key, watch in watches:
@@ -229,14 +271,18 @@ def parse_config(
                 problems.add(
                     f"{key}.evidence",
                     '"tsr" needs a time-stamping authority (add a [[timestamp.tsa]])',
+                    value=list(watch.evidence),
                 )
-    if problems:
-        raise _config_error(source, problems)
-    return Config(
+    config = Config(
         source=source.absolute(),
         daemon=daemon,
         watches=tuple(watch for _, watch in watches),
         timestamp=timestamp,
+    )
+    return ParsedSettings(
+        config=None if problems else config,
+        tsas=tuple(zip(tsa_keys, timestamp.tsa, strict=True)),
+        problems=tuple(problems),
     )
 
 
@@ -330,6 +376,7 @@ _KEYS_BY_TABLE = {
     "[timestamp]": _TIMESTAMP_KEYS,
     "[[timestamp.tsa]]": _TSA_KEYS,
 }
+_AVAILABLE_MODES: Final[tuple[Literal["per-file"]]] = ("per-file",)
 _TSA_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
 _URL_PASSWORD = re.compile(r"(://[^/@:]*:)[^/@]*@")
 
@@ -383,23 +430,37 @@ def _watch(table: _Table) -> WatchConfig | None:
 
 
 def _evidence(table: _Table) -> tuple[str, ...]:
+    # `evidence = []` is an inventory-only watch: versions and digests, no evidence.
     kinds = table.strings("evidence", ("tsr",))
     key = table.key("evidence")
-    expected = ", ".join(f'"{kind}"' for kind in EVIDENCE_KINDS)
-    if not kinds:
-        table.add("evidence", f"[] must name at least one evidence kind ({expected})")
+    available = ", ".join(f'"{kind}"' for kind in AVAILABLE_EVIDENCE)
+    planned = ", ".join(f'"{kind}"' for kind in PLANNED_EVIDENCE)
     first_seen: dict[str, int] = {}
     for index, kind in enumerate(kinds):
+        item = f"{key}[{index}]"
         if kind in first_seen:
             table.problems.add(
-                f"{key}[{index}]",
+                item,
                 f"{_show(kind)} is already listed as {key}[{first_seen[kind]}] (list a kind once)",
+                value=kind,
             )
             continue
         first_seen[kind] = index
-        if kind not in EVIDENCE_KINDS:
-            table.problems.add(f"{key}[{index}]", f"{_show(kind)} must be one of {expected}")
-    return tuple(kind for kind in first_seen if kind in EVIDENCE_KINDS)
+        if kind in PLANNED_EVIDENCE:
+            table.problems.add(
+                item,
+                f"{_show(kind)} is not available yet (planned: {PLANNED_EVIDENCE[kind]});"
+                f" available: {available}",
+                value=kind,
+            )
+        elif kind not in AVAILABLE_EVIDENCE:
+            table.problems.add(
+                item,
+                f"{_show(kind)} is not an evidence kind (available: {available};"
+                f" planned: {planned})",
+                value=kind,
+            )
+    return tuple(kind for kind in first_seen if kind in AVAILABLE_EVIDENCE)
 
 
 def _patterns(table: _Table, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
@@ -408,16 +469,19 @@ def _patterns(table: _Table, name: str, default: tuple[str, ...]) -> tuple[str, 
         table.add(name, '[] matches no file (use ["**"] for every file)')
     for index, pattern in enumerate(patterns):
         if not pattern:
-            table.problems.add(f"{table.key(name)}[{index}]", '"" must be a non-empty pattern')
+            table.problems.add(
+                f"{table.key(name)}[{index}]", '"" must be a non-empty pattern', value=pattern
+            )
     return patterns
 
 
-def _timestamp(table: _Table) -> TimestampConfig:
+def _timestamp(table: _Table) -> tuple[TimestampConfig, tuple[str, ...]]:
+    """The ``[timestamp]`` section, and the key path of each of its TSAs."""
     table.check_keys(_TIMESTAMP_KEYS)
     selection = table.choice("selection", get_args(Selection), "round-robin")
     timeout = table.duration("timeout", "10s", allow_zero=False)
     digest = table.choice("digest", get_args(DigestName), "sha256")
-    mode = table.choice("mode", get_args(TimestampMode), "per-file")
+    mode = _mode(table)
     retry = table.duration("retry", "30s", allow_zero=False)
     retry_max = table.duration("retry_max", "6h", allow_zero=False)
     if retry_max < retry:
@@ -440,7 +504,7 @@ def _timestamp(table: _Table) -> TimestampConfig:
             )
         else:
             first_use[tsa.name] = tsa_table.key_path
-    return TimestampConfig(
+    timestamp = TimestampConfig(
         selection=selection,
         timeout=timeout,
         digest=digest,
@@ -450,6 +514,19 @@ def _timestamp(table: _Table) -> TimestampConfig:
         retry_max=retry_max,
         cooldown=cooldown,
     )
+    return timestamp, tuple(tsa_table.key_path for tsa_table in tsa_tables)
+
+
+def _mode(table: _Table) -> TimestampMode:
+    value = table.get("mode")
+    if isinstance(value, str) and value in PLANNED_MODES:
+        table.add(
+            "mode",
+            f"{_show(value)} is not available yet (planned: {PLANNED_MODES[value]});"
+            ' available: "per-file"',
+        )
+        return "per-file"
+    return table.choice("mode", _AVAILABLE_MODES, "per-file")
 
 
 def _tsa(table: _Table) -> TsaConfig:
@@ -467,7 +544,7 @@ def _tsa(table: _Table) -> TsaConfig:
     if url:
         problem = _url_problem(url)
         if problem:
-            table.add("url", problem)
+            table.add("url", problem, value=_URL_PASSWORD.sub(r"\1***@", url))
     trust = table.optional_path("trust")
     if trust is not None:
         problem = _unreadable_file_problem(trust)
@@ -545,6 +622,7 @@ def _check_overlaps(
             problems.add(
                 f"{second_key}.path",
                 f"{_show(str(second.path))} is also {first_key}.path (watch a directory once)",
+                value=str(second.path),
             )
         elif first.path in second.path.parents or second.path in first.path.parents:
             inner_key, inner, outer_key, outer = (
@@ -556,6 +634,7 @@ def _check_overlaps(
                 f"{inner_key}.path",
                 f"{_show(str(inner.path))} is inside {outer_key}.path {_show(str(outer.path))}"
                 " (watches must not be nested; use exclude to leave a subtree out)",
+                value=str(inner.path),
             )
     state_dir = daemon.state_dir
     for key, watch in watches:
@@ -564,38 +643,38 @@ def _check_overlaps(
                 "daemon.state_dir",
                 f"{_show(str(state_dir))} is inside {key}.path {_show(str(watch.path))}"
                 " (stampd would stamp its own files; keep the state elsewhere)",
+                value=str(state_dir),
             )
         elif state_dir in watch.path.parents:
             problems.add(
                 f"{key}.path",
                 f"{_show(str(watch.path))} is inside daemon.state_dir {_show(str(state_dir))}"
                 " (stampd would stamp its own files)",
+                value=str(watch.path),
             )
 
 
 # --- reading tables -------------------------------------------------------------------------
 
 
-class _Problem(NamedTuple):
-    text: str  # starts with the key path
-    hint: str | None
-
-    def line(self) -> str:
-        # Rendered like StampdError.__str__, so one problem reads the same alone or in a list.
-        return f"{self.text} ({self.hint})" if self.hint else self.text
+class _Problems(list[ConfigProblem]):
+    def add(self, key: str, text: str, hint: str | None = None, *, value: object = None) -> None:
+        self.append(ConfigProblem(key, _json_value(value), text, hint))
 
 
-class _Problems(list[_Problem]):
-    def add(self, key: str, text: str, hint: str | None = None) -> None:
-        self.append(_Problem(f"{key}: {text}", hint))
-
-
-def _config_error(source: Path, problems: Sequence[_Problem]) -> ConfigError:
-    lines = [problem.line() for problem in problems]
-    if len(problems) == 1:
-        return ConfigError(f"{source}: {problems[0].text}", hint=problems[0].hint, problems=lines)
-    listing = "".join(f"\n  - {line}" for line in lines)
-    return ConfigError(f"{source}: {len(problems)} errors{listing}", problems=lines)
+def _json_value(value: object) -> Any:
+    """A value read from TOML as JSON-ready data, for :attr:`ConfigProblem.value`."""
+    # A whole table is not "the value" of a problem; TOML has no null.
+    if value is _MISSING or value is None or isinstance(value, Mapping):
+        return None
+    if isinstance(value, list):
+        items = [_json_value(item) for item in value]
+        return None if any(isinstance(item, Mapping) for item in value) else items
+    if isinstance(value, date | time):
+        return value.isoformat()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # TOML has inf and nan; JSON has neither
+    return value
 
 
 class _Missing:
@@ -635,8 +714,12 @@ class _Table:
     def key(self, name: str) -> str:
         return f"{self.key_path}.{name}" if self.key_path else name
 
-    def add(self, name: str, text: str, hint: str | None = None) -> None:
-        self.problems.add(self.key(name), text, hint)
+    def add(
+        self, name: str, text: str, hint: str | None = None, *, value: object = _MISSING
+    ) -> None:
+        """Report a problem with key ``name``; its value defaults to what the file holds."""
+        shown = self.data.get(name) if value is _MISSING else value
+        self.problems.add(self.key(name), text, hint, value=shown)
 
     def get(self, name: str) -> Any:
         value = self.data.get(name)
@@ -664,6 +747,7 @@ class _Table:
             hint = (
                 f"valid sections: {listing}" if at_top else f"valid keys in {self.title}: {listing}"
             )
+            # No value: an unknown key may be a secret written in the wrong place.
             self.problems.add(self.key(name), what, hint)
 
     def table(self, name: str, title: str) -> _Table:
@@ -712,7 +796,7 @@ class _Table:
                     )
                 )
             else:
-                self.problems.add(key, f"{_show(item)} must be a table ({title})")
+                self.problems.add(key, f"{_show(item)} must be a table ({title})", value=item)
         return found
 
     def _string(self, name: str, *, required: bool) -> str | None:
@@ -758,7 +842,9 @@ class _Table:
         valid = True
         for index, item in enumerate(value):
             if not isinstance(item, str):
-                self.problems.add(f"{self.key(name)}[{index}]", f"{_show(item)} must be a string")
+                self.problems.add(
+                    f"{self.key(name)}[{index}]", f"{_show(item)} must be a string", value=item
+                )
                 valid = False
         return tuple(value) if valid else default
 

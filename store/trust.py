@@ -11,13 +11,19 @@ has a non-critical timeStamping EKU, FreeTSA's root a non-critical basicConstrai
 
 from __future__ import annotations
 
-import base64
+import binascii
+import os
 import re
+import stat
+import warnings
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import (
     Criticality,
@@ -46,27 +52,123 @@ class ChainError(Exception):
 _PEM_CERTIFICATE = re.compile(
     rb"-----BEGIN CERTIFICATE-----\s*(.+?)\s*-----END CERTIFICATE-----", re.DOTALL
 )
+# RFC 7468 §2: any PEM block's label; `-----BEGIN (RSA |EC |ENCRYPTED |OPENSSH )?PRIVATE KEY`
+# is a key, whatever else the file holds.
+_PEM_LABEL = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----")
+#: A trust file is a few certificates; the whole Debian bundle is about 220 KB.
+MAX_TRUST_FILE_BYTES = 8 << 20
+
+_CERTIFICATES_HINT = "give the PEM file of the TSA's root certificate(s)"
+_DAMAGED_HINT = "replace the file with an intact copy of the root certificate(s)"
+_PRIVATE_KEY_HINT = (
+    "a trust file must hold only the TSA's root certificate(s); remove the key, and rotate it"
+    " if anyone else could read the file"
+)
 
 
 def load_certificates(path: Path) -> tuple[x509.Certificate, ...]:
-    """Every certificate in a PEM bundle, or the one certificate of a DER file."""
+    """Every certificate in a PEM bundle, or the one certificate of a DER file.
+
+    Raises :class:`TrustError` with a sentence of ours, never the parser's message: a file
+    that cannot be read, is empty, holds a private key, holds no certificate, or holds a
+    damaged one.
+    """
+    data = _read_trust_file(path)
+    if not data.strip():
+        raise TrustError(f"{path}: is empty", hint=_CERTIFICATES_HINT)
+    labels = [label.decode("ascii") for label in _PEM_LABEL.findall(data)]
+    if any(label.endswith("PRIVATE KEY") for label in labels) or _is_der_private_key(data):
+        raise TrustError(f"{path}: holds a private key", hint=_PRIVATE_KEY_HINT)
+    blocks = _PEM_CERTIFICATE.findall(data)
+    if labels.count("CERTIFICATE") > len(blocks):
+        raise TrustError(
+            f"{path}: a certificate is cut off (-----BEGIN CERTIFICATE----- without its"
+            " -----END CERTIFICATE----- line)",
+            hint=_DAMAGED_HINT,
+        )
+    if not blocks and labels:
+        found = ", ".join(sorted(set(labels)))
+        raise TrustError(
+            f"{path}: holds no certificate (it holds PEM {found})", hint=_CERTIFICATES_HINT
+        )
+    if not blocks:
+        return (_der_certificate(path, data),)
+    certificates = []
+    for number, block in enumerate(blocks, start=1):
+        try:
+            certificates.append(_parse_der(binascii.a2b_base64(block)))
+        except (ValueError, binascii.Error):
+            raise TrustError(
+                f"{path}: certificate {number} of {len(blocks)} is damaged"
+                " (not a valid X.509 certificate)",
+                hint=_DAMAGED_HINT,
+            ) from None
+    return tuple(certificates)
+
+
+def _read_trust_file(path: Path) -> bytes:
     try:
-        data = path.read_bytes()
+        # O_NONBLOCK: a FIFO named as trust must not hang the daemon's start.
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+        try:
+            regular = stat.S_ISREG(os.fstat(fd).st_mode)
+        except OSError:
+            os.close(fd)
+            raise
+        if not regular:
+            os.close(fd)
+            raise TrustError(
+                f"{path}: is not a regular file", hint="point it at a PEM certificate file"
+            )
+        with os.fdopen(fd, "rb") as file:
+            data = file.read(MAX_TRUST_FILE_BYTES + 1)
     except OSError as error:
         raise TrustError(
             f"{path}: cannot read: {error.strerror}",
             hint="check the path and that this user may read it",
         ) from error
-    try:
-        blocks = _PEM_CERTIFICATE.findall(data)
-        if blocks:
-            return tuple(x509.load_der_x509_certificate(base64.b64decode(b)) for b in blocks)
-        return (x509.load_der_x509_certificate(data),)
-    except ValueError as error:
+    if len(data) > MAX_TRUST_FILE_BYTES:
         raise TrustError(
-            f"{path}: not a PEM or DER certificate file ({error})",
-            hint="give a file of PEM certificates (-----BEGIN CERTIFICATE-----)",
-        ) from error
+            f"{path}: larger than 8 MiB, which is not a file of root certificates",
+            hint=_CERTIFICATES_HINT,
+        )
+    return data
+
+
+def _parse_der(data: bytes) -> x509.Certificate:
+    with warnings.catch_warnings():
+        # Certificates in the system bundle with, e.g., a negative serial number make
+        # cryptography warn on stderr; the operator can do nothing about it, so it stays quiet.
+        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+        return x509.load_der_x509_certificate(data)
+
+
+def _der_certificate(path: Path, data: bytes) -> x509.Certificate:
+    try:
+        return _parse_der(data)
+    except ValueError:
+        pass
+    # X.690 §8.9: every DER certificate starts with a SEQUENCE (0x30).
+    if data[:1] == b"\x30":
+        raise TrustError(
+            f"{path}: holds DER data that is not an X.509 certificate", hint=_CERTIFICATES_HINT
+        ) from None
+    raise TrustError(
+        f"{path}: not a PEM or DER certificate file (no -----BEGIN CERTIFICATE----- block)",
+        hint=_CERTIFICATES_HINT,
+    ) from None
+
+
+def _is_der_private_key(data: bytes) -> bool:
+    if data[:1] != b"\x30":
+        return False
+    try:
+        serialization.load_der_private_key(data, password=None)
+    except TypeError:
+        return True  # an encrypted PKCS#8 key: a key nonetheless
+    except (ValueError, UnsupportedAlgorithm):
+        return False
+    return True
 
 
 def is_ca(certificate: x509.Certificate) -> bool:
@@ -85,10 +187,20 @@ def load_anchors(path: Path) -> tuple[x509.Certificate, ...]:
     anchor, so a TSA leaf there would "validate" by itself, without its issuer (reference
     §2.1; ``sigstage_ts_chain.pem`` holds the leaf and its root).
     """
-    anchors = tuple(cert for cert in load_certificates(path) if is_ca(cert))
-    if not anchors:
+    certificates = load_certificates(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+            anchors = tuple(cert for cert in certificates if is_ca(cert))
+    except ValueError:  # extensions are parsed lazily, here: a malformed one raises
         raise TrustError(
-            f"{path}: holds no CA certificate to trust",
+            f"{path}: holds a certificate with malformed extensions", hint=_DAMAGED_HINT
+        ) from None
+    if not anchors:
+        what = "a certificate" if len(certificates) == 1 else f"{len(certificates)} certificates"
+        raise TrustError(
+            f"{path}: holds no CA certificate to trust (only {what} that cannot sign others,"
+            " like the TSA's own)",
             hint="point it at the root certificate of the TSA's chain",
         )
     return anchors

@@ -36,9 +36,10 @@ def require_tool(name: str) -> str:
 
 @pytest.fixture
 def make_config(tmp_path: Path) -> Callable[..., Path]:
-    """Write a minimal valid configuration (one watch, no network evidence) plus extra TOML."""
+    """Write a minimal valid configuration (one inventory-only watch: no evidence, so no
+    network) plus extra TOML."""
 
-    def make(extra: str = "", *, evidence: str = '["ots"]') -> Path:
+    def make(extra: str = "", *, evidence: str = "[]") -> Path:
         watch = tmp_path / "watched"
         watch.mkdir(exist_ok=True)
         config = tmp_path / "config.toml"
@@ -92,7 +93,7 @@ def settled(
     *,
     sha256: str,
     sha512: str,
-    evidence: tuple[str, ...] | list[str] = ("ots",),
+    evidence: tuple[str, ...] | list[str] = ("tsr",),
     size: int = 5,
     mtime_ns: int = 1,
     ctime_ns: int = 2,

@@ -29,7 +29,7 @@ class RunningDaemon:
         prefix: Sequence[str] = (),
         extra: str = "",
         daemon_extra: str = "",
-        evidence: str = '["ots"]',
+        evidence: str = "[]",
         env: dict[str, str] | None = None,
     ) -> None:
         self.tmp = tmp

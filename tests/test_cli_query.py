@@ -129,7 +129,7 @@ def test_show_versions_and_jobs(config: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "version 1 (current)" in result.stdout
     assert f"sha256 {'1' * 64}" in result.stdout
-    assert "job ots obtain: pending, 0 tries" in result.stdout
+    assert "job tsr obtain: pending, 0 tries" in result.stdout
     document = json.loads(_run(config, "show", str(watched / "a.pdf"), "--json").stdout)
     assert document["file"]["versions"][0]["sha512"] == "1" * 128
 

@@ -12,6 +12,7 @@ from stampd.daemon.config import (
     DEFAULT_CONFIG_PATH,
     Config,
     ConfigError,
+    ConfigProblem,
     DaemonSettings,
     TimestampConfig,
     TsaConfig,
@@ -21,6 +22,7 @@ from stampd.daemon.config import (
     load_config,
     parse_config,
 )
+from stampd.daemon.config_check import check_config
 from tests.conftest import unprivileged
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "config.example.toml"
@@ -94,16 +96,26 @@ BAD_CONFIGS = {
     ),
     "unknown evidence kind": (
         '[[watch]]\npath = "inbox"\nevidence = ["tsr", "ers"]\n' + TSA,
-        'watch[0].evidence[1]: "ers" must be one of "tsr", "ots", "p7s", "attest"',
+        'watch[0].evidence[1]: "ers" is not an evidence kind (available: "tsr";'
+        ' planned: "ots", "p7s", "attest")',
     ),
     "duplicate evidence kind": (
-        '[[watch]]\npath = "inbox"\nevidence = ["tsr", "ots", "tsr"]\n' + TSA,
-        'watch[0].evidence[2]: "tsr" is already listed as watch[0].evidence[0] (list a kind once)',
+        '[[watch]]\npath = "inbox"\nevidence = ["tsr", "tsr"]\n' + TSA,
+        'watch[0].evidence[1]: "tsr" is already listed as watch[0].evidence[0] (list a kind once)',
     ),
-    "empty evidence": (
-        '[[watch]]\npath = "inbox"\nevidence = []\n',
-        "watch[0].evidence: [] must name at least one evidence kind"
-        ' ("tsr", "ots", "p7s", "attest")',
+    "OpenTimestamps anchors are not available yet": (
+        '[[watch]]\npath = "inbox"\nevidence = ["tsr", "ots"]\n' + TSA,
+        'watch[0].evidence[1]: "ots" is not available yet (planned: OpenTimestamps anchors);'
+        ' available: "tsr"',
+    ),
+    "seals are not available yet": (
+        '[[watch]]\npath = "inbox"\nevidence = ["p7s"]\n',
+        'watch[0].evidence[0]: "p7s" is not available yet (planned: CAdES seals); available: "tsr"',
+    ),
+    "attestation receipts are not available yet": (
+        '[[watch]]\npath = "inbox"\nevidence = ["attest"]\n',
+        'watch[0].evidence[0]: "attest" is not available yet'
+        ' (planned: attestation service receipts); available: "tsr"',
     ),
     "empty include": (
         '[[watch]]\npath = "inbox"\ninclude = []\n' + TSA,
@@ -132,7 +144,7 @@ BAD_CONFIGS = {
         "watch: must be an array of tables (write [[watch]], not [watch])",
     ),
     "watch without path": (
-        '[[watch]]\nevidence = ["ots"]\n',
+        "[[watch]]\nevidence = []\n",
         "watch[0].path: is missing (required in every [[watch]])",
     ),
     "tsr without any TSA": (
@@ -186,8 +198,13 @@ BAD_CONFIGS = {
         'timestamp.digest: "md5" must be one of "sha256", "sha384", "sha512"',
     ),
     "bad mode": (
-        WATCH + '[timestamp]\nmode = "batched"\n' + TSA,
-        'timestamp.mode: "batched" must be one of "per-file", "batch" (did you mean "batch"?)',
+        WATCH + '[timestamp]\nmode = "per_file"\n' + TSA,
+        'timestamp.mode: "per_file" must be one of "per-file" (did you mean "per-file"?)',
+    ),
+    "batch mode is not available yet": (
+        WATCH + '[timestamp]\nmode = "batch"\n' + TSA,
+        'timestamp.mode: "batch" is not available yet (planned: many files under one TSA token,'
+        ' each with an RFC 4998 evidence record); available: "per-file"',
     ),
     "bad log level": (
         '[daemon]\nlog_level = "verbose"\n' + WATCH + TSA,
@@ -228,7 +245,7 @@ BAD_CONFIGS = {
 def test_bad_configuration(tmp_path: Path, text: str, problem: str) -> None:
     expected = problem.replace("{dir}", str(tmp_path))
     error = _error(tmp_path, text.replace("{dir}", str(tmp_path)))
-    assert error.problems == (expected,)
+    assert error.lines == (expected,)
     assert str(error) == f"{tmp_path / 'config.toml'}: {expected}"
     assert "\n" not in str(error)
     assert error.error_class == "config"
@@ -241,14 +258,24 @@ def test_every_problem_of_a_file_is_reported_at_once(tmp_path: Path) -> None:
         '[[watch]]\npath = "inbox"\nquiet = "2x"\nevidence = ["ots", "zzz"]\n'
         '[timestamp]\ntimeout = "10"\n',
     )
-    assert error.problems == (
+    assert error.lines == (
         'daemon.log_format: "text" must be one of "auto", "json", "console"',
-        'watch[0].evidence[1]: "zzz" must be one of "tsr", "ots", "p7s", "attest"',
+        'watch[0].evidence[0]: "ots" is not available yet (planned: OpenTimestamps anchors);'
+        ' available: "tsr"',
+        'watch[0].evidence[1]: "zzz" is not an evidence kind (available: "tsr";'
+        ' planned: "ots", "p7s", "attest")',
         'watch[0].quiet: "2x" is not a duration (try "2s")',
         'timestamp.timeout: "10" has no unit (try "10s")',
     )
+    assert [(p.key, p.value) for p in error.problems] == [
+        ("daemon.log_format", "text"),
+        ("watch[0].evidence[0]", "ots"),
+        ("watch[0].evidence[1]", "zzz"),
+        ("watch[0].quiet", "2x"),
+        ("timestamp.timeout", "10"),
+    ]
     config = tmp_path / "config.toml"
-    assert error.message == f"{config}: 4 errors" + "".join(f"\n  - {p}" for p in error.problems)
+    assert error.message == f"{config}: 5 errors" + "".join(f"\n  - {p}" for p in error.lines)
     assert error.hint is None
 
 
@@ -326,12 +353,12 @@ def test_every_setting(tmp_path: Path) -> None:
             tmp_path,
             '[daemon]\nstate_dir = "/srv/state"\ncontrol_socket = "/run/s.sock"\n'
             'log_format = "json"\nlog_level = "debug"\nmetrics = "[::1]:9464"\n'
-            '[[watch]]\npath = "/srv/records"\nevidence = ["ots", "tsr", "p7s", "attest"]\n'
+            '[[watch]]\npath = "/srv/records"\nevidence = ["tsr"]\n'
             'include = ["**/*.pdf"]\nexclude = ["**/.git/**"]\nquiet = "1m30s"\n'
             'sidecars = "mirror"\n'
-            '[[watch]]\npath = "/srv/logs"\nevidence = ["ots"]\nquiet = "500ms"\n'
+            '[[watch]]\npath = "/srv/logs"\nevidence = []\nquiet = "500ms"\n'
             '[timestamp]\nselection = "priority"\ntimeout = "30s"\ndigest = "sha512"\n'
-            'mode = "batch"\nretry = "10s"\nretry_max = "1h"\ncooldown = "1m"\n'
+            'mode = "per-file"\nretry = "10s"\nretry_max = "1h"\ncooldown = "1m"\n'
             + TSA
             + 'trust = "roots.pem"\nmin_interval = "15s"\n',
         )
@@ -339,12 +366,13 @@ def test_every_setting(tmp_path: Path) -> None:
     assert config.daemon.metrics == ("::1", 9464)
     assert config.daemon.log_format == "json"
     assert [watch.path for watch in config.watches] == [Path("/srv/records"), Path("/srv/logs")]
-    assert config.watches[0].evidence == ("ots", "tsr", "p7s", "attest")
+    assert config.watches[0].evidence == ("tsr",)
+    assert config.watches[1].evidence == ()  # inventory only: versions and digests
     assert config.watches[0].quiet == 90
     assert config.watches[0].sidecars == "mirror"
     assert config.watches[1].quiet == 0.5
     assert (config.timestamp.selection, config.timestamp.digest) == ("priority", "sha512")
-    assert config.timestamp.mode == "batch"
+    assert config.timestamp.mode == "per-file"
     assert (config.timestamp.retry, config.timestamp.retry_max) == (10, 3600)
     assert config.timestamp.cooldown == 60
     assert config.timestamp.tsa[0].trust == tmp_path / "roots.pem"
@@ -377,7 +405,7 @@ def test_relative_paths_resolve_against_the_config_directory(
 def test_a_trust_file_that_is_a_directory(tmp_path: Path) -> None:
     (tmp_path / "roots").mkdir()
     error = _error(tmp_path, WATCH + TSA + 'trust = "roots"\n')
-    assert error.problems == (
+    assert error.lines == (
         f'timestamp.tsa[0].trust: "{tmp_path / "roots"}" is not a regular file'
         " (expected a readable PEM file of root certificates)",
     )
@@ -392,7 +420,7 @@ def test_an_unreadable_trust_file(shared_tmp: Path) -> None:
     with unprivileged(), pytest.raises(ConfigError) as caught:
         load_config(config)
     error = caught.value
-    assert error.problems == (
+    assert error.lines == (
         f'timestamp.tsa[0].trust: "{roots}" cannot be read (Permission denied)'
         " (expected a readable PEM file of root certificates)",
     )
@@ -400,13 +428,13 @@ def test_an_unreadable_trust_file(shared_tmp: Path) -> None:
 
 def test_parse_config_takes_data_and_the_source_path() -> None:
     config = parse_config(
-        {"watch": [{"path": "data", "evidence": ["ots"]}]}, source=Path("/etc/stampd/x.toml")
+        {"watch": [{"path": "data", "evidence": []}]}, source=Path("/etc/stampd/x.toml")
     )
     assert config.source == Path("/etc/stampd/x.toml")
     assert config.watches[0].path == Path("/etc/stampd/data")
     with pytest.raises(ConfigError) as caught:
         parse_config({}, source=Path("/etc/stampd/x.toml"))
-    assert caught.value.problems == (
+    assert caught.value.lines == (
         'watch: none configured (add a [[watch]] with path = "/srv/records")',
     )
 
@@ -445,22 +473,25 @@ def test_config_path_precedence() -> None:
     assert config_path_from(None, {}) == Path("/etc/stampd/config.toml")
 
 
-def test_config_error_problems_default_to_none() -> None:
+def test_a_config_error_without_a_list_is_one_problem_without_a_key() -> None:
     error = ConfigError("x.toml: broken", hint="fix it")
-    assert error.problems == ()
+    assert error.problems == (ConfigProblem(None, None, "x.toml: broken", "fix it"),)
+    problem = {"key": None, "value": None, "problem": "x.toml: broken", "hint": "fix it"}
     assert error.to_dict() == {
         "error_class": "config",
         "message": "x.toml: broken",
         "hint": "fix it",
+        "problems": [problem],
     }
 
 
 def test_the_shipped_example_is_valid() -> None:
     try:
-        config = load_config(EXAMPLE)
+        # Fully: its trust files must hold roots, as `stampd run` would read them.
+        config = check_config(EXAMPLE).config
     except ConfigError as error:
         # The example pins roots from the system CA bundle (Debian's ca-certificates).
-        if all(".trust: " in line and " does not exist " in line for line in error.problems):
+        if all(".trust: " in line and " does not exist " in line for line in error.lines):
             pytest.skip(f"the system CA bundle is not installed: {error}")
         raise
     assert config.source == EXAMPLE
@@ -523,4 +554,50 @@ def test_bad_credential_references(
             source=tmp_path / "config.toml",
             environ=environ,
         )
-    assert raised.value.problems == (problem,)
+    assert raised.value.lines == (problem,)
+
+
+def test_an_inventory_only_watch_needs_no_timestamp_section(tmp_path: Path) -> None:
+    config = load_config(_write(tmp_path, '[[watch]]\npath = "inbox"\nevidence = []\n'))
+    assert config.watches[0].evidence == ()
+    assert config.timestamp.tsa == ()
+    # Omitted, evidence stays the one kind that works today.
+    assert load_config(_write(tmp_path, WATCH + TSA)).watches[0].evidence == ("tsr",)
+
+
+def test_each_problem_carries_its_key_and_the_value_as_written(tmp_path: Path) -> None:
+    error = _error(
+        tmp_path,
+        "[daemon]\nstate_dir = 5\nrescan = 1979-05-27T07:32:00Z\n"
+        '[[watch]]\npath = "inbox"\nevidence = ["tsr", 3]\n'
+        '[[timestamp.tsa]]\nname = "x"\nurl = "ftp://me:s3cret@tsa.example/"\n'
+        'password = "s3cret-too"\n',
+    )
+    found = {problem.key: problem for problem in error.problems}
+    assert found["daemon.state_dir"].value == 5
+    assert found["daemon.rescan"].value == "1979-05-27T07:32:00+00:00"
+    assert found["watch[0].evidence[1]"].value == 3
+    # Neither a password in a URL nor a value under an unknown key (a misplaced secret?)
+    # is echoed.
+    assert found["timestamp.tsa[0].url"].value == "ftp://me:***@tsa.example/"
+    assert found["timestamp.tsa[0].password"].value is None
+    assert "s3cret" not in json.dumps([problem.to_dict() for problem in error.problems])
+    assert found["timestamp.tsa[0].url"].to_dict() == {
+        "key": "timestamp.tsa[0].url",
+        "value": "ftp://me:***@tsa.example/",
+        "problem": '"ftp://me:***@tsa.example/" must not contain a password'
+        " (secrets belong in files, not the config)",
+        "hint": None,
+    }
+
+
+def test_a_file_that_cannot_be_read_is_one_problem_without_a_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path / "absent.toml")
+    (problem,) = caught.value.problems
+    assert (problem.key, problem.value, problem.problem) == (
+        None,
+        None,
+        "no such configuration file",
+    )
+    assert problem.hint == caught.value.hint

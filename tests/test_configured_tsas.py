@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 from pathlib import Path
 
 import httpx
@@ -12,6 +13,7 @@ import pytest
 
 from stampd.daemon.config import ConfigError, TimestampConfig, TsaConfig
 from stampd.daemon.logs import configure_logging
+from stampd.daemon.providers import configured
 from stampd.daemon.providers.configured import configured_tsas, read_secret
 from tests.tsa_pki import Pki, make_pki
 
@@ -87,3 +89,59 @@ def test_a_world_readable_secret_is_warned_about_without_showing_it(tmp_path: Pa
     assert event["event"] == "secret_file_world_readable"
     assert event["hint"] == f"chmod o-r {secret}"
     assert "do-not-print-me" not in out.getvalue()
+
+
+def test_every_bad_tsa_is_reported_at_once(pki: Pki, tmp_path: Path) -> None:
+    # A reload (SIGHUP, `stampd reload`) is refused with the whole list, as `run` is.
+    empty = tmp_path / "empty.secret"
+    empty.write_text("")
+    config = _timestamp(
+        _tsa(pki, trust=pki.tsa_key_pem),
+        _tsa(pki, name="fine"),
+        _tsa(pki, name="bearer", auth="bearer", secret_file=empty),
+    )
+    with pytest.raises(ConfigError) as caught:
+        configured_tsas(config, httpx.AsyncClient())
+    error = caught.value
+    assert [(p.key, p.value) for p in error.problems] == [
+        ("timestamp.tsa[0].trust", str(pki.tsa_key_pem)),
+        ("timestamp.tsa[2].secret_file", str(empty)),
+    ]
+    assert error.message == "2 errors" + "".join(f"\n  - {line}" for line in error.lines)
+    assert error.lines[0] == (
+        f"timestamp.tsa[0].trust: {pki.tsa_key_pem}: holds a private key (a trust file must"
+        " hold only the TSA's root certificate(s); remove the key, and rotate it if anyone"
+        " else could read the file)"
+    )
+
+
+def test_an_unset_trust_names_the_system_bundle(pki: Pki, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(configured, "SYSTEM_BUNDLE", pki.tsa_pem)  # a bundle without a CA
+    with pytest.raises(ConfigError) as caught:
+        configured_tsas(_timestamp(_tsa(pki, trust=None)), httpx.AsyncClient())
+    (problem,) = caught.value.problems
+    assert (problem.key, problem.value) == ("timestamp.tsa[0].trust", None)
+    assert problem.problem.startswith("unset, so the system bundle is used: ")
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"\xff\xfe\n", "is not UTF-8 text"),
+        (b"x" * (64 * 1024 + 1), "is larger than 64 KiB, which is not a password or a token"),
+    ],
+)
+def test_a_secret_file_must_hold_a_short_text(tmp_path: Path, content: bytes, problem: str) -> None:
+    secret = tmp_path / "token"
+    secret.write_bytes(content)
+    with pytest.raises(ConfigError) as caught:
+        read_secret(secret, "timestamp.tsa[0].secret_file")
+    assert caught.value.message == f'timestamp.tsa[0].secret_file: "{secret}" {problem}'
+
+
+def test_a_secret_file_that_is_a_directory_or_a_fifo(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path in (tmp_path, fifo):  # a FIFO must not hang the start waiting for a writer
+        with pytest.raises(ConfigError, match=r"is not a regular file"):
+            read_secret(path, "timestamp.tsa[0].secret_file")

@@ -365,7 +365,16 @@ def test_index_counts_are_cached_then_brought_up_to_date_incrementally(
     with Index.open(path) as index:
         watch = index.ensure_watch(Path(ROOT))
         (new,) = index.record_settled(
-            [settled(watch, Path(f"{ROOT}/new.pdf"), sha256="f" * 64, sha512="0", ino=99)]
+            [
+                settled(
+                    watch,
+                    Path(f"{ROOT}/new.pdf"),
+                    sha256="f" * 64,
+                    sha512="0",
+                    ino=99,
+                    evidence=("ots",),  # the index knows every kind; this job gets cancelled
+                )
+            ]
         )
         # A cancelled job that had been tried: no longer pending, so not backing off.
         cancel_job(
@@ -474,7 +483,7 @@ def test_a_cursor_from_a_larger_index_is_not_trusted(tmp_path: Path) -> None:
         counted = queries.metric_counts(readers[1], now=NOW, previous=stale)
         assert counted == queries.metric_counts(readers[1], now=NOW)
         assert counted.attempts == {}
-        assert counted.jobs == {("ots", state): int(state == "pending") for state in JOB_STATES}
+        assert counted.jobs == {("tsr", state): int(state == "pending") for state in JOB_STATES}
     finally:
         for reader in readers:
             reader.close()

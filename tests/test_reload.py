@@ -21,7 +21,7 @@ from tests.tsa_pki import Pki, make_pki
 
 
 def _watch(path: Path, extra: str = "") -> str:
-    return f'[[watch]]\npath = "{path}"\nevidence = ["ots"]\nquiet = "0.3s"\n{extra}'
+    return f'[[watch]]\npath = "{path}"\nevidence = []\nquiet = "0.3s"\n{extra}'
 
 
 def _rewrite(daemon: RunningDaemon, watches: str, daemon_extra: str = "") -> None:

@@ -154,7 +154,7 @@ def _config(tmp_path: Path, quiet: str = "100ms") -> Path:
         'stall_after = "1s"\n'
         "[[watch]]\n"
         f'path = "{watched}"\n'
-        'evidence = ["ots"]\n'
+        "evidence = []\n"
         f'quiet = "{quiet}"\n'
     )
     return path

@@ -98,7 +98,11 @@ def _stamp_line(result: dict[str, Any]) -> str:
         error = result.get("error", {})
         hint = f" ({error['hint']})" if error.get("hint") else ""
         return f"refused    {result['path']}: {error.get('message')}{hint}"
-    queued = ", ".join(result.get("queued") or []) or "nothing new (same content as before)"
+    queued = ", ".join(result.get("queued") or []) or (
+        "nothing (the watch records versions only)"
+        if result.get("outcome") in ("new_file", "new_version")
+        else "nothing new (same content as before)"
+    )
     return (
         f"{result['outcome']:<10} {result['path']}: version {result['version_id']},"
         f" sha256 {result['sha256'][:16]}…, queued: {queued}"

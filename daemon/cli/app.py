@@ -83,7 +83,9 @@ class StampdGroup(click.Group):
             ctx.exit(ExitCode.INTERNAL)
 
 
-def _report(ctx: click.Context, document: dict[str, str], line: str) -> None:
+def _report(ctx: click.Context, document: dict[str, Any], line: str) -> None:
+    # Under --json the error is still one document: {"error": {error_class, message, hint}};
+    # a ConfigError adds "problems", its list of {key, value, problem, hint}.
     if ctx.meta.get(JSON_META_KEY):
         emit_json({"error": document})
     click.echo(f"stampd: {line}", err=True)
@@ -102,8 +104,11 @@ def _report(ctx: click.Context, document: dict[str, str], line: str) -> None:
 def cli(ctx: click.Context, config_option: str | None, debug: bool) -> None:
     """stampd — verifiable proof of existence for the files in watched directories.
 
-    Every settled file gets RFC 3161 timestamps, OpenTimestamps anchors and seals as
-    sidecar files next to it, recorded in a local index. Query commands take --json.
+    Every settled file gets an RFC 3161 timestamp from a failover pool of TSAs, verified and
+    written as a FILE.tsr sidecar next to it; every version is recorded with its SHA-256 and
+    SHA-512 in a local index (a watch with evidence = [] only records). OpenTimestamps
+    anchors, CAdES seals and RFC 4998 evidence records are planned, not available yet.
+    Query commands take --json.
     """
     ctx.obj = CliContext(config_option=config_option, debug=debug)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -10,8 +11,9 @@ from typing import Any
 import click
 
 from stampd.daemon.cli.context import cli_context
+from stampd.daemon.cli.exit_codes import ExitCode
 from stampd.daemon.cli.output import emit_json, json_option, say
-from stampd.daemon.config import Config, config_to_dict, load_config
+from stampd.daemon.config import Config, ConfigError, config_path_from, config_to_dict
 from stampd.daemon.logs import scrub_url
 
 
@@ -23,13 +25,35 @@ def config_group() -> None:
 @config_group.command("check")
 @click.argument("file", required=False, metavar="[FILE]")
 @json_option
-def check_command(file: str | None, as_json: bool) -> None:
+@click.pass_context
+def check_command(ctx: click.Context, file: str | None, as_json: bool) -> None:
     """Validate the configuration and print the effective settings.
 
-    FILE overrides --config. Every problem of the file is listed, each naming its key;
-    the exit code is 2 when the configuration is invalid.
+    FILE overrides --config. Every check that `stampd run` makes before it starts is made
+    (trust roots and secret files too), and every problem is listed, each on its own line
+    naming its key; the exit code is 2 when the configuration is invalid. With --json, a
+    failure is {"config", "ok": false, "problems": [{key, value, problem, hint}, ...]}.
     """
-    config = load_config(Path(file)) if file is not None else cli_context().config()
+    # Imported here: the check loads the provider modules (httpx), which every other short
+    # CLI call would otherwise pay for when this module is imported.
+    from stampd.daemon.config_check import check_config  # noqa: PLC0415
+
+    path = Path(file) if file is not None else config_file()
+    try:
+        checked = check_config(path)
+    except ConfigError as error:
+        if not as_json:
+            raise  # the CLI's error path prints it, one line per problem, and exits 2
+        emit_json(
+            {
+                "config": str(path.absolute()),
+                "ok": False,
+                "problems": [problem.to_dict() for problem in error.problems],
+            }
+        )
+        say(f"stampd: {error}")
+        ctx.exit(ExitCode.USAGE)
+    config = checked.config
     effective = config_to_dict(config)
     for tsa in effective["timestamp"]["tsa"]:
         # A query string may carry an API key (DESIGN rule 7); the file itself still has it.
@@ -40,7 +64,14 @@ def check_command(file: str | None, as_json: bool) -> None:
         click.echo("\n".join(_toml_lines(effective)).lstrip("\n"))
     for warning in _warnings(config):
         say(f"warning: {warning}")
+    for secret in checked.warnings:
+        say(f"warning: {secret.line()}")
     say(f"configuration OK: {config.source}")
+
+
+def config_file() -> Path:
+    """The configuration file this invocation names: --config, $STAMPD_CONFIG, the default."""
+    return config_path_from(cli_context().config_option, os.environ)
 
 
 def _warnings(config: Config) -> Iterator[str]:
