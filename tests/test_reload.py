@@ -4,6 +4,7 @@ refuse a bad one, keeping the old configuration and every queued job."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import signal
 import sqlite3
 from collections.abc import Iterator
@@ -105,6 +106,9 @@ def test_reload_command_refuses_with_exit_2_and_the_reason(tmp_path: Path) -> No
         assert moved.returncode == ExitCode.USAGE
         assert "daemon.state_dir: the index is open there" in moved.stderr
         assert '"error_class": "config"' in moved.stdout
+        # The daemon's problems reach the script as a list, as `config check --json` gives.
+        [problem] = json.loads(moved.stdout)["error"]["problems"]
+        assert "daemon.state_dir: the index is open there" in problem["problem"]
 
         daemon.config.write_text(good.replace('quiet = "0.3s"', 'quiet = "0.5s"'))
         applied = daemon.cli("reload")

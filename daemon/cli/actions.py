@@ -18,6 +18,7 @@ from stampd.daemon.cli.exit_codes import ExitCode
 from stampd.daemon.cli.output import emit_json, json_option, say
 from stampd.daemon.cli.paths import argument_path, shown
 from stampd.daemon.config import ConfigError
+from stampd.daemon.config_problems import ConfigProblem
 from stampd.store.errors import StampdError
 
 #: Paths per ``stamp`` request: each reply comes after its files are hashed and recorded, so
@@ -55,7 +56,19 @@ def ask_daemon(payload: dict[str, Any], *, timeout: float = 10.0) -> dict[str, A
         error = reply.get("error")
         error = error if isinstance(error, dict) else {}
         if error.get("error_class") == "config":
-            raise ConfigError(str(error.get("message")), hint=error.get("hint"))
+            # The daemon's reply lists every problem ({key, value, problem, hint}), as
+            # `config check` does; keep them for `stampd reload --json`.
+            raise ConfigError(
+                str(error.get("message")),
+                hint=error.get("hint"),
+                problems=[
+                    ConfigProblem(
+                        p.get("key"), p.get("value"), str(p.get("problem")), p.get("hint")
+                    )
+                    for p in error.get("problems") or []
+                    if isinstance(p, dict)
+                ],
+            )
         raise DaemonRefusedError(error)
     return {key: value for key, value in reply.items() if key != "ok"}
 
