@@ -173,6 +173,46 @@ def test_queued_jobs_survive_a_reload_that_changes_the_tsas(
     assert all(path.with_name(path.name + ".tsr").exists() for path in files)
 
 
+def test_a_reload_the_daemon_refuses_lists_every_problem_with_its_key(
+    tmp_path: Path, pki: Pki, working_tsa: FakeTsa
+) -> None:
+    daemon = RunningDaemon(
+        tmp_path, evidence='["tsr"]', extra=_tsa_section("local", working_tsa.url, pki)
+    ).start()
+    try:
+        # Valid TOML the CLI accepts; the daemon finds, building the TSAs, that both trust
+        # files hold a private key instead of a root.
+        key = tmp_path / "key.pem"
+        key.write_bytes(_private_key_pem())
+        text = daemon.config.read_text()
+        daemon.config.write_text(
+            text[: text.index("[timestamp]")]
+            + "[timestamp]\n"
+            + "".join(
+                f'[[timestamp.tsa]]\nname = "t{n}"\nurl = "{working_tsa.url}"\ntrust = "{key}"\n'
+                for n in range(2)
+            )
+        )
+        refused = daemon.cli("reload", "--json")
+        assert refused.returncode == ExitCode.USAGE, refused.stderr
+        problems = json.loads(refused.stdout)["error"]["problems"]
+        assert [p["key"] for p in problems] == ["timestamp.tsa[0].trust", "timestamp.tsa[1].trust"]
+        assert all("private key" in p["problem"] for p in problems)
+    finally:
+        assert daemon.stop() == 0
+
+
+def _private_key_pem() -> bytes:
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
+
+    return ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
 def _job_states(daemon: RunningDaemon) -> dict[str, int]:
     conn = sqlite3.connect(f"{(daemon.state / 'index.sqlite').as_uri()}?mode=ro", uri=True)
     try:
