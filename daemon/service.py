@@ -148,6 +148,8 @@ class Daemon:
         #: Held by everything that places sidecars (job runners, repair), per path.
         self._path_locks = PathLocks()
         self._stamper_task: asyncio.Task[None] | None = None
+        #: The last TSA pool applied; a reload's new pool takes over its providers' state.
+        self._tsa_pool: ProviderPool | None = None
         self._http: httpx.AsyncClient | None = None
         self._notifier = Notifier.from_environ()
         self._metrics: Metrics | None = None
@@ -1060,7 +1062,10 @@ class Daemon:
 
     def _apply_tsas(self, tsas: _TsaSetup | None) -> None:
         """Start, reconfigure or stop the ``tsr`` runner. Stopping loses nothing: pending
-        jobs stay in the index and run when a watch asks for ``tsr`` again."""
+        jobs stay in the index and run when a watch asks for ``tsr`` again, and the TSAs'
+        breakers, rests and counters carry over to the pool of the next configuration."""
+        # Whatever runner exists when jobs are committed is woken, never one replaced since.
+        self._recorder.on_jobs = self._wake_stamper
         if tsas is None:
             if self._stamper_task is not None:
                 self._stamper_task.cancel()
@@ -1068,6 +1073,11 @@ class Daemon:
                 log.info("tsr_runner_stopped", reason="no watch asks for tsr evidence")
             self._stamper = self._stamper_task = None
             return
+        if self._tsa_pool is not None:
+            kept = tsas.pool.take_over(self._tsa_pool)
+            reset = [p.name for p in tsas.pool.providers if p.name not in kept]
+            log.info("tsa_state_kept", kept=list(kept), reset=reset)
+        self._tsa_pool = tsas.pool
         timestamp = self.config.timestamp
         layouts = {watch.watch_id: watch.config.sidecars for watch in self._watches}
         if self._stamper is not None:
@@ -1093,9 +1103,13 @@ class Daemon:
         )
         self._stamper.paused = self.paused
         self._stamper.on_attempts = self._on_attempts
-        self._recorder.on_jobs = self._stamper.wake
         self._stamper_task = asyncio.create_task(self._stamper.run())
         self._components["stamping"] = self._stamper_task
+
+    def _wake_stamper(self) -> None:
+        """The recorder's ``on_jobs``: wake the ``tsr`` runner of now, if there is one."""
+        if self._stamper is not None:
+            self._stamper.wake()
 
     async def _shutdown(self, control: ControlServer, watchdog: asyncio.Task[None] | None) -> None:
         self._stopping.set()

@@ -3,18 +3,21 @@ refuse a bad one, keeping the old configuration and every queued job."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import signal
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from stampd.daemon import control
+from stampd.daemon import control, service
 from stampd.daemon.cli.exit_codes import ExitCode
 from stampd.daemon.config import load_config
+from stampd.daemon.pool import BREAKER_THRESHOLD
 from stampd.daemon.reload import diff_configs
 from tests.daemon_harness import RunningDaemon, wait_for
 from tests.fake_tsa import FakeTsa
@@ -227,6 +230,143 @@ def _tries(daemon: RunningDaemon) -> int:
         return int(conn.execute("SELECT COALESCE(SUM(tries > 0), 0) FROM jobs").fetchone()[0])
     finally:
         conn.close()
+
+
+# --- the TSAs' state across a reload ---------------------------------------------------------
+
+
+def _tsas(pki: Pki, *tsas: tuple[str, str], selection: str = "priority") -> str:
+    """A [timestamp] section; a long cooldown, so that a rest cannot end during a test."""
+    text = (
+        f'[timestamp]\nselection = "{selection}"\ntimeout = "2s"\ncooldown = "5m"\n'
+        'retry = "300ms"\nretry_max = "500ms"\n'
+    )
+    for name, url in tsas:
+        text += f'[[timestamp.tsa]]\nname = "{name}"\nurl = "{url}"\ntrust = "{pki.root_pem}"\n'
+    return text
+
+
+def _tsr_watch(path: Path, quiet: str) -> str:
+    return f'[[watch]]\npath = "{path}"\nevidence = ["tsr"]\nquiet = "{quiet}"\n'
+
+
+def _providers(daemon: RunningDaemon) -> dict[str, dict[str, Any]]:
+    """Each TSA's live state as `stampd status --json` shows it."""
+    result = daemon.cli("status", "--json")
+    assert result.returncode == 0, result.stderr
+    live = json.loads(result.stdout)["daemon"]["tsr"]["providers"]
+    return {provider["name"]: provider for provider in live}
+
+
+def _reload(daemon: RunningDaemon) -> str:
+    result = daemon.cli("reload")
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_a_reload_keeps_each_unchanged_tsas_breaker_and_resets_a_changed_one(
+    tmp_path: Path, pki: Pki, working_tsa: FakeTsa
+) -> None:
+    with FakeTsa(pki, mode="status_500") as bad:
+        tsas = (("bad", bad.url), ("good", working_tsa.url))
+        daemon = RunningDaemon(tmp_path, evidence='["tsr"]', extra=_tsas(pki, *tsas)).start()
+        try:
+            for number in range(BREAKER_THRESHOLD):
+                (daemon.watched / f"record-{number}.txt").write_text(f"record {number}\n")
+            done = {"done": BREAKER_THRESHOLD}
+            wait_for(lambda: _job_states(daemon) == done, 30, "every job done", daemon)
+            before = _providers(daemon)
+            assert before["bad"]["breaker"] == "open"
+
+            _rewrite(daemon, _tsr_watch(daemon.watched, "0.5s") + _tsas(pki, *tsas))
+            assert f"watch changed: {daemon.watched} (quiet)" in _reload(daemon)
+            kept = _providers(daemon)
+            assert kept["bad"]["breaker"] == "open"
+            assert 0 < kept["bad"]["resting_s"] <= before["bad"]["resting_s"]
+            counts = ("attempts", "failures", "consecutive_failures", "last_error_class")
+            assert [kept["bad"][key] for key in counts] == [*[BREAKER_THRESHOLD] * 3, "http_status"]
+            assert kept["good"]["attempts"] == BREAKER_THRESHOLD
+            assert kept["good"]["last_success_at"] == before["good"]["last_success_at"]
+
+            # Another URL is another TSA: it starts afresh, and only it.
+            moved = (("bad", bad.url + "/v2"), ("good", working_tsa.url))
+            _rewrite(daemon, _tsr_watch(daemon.watched, "0.5s") + _tsas(pki, *moved))
+            assert "timestamp: settings or TSAs changed" in _reload(daemon)
+            fresh = _providers(daemon)
+            assert (fresh["bad"]["breaker"], fresh["bad"]["attempts"]) == ("closed", 0)
+            assert fresh["good"]["attempts"] == BREAKER_THRESHOLD
+        finally:
+            assert daemon.stop() == 0
+        assert bad.requests == BREAKER_THRESHOLD
+
+
+def test_a_reload_keeps_the_round_robin_cursor(
+    tmp_path: Path, pki: Pki, working_tsa: FakeTsa
+) -> None:
+    with FakeTsa(pki) as other:
+        tsas = (("a", working_tsa.url), ("b", other.url))
+        section = _tsas(pki, *tsas, selection="round-robin")
+        daemon = RunningDaemon(tmp_path, evidence='["tsr"]', extra=section).start()
+        try:
+            (daemon.watched / "first.txt").write_text("first\n")
+            wait_for(lambda: _job_states(daemon) == {"done": 1}, 30, "the first job", daemon)
+            assert (working_tsa.requests, other.requests) == (1, 0)
+            _rewrite(daemon, _tsr_watch(daemon.watched, "0.5s") + section)
+            _reload(daemon)
+            (daemon.watched / "second.txt").write_text("second\n")
+            wait_for(lambda: _job_states(daemon) == {"done": 2}, 30, "the second job", daemon)
+        finally:
+            assert daemon.stop() == 0
+        # The next TSA in turn, not the first one again.
+        assert (working_tsa.requests, other.requests) == (1, 1)
+
+
+def test_the_recorders_job_callback_wakes_the_runner_of_now(
+    tmp_path: Path, pki: Pki, working_tsa: FakeTsa
+) -> None:
+    watched = tmp_path / "watched"
+    watched.mkdir()
+    path = tmp_path / "config.toml"
+
+    def write(evidence: str) -> None:
+        path.write_text(
+            f'[daemon]\nstate_dir = "{tmp_path / "state"}"\n'
+            f'control_socket = "{tmp_path / "control.sock"}"\n'
+            f'[[watch]]\npath = "{watched}"\nevidence = {evidence}\n'
+            + _tsas(pki, ("local", working_tsa.url))
+        )
+
+    async def main() -> None:
+        write('["tsr"]')
+        daemon = service.Daemon(load_config(path))
+        task = asyncio.create_task(daemon.run())
+        while "stamping" not in daemon._components and not task.done():
+            await asyncio.sleep(0.01)
+        try:
+            stopped = daemon._stamper
+            assert stopped is not None
+            write('["ots"]')  # no watch asks for tsr: the runner stops
+            await daemon.reload("test")
+            assert daemon._stamper is None
+            on_jobs = daemon._recorder.on_jobs
+            assert on_jobs is not None
+            stopped._wake.clear()
+            on_jobs()
+            assert not stopped._wake.is_set()  # the recorder no longer reaches the old runner
+            write('["tsr"]')
+            await daemon.reload("test")
+            current = daemon._stamper
+            assert current is not None and current is not stopped
+            current._wake.clear()
+            on_jobs = daemon._recorder.on_jobs
+            assert on_jobs is not None
+            on_jobs()
+            assert current._wake.is_set()
+        finally:
+            daemon.request_stop("test")
+            await task
+
+    asyncio.run(main())
 
 
 # --- the decision alone ---------------------------------------------------------------------

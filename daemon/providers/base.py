@@ -6,6 +6,7 @@ attempt row, logged, and counted in metrics, so dashboards and scripts can rely 
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -58,6 +59,15 @@ class TimestampProvider(Protocol):
     name: str
     #: Seconds to leave between two requests (some public TSAs ask for it).
     min_interval: float
+
+    @property
+    def identity(self) -> Hashable:
+        """Equal for two provider objects that are the same TSA asked the same way.
+
+        A reload rebuilds every provider; one whose identity is unchanged keeps what the pool
+        learnt about it (breaker, rest, counters). Pacing (``min_interval``) is not part of it.
+        """
+        ...
 
     async def timestamp(self, digest: bytes, algorithm: str) -> Stamped:
         """A verified token for ``digest``, or :class:`ProviderFailure`."""

@@ -10,6 +10,8 @@ chain to this TSA's roots). Only then is it returned (DESIGN rule 3). Every fail
 from __future__ import annotations
 
 import base64
+import hashlib
+import secrets
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -17,6 +19,7 @@ from email.utils import parsedate_to_datetime
 
 import httpx
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from stampd.daemon.providers.base import ProviderFailure, Stamped
 from stampd.store.tsp import (
@@ -34,6 +37,9 @@ MAX_RESPONSE_BYTES = 1 << 20
 REQUEST_TYPE = "application/timestamp-query"
 #: RFC 3161 §3.4 says timestamp-reply; some servers use the older timestamp-response.
 REPLY_TYPES = ("application/timestamp-reply", "application/timestamp-response")
+#: Keys the credentials' fingerprint in `identity`: comparable inside this process, and
+#: useless for guessing a secret should an identity ever be printed (DESIGN rule 7).
+_IDENTITY_KEY = secrets.token_bytes(32)
 
 
 def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:
@@ -75,6 +81,24 @@ class Rfc3161Provider:
         self._timeout = timeout
         self._policy = policy
         self._authorization = authorization
+        credentials = None
+        if authorization is not None:
+            credentials = hashlib.blake2b(authorization.encode(), key=_IDENTITY_KEY).hexdigest()
+        # Whatever decides how this TSA answers: a reload that changes any of it (a fixed
+        # secret, the right trust file, a longer timeout) gives the TSA a fresh breaker.
+        self._identity = (
+            name,
+            url,
+            policy,
+            timeout,
+            credentials,
+            tuple(cert.fingerprint(hashes.SHA256()) for cert in self._anchors),
+        )
+
+    @property
+    def identity(self) -> tuple[object, ...]:
+        """Name, URL, policy, timeout, credentials (keyed digest) and trust roots."""
+        return self._identity
 
     @staticmethod
     def basic_auth(username: str, secret: str) -> str:
