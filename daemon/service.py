@@ -34,7 +34,8 @@ import httpx
 from cryptography import x509
 
 from stampd.daemon import __version__
-from stampd.daemon.config import Config, ConfigError, WatchConfig, load_config
+from stampd.daemon.config import Config, ConfigError, WatchConfig
+from stampd.daemon.config_check import check_config
 from stampd.daemon.control import ControlRequestError, ControlServer, Handler
 from stampd.daemon.filters import WatchFilter
 from stampd.daemon.hasher import Hashed, HashOutcome, Retry, Skipped, Unreadable, hash_file
@@ -375,7 +376,9 @@ class Daemon:
     async def _reload(self, trigger: str) -> dict[str, Any]:
         source = self.config.source
         try:
-            new = await asyncio.to_thread(load_config, source)
+            # The same full check as `stampd config check` and the start (every TSA's trust
+            # and secret files), so a reload refuses exactly what a restart would.
+            new = (await asyncio.to_thread(check_config, source)).config
             diff = diff_configs(self.config, new)
             if diff.restart_only:
                 raise ConfigError(
@@ -1047,11 +1050,6 @@ class Daemon:
         if not any("tsr" in watch.evidence for watch in config.watches):
             return None
         timestamp = config.timestamp
-        if timestamp.mode == "batch":
-            log.warning(
-                "timestamp_batch_mode_unavailable",
-                hint='timestamp.mode = "batch" is not implemented yet; stamping per file',
-            )
         if self._http is None:
             self._http = httpx.AsyncClient()
         tsas = configured_tsas(timestamp, self._http)

@@ -205,6 +205,23 @@ def test_a_reload_the_daemon_refuses_lists_every_problem_with_its_key(
         assert daemon.stop() == 0
 
 
+def test_a_reload_refuses_what_a_restart_would_even_for_an_unused_tsa(tmp_path: Path) -> None:
+    daemon = RunningDaemon(tmp_path).start()  # inventory only: no watch asks for tsr
+    try:
+        key = tmp_path / "key.pem"
+        key.write_bytes(_private_key_pem())
+        daemon.config.write_text(
+            daemon.config.read_text()
+            + f'[[timestamp.tsa]]\nname = "t"\nurl = "http://127.0.0.1:9/"\ntrust = "{key}"\n'
+        )
+        assert daemon.cli("config", "check").returncode == ExitCode.USAGE
+        refused = daemon.cli("reload")
+        assert refused.returncode == ExitCode.USAGE
+        assert "timestamp.tsa[0].trust" in refused.stderr
+    finally:
+        assert daemon.stop() == 0
+
+
 def _private_key_pem() -> bytes:
     from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
     from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
@@ -345,7 +362,7 @@ def test_the_recorders_job_callback_wakes_the_runner_of_now(
         try:
             stopped = daemon._stamper
             assert stopped is not None
-            write('["ots"]')  # no watch asks for tsr: the runner stops
+            write("[]")  # no watch asks for tsr: the runner stops
             await daemon.reload("test")
             assert daemon._stamper is None
             on_jobs = daemon._recorder.on_jobs
