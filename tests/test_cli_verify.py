@@ -17,9 +17,12 @@ from click.testing import CliRunner, Result
 
 from stampd.daemon.cli.app import cli
 from stampd.store.sidecar import sidecar_path
-from tests.conftest import SHARED
+from tests.conftest import shared_vectors
 
-VECTORS = SHARED / "vectors" / "tsr"
+
+def _vector(name: str) -> Path:
+    """A real TSA's file, read in place; the test skips in a lone clone (tests/conftest.py)."""
+    return shared_vectors("tsr") / name
 
 
 def _verify(tmp_path: Path, *args: str) -> Result:
@@ -32,13 +35,13 @@ def _given(tmp_path: Path, token: str, data: str | bytes, trust: str, *extra: st
         target = tmp_path / "data.bin"
         target.write_bytes(data)
     else:
-        target = VECTORS / data
+        target = _vector(data)
     return _verify(
         tmp_path,
         "--tsr",
-        str(VECTORS / token),
+        str(_vector(token)),
         "--trust",
-        str(VECTORS / trust),
+        str(_vector(trust)),
         *extra,
         str(target),
     )
@@ -133,9 +136,7 @@ def test_unproven_exits_1_with_the_reason(
 def test_base64_token_and_untrusted_signer_certificate(tmp_path: Path) -> None:
     # A FreeTSA token handed over as base64; the TSA certificate also given separately.
     armoured = tmp_path / "token.b64"
-    armoured.write_bytes(
-        base64.encodebytes((VECTORS / "freetsa_2024_sha512.resp.tsr").read_bytes())
-    )
+    armoured.write_bytes(base64.encodebytes(_vector("freetsa_2024_sha512.resp.tsr").read_bytes()))
     data = tmp_path / "test.txt"
     data.write_bytes(b"test")
     result = _verify(
@@ -143,9 +144,9 @@ def test_base64_token_and_untrusted_signer_certificate(tmp_path: Path) -> None:
         "--tsr",
         str(armoured),
         "--trust",
-        str(VECTORS / "freetsa_cacert.pem"),
+        str(_vector("freetsa_cacert.pem")),
         "--untrusted",
-        str(VECTORS / "freetsa_tsa.crt"),
+        str(_vector("freetsa_tsa.crt")),
         str(data),
     )
     assert result.exit_code == 0, result.output
@@ -155,11 +156,11 @@ def test_tsr_takes_exactly_one_path(tmp_path: Path) -> None:
     result = _verify(
         tmp_path,
         "--tsr",
-        str(VECTORS / "globalsign-g4_2021_notation.resp.tsr"),
+        str(_vector("globalsign-g4_2021_notation.resp.tsr")),
         "--trust",
-        str(VECTORS / "globalsign-root-r3.crt.pem"),
-        str(VECTORS / "data_notation.txt"),
-        str(VECTORS / "data_hello.txt"),
+        str(_vector("globalsign-root-r3.crt.pem")),
+        str(_vector("data_notation.txt")),
+        str(_vector("data_hello.txt")),
     )
     assert result.exit_code == 2
     assert "exactly one PATH" in result.output
@@ -169,8 +170,8 @@ def test_without_trust_or_configuration_the_missing_config_is_named(tmp_path: Pa
     result = _verify(
         tmp_path,
         "--tsr",
-        str(VECTORS / "globalsign-g4_2021_notation.resp.tsr"),
-        str(VECTORS / "data_notation.txt"),
+        str(_vector("globalsign-g4_2021_notation.resp.tsr")),
+        str(_vector("data_notation.txt")),
     )
     assert result.exit_code == 2
     assert "no-such-config.toml" in result.output
@@ -182,7 +183,7 @@ def _config_with_tsa(make_config: Callable[..., Path], tmp_path: Path, layout: s
         "[[timestamp.tsa]]\n"
         'name = "globalsign"\n'
         'url = "http://127.0.0.1:9/"\n'
-        f'trust = "{VECTORS / "globalsign-root-r3.crt.pem"}"\n',
+        f'trust = "{_vector("globalsign-root-r3.crt.pem")}"\n',
         evidence='["tsr"]',
     )
 
@@ -193,14 +194,14 @@ def test_sidecars_are_found_by_the_watch_layout(
 ) -> None:
     config = _config_with_tsa(make_config, tmp_path, layout)
     data = tmp_path / "watched" / "notation.txt"
-    shutil.copyfile(VECTORS / "data_notation.txt", data)
+    shutil.copyfile(_vector("data_notation.txt"), data)
     runner = CliRunner()
     missing = runner.invoke(cli, ["--config", str(config), "verify", str(data)])
     assert missing.exit_code == 1
     assert "no evidence found (looked for" in missing.stdout
     sidecar = sidecar_path(data, "tsr", layout=layout, state_dir=tmp_path / "state")  # type: ignore[arg-type]
     sidecar.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(VECTORS / "globalsign-g4_2021_notation.resp.tsr", sidecar)
+    shutil.copyfile(_vector("globalsign-g4_2021_notation.resp.tsr"), sidecar)
     found = runner.invoke(cli, ["--config", str(config), "verify", "--json", str(data)])
     assert found.exit_code == 0, found.output
     (evidence,) = json.loads(found.stdout)["files"][0]["evidence"]
