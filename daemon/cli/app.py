@@ -21,7 +21,7 @@ from stampd.daemon.cli.actions import (
     stamp_command,
 )
 from stampd.daemon.cli.config import config_group
-from stampd.daemon.cli.context import CliContext
+from stampd.daemon.cli.context import CONFIG_HELP, DEBUG_HELP, CliContext, add_global_options
 from stampd.daemon.cli.digest import digest_command
 from stampd.daemon.cli.exit_codes import ExitCode
 from stampd.daemon.cli.output import JSON_META_KEY, emit_json
@@ -51,9 +51,24 @@ def exit_code_for(error: StampdError) -> ExitCode:
 
 
 class StampdGroup(click.Group):
-    """A group that turns stampd's errors into one clear line and a stable exit code."""
+    """A group that turns stampd's errors into one clear line and a stable exit code.
+
+    Every command added to it also takes the global options (``--config``, ``--debug``)
+    after its name (DESIGN §8); they update the CliContext the group's own options made.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        add_global_options(self)
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        add_global_options(cmd)
+        super().add_command(cmd, name)
 
     def invoke(self, ctx: click.Context) -> Any:
+        # There before any subcommand parses its options, so that its --config/--debug land
+        # in the context read below on errors (the `cli` callback puts its own in place).
+        ctx.ensure_object(CliContext)
         try:
             return super().invoke(ctx)
         except StampdError as error:
@@ -90,13 +105,10 @@ def _report(ctx: click.Context, document: dict[str, str], line: str) -> None:
 
 
 @click.group(cls=StampdGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--config",
-    "config_option",
-    metavar="FILE",
-    help="Configuration file (default: $STAMPD_CONFIG, else /etc/stampd/config.toml).",
-)
-@click.option("--debug", is_flag=True, help="Show tracebacks and debug logging.")
+# The same two options as every command's (add_global_options skips a group that has them);
+# here they build the CliContext that the commands' copies then update.
+@click.option("--config", "config_option", metavar="FILE", help=CONFIG_HELP)
+@click.option("--debug", is_flag=True, help=DEBUG_HELP)
 @click.version_option(__version__, "-V", "--version", prog_name="stampd")
 @click.pass_context
 def cli(ctx: click.Context, config_option: str | None, debug: bool) -> None:
