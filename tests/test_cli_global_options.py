@@ -24,7 +24,10 @@ def _invoke(*args: str, env: dict[str, str] | None = None) -> Result:
 
 
 def _commands(group: click.Group, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
-    for name, command in sorted(group.commands.items()):
+    # Through list_commands/get_command: `stampd`'s commands are imported when first asked for.
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
         yield (*prefix, name)
         if isinstance(command, click.Group):
             yield from _commands(command, (*prefix, name))
