@@ -222,3 +222,87 @@ def test_unreadable_data_file_is_one_error_line(
     )
     assert result.exit_code == 1
     assert "nope.txt" in result.stderr
+
+
+def test_an_untrusted_tsa_root_says_which_tsa_which_roots_and_what_to_do(tmp_path: Path) -> None:
+    result = _given(
+        tmp_path,
+        "globalsign-g4_2021_notation.resp.tsr",
+        "data_notation.txt",
+        "freetsa_cacert.pem",
+    )
+    assert result.exit_code == 1
+    (line,) = result.stdout.splitlines()
+    assert line == (
+        f"{_vector('data_notation.txt')}: tsr invalid: chain: the TSA"
+        ' "CN=Globalsign TSA for Advanced - G4, O=GlobalSign nv-sa" does not chain to a root in'
+        f" the trust roots given (--trust {_vector('freetsa_cacert.pem')}); its chain leads up"
+        ' to "CN=GlobalSign, OU=GlobalSign Root CA - R3, O=GlobalSign": give its root'
+        " certificate with --trust ROOT.pem"
+    )
+
+
+def test_an_untrusted_root_names_the_configured_tsa_and_its_trust_file(
+    make_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    config = make_config(
+        "[[timestamp.tsa]]\n"
+        'name = "freetsa"\n'
+        'url = "http://127.0.0.1:9/"\n'
+        f'trust = "{_vector("freetsa_cacert.pem")}"\n',
+        evidence='["tsr"]',
+    )
+    result = CliRunner().invoke(
+        cli,
+        [
+            "verify",
+            "--config",
+            str(config),
+            "--json",
+            "--tsr",
+            str(_vector("globalsign-g4_2021_notation.resp.tsr")),
+            str(_vector("data_notation.txt")),
+        ],
+    )
+    assert result.exit_code == 1, result.output
+    (evidence,) = json.loads(result.stdout)["files"][0]["evidence"]
+    assert evidence["reason"] == "chain"  # the stable code is unchanged
+    assert evidence["message"].endswith(
+        f'(timestamp.tsa[0] "freetsa": trust = {_vector("freetsa_cacert.pem")}); its chain leads'
+        ' up to "CN=GlobalSign, OU=GlobalSign Root CA - R3, O=GlobalSign": add its root'
+        " certificate to trust (or --trust ROOT.pem)"
+    )
+
+
+def test_a_token_without_certificates_suggests_untrusted(tmp_path: Path) -> None:
+    token, data, trust = (
+        "comodo-sectigo_2018_hello-nl_nocerts.resp.tsr",
+        "data_hello-nl.txt",
+        "globalsign-root-r3.crt.pem",
+    )
+    bare = _given(tmp_path, token, data, trust)
+    assert bare.exit_code == 1
+    assert bare.stdout.rstrip().endswith(
+        "signature cannot be checked without it: give the TSA's certificate with"
+        " --untrusted CERTS.pem"
+    )
+    wrong = _given(tmp_path, token, data, trust, "--untrusted", str(_vector("freetsa_tsa.crt")))
+    assert wrong.exit_code == 1
+    assert f"{_vector('freetsa_tsa.crt')} does not hold it either" in wrong.stdout
+
+
+def test_a_missing_file_is_named_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    args = (
+        "--tsr",
+        str(_vector("freetsa_2024_sha512.resp.tsr")),
+        "--trust",
+        str(_vector("freetsa_cacert.pem")),
+    )
+    result = _verify(tmp_path, *args, "missing.txt")
+    assert result.exit_code == 1
+    assert result.stderr == "stampd: missing.txt: No such file or directory (check the path)\n"
+    as_json = _verify(tmp_path, *args, "--json", "missing.txt")
+    (entry,) = json.loads(as_json.stdout)["files"]
+    assert entry["path"] == "missing.txt"
+    assert entry["error"] == "No such file or directory (check the path)"

@@ -367,3 +367,27 @@ def test_damaged_vectors_raise_only_our_errors(vector: str) -> None:
             tsp.verify_token(token, digest=None, anchors=anchors)
         except StampdError:
             pass
+
+
+def test_a_damaged_certificate_version_is_a_parse_error_not_a_crash() -> None:
+    # cryptography raises InvalidVersion, which is not a ValueError, for a version out of range.
+    data = _vector("globalsign-g4_2021_notation.resp.tsr").read_bytes()
+    version = b"\xa0\x03\x02\x01\x02"  # [0] EXPLICIT INTEGER 2 (v3) of the first certificate
+    at = data.index(version) + len(version) - 1
+    with pytest.raises(TspParseError, match="malformed timestamp token"):
+        tsp.load_timestamp(data[:at] + b"\x58" + data[at + 1 :])
+
+
+def test_parse_errors_never_carry_huge_numbers() -> None:
+    """A damaged length decodes to a number of 100+ digits, which asn1crypto prints
+    ("Insufficient data - 1768… bytes requested"); the message shortens it."""
+    data = _vector("comodo-sectigo_2018_hello-nl_nocerts.resp.tsr").read_bytes()
+    messages = []
+    for at in range(len(data)):
+        for mask in (0x5A, 0xFF):
+            try:
+                tsp.load_timestamp(data[:at] + bytes([data[at] ^ mask]) + data[at + 1 :])
+            except StampdError as error:
+                messages.append(str(error))
+    assert any("digits)" in message for message in messages)  # the case did occur
+    assert not [message for message in messages if re.search(r"\d{16,}", message)]

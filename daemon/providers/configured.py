@@ -52,6 +52,8 @@ def configured_tsas(timestamp: TimestampConfig, client: httpx.AsyncClient) -> Co
                 min_interval=tsa.min_interval,
                 policy=tsa.policy,
                 authorization=_authorization(tsa, key),
+                key=key,
+                trust_file=tsa.trust,
             )
         )
     return ConfiguredTsas(tuple(providers), anchors)
