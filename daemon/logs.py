@@ -4,7 +4,8 @@ Follows reference/watching-and-service.md §5.1:
 - one JSON object per line on stdout when not on a terminal (a traceback stays one journal entry);
 - under systemd (``$JOURNAL_STREAM`` set) each line starts with a ``<N>`` syslog priority, which
   journald strips into ``PRIORITY`` so ``journalctl -p warning`` works;
-- secret-looking keys are redacted, and URLs lose their userinfo and query string;
+- keys that name a secret are redacted (see SECRET_WORDS), and URLs lose their userinfo and
+  query string;
 - tracebacks never carry frame locals (``show_locals=False``): a local ``api_key`` would
   otherwise be printed verbatim, and redaction never sees frame locals;
 - stdlib loggers (watchdog, httpx, sqlite-utils) go through the same processors.
@@ -16,7 +17,7 @@ import logging
 import os
 import re
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any, Literal, TextIO
 from urllib.parse import urlsplit, urlunsplit
 
@@ -28,29 +29,69 @@ from stampd.store.pathnames import escape
 LogFormat = Literal["auto", "json", "console"]
 
 REDACTED = "[REDACTED]"
-#: A key containing any of these is treated as a secret wherever it appears in an event.
-SECRET_KEY_PARTS = (
-    "api_key",
-    "apikey",
-    "authorization",
-    "token",
-    "secret",
-    "password",
-    "passphrase",
-    "credential",
-    "private_key",
+
+# Redaction goes by what a key NAMES, read as words (snake_case, camelCase, kebab-case and
+# HTTP header names alike): `access_token`, `clientSecret`, `X-Api-Key`, `Set-Cookie` name a
+# secret; `archived_token`, `token_count`, `tokens_archived`, `pin_count`, `spinner` do not,
+# or hold no secret. The noun that a key names is its last word:
+# - `secret_file`, `password_file`, `token_url`, `pin_path` name where a secret is, not the
+#   secret: the path is logged (the operator needs it to fix a mode; the secret stays in the
+#   file, DESIGN rule 7) and a URL is scrubbed of userinfo and query like every `*url`;
+# - `token_count`, `token_type`, `secret_name`, `tokens_archived` name something else.
+# A few trailing words only say how the secret is spelled (`token_value`, `password_b64`).
+#: The last word of a key that names a secret.
+SECRET_WORDS = frozenset(
+    {
+        "apikey",
+        "authorization",
+        "cookie",
+        "cookies",
+        "credential",
+        "credentials",
+        "passphrase",
+        "passwd",
+        "password",
+        "passwords",
+        "pin",
+        "secret",
+        "secrets",
+        "token",
+        "tokens",
+    }
 )
+#: Keys ending in "key" name a secret only after one of these (`api_key`, `privateKey`):
+#: a bare `key` in our events is a configuration key such as ``timestamp.tsa[0].secret_file``.
+SECRET_KEY_QUALIFIERS = frozenset({"api", "private", "secret", "session", "signing"})
+#: Trailing words that only say how a secret is written down.
+_SPELLINGS = frozenset({"value", "text", "string", "str", "raw", "bytes", "b64", "base64", "hex"})
+# Words of a key: "APIKey" -> API, Key; "archivedToken" -> archived, Token; "b64" one word.
+_WORD = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+[0-9]*|[A-Z]+[0-9]*|[0-9]+")
 
 _SYSLOG_PRIORITY = {"critical": 2, "error": 3, "warning": 4, "info": 6, "debug": 7}
 
 
+def key_words(key: str) -> list[str]:
+    """A field name as lowercase words: ``"X-Api-Key"`` -> ``["x", "api", "key"]``."""
+    return [word.lower() for word in _WORD.findall(key)]
+
+
 def is_secret_key(key: str) -> bool:
-    """True when a field name looks like it holds a secret."""
-    lowered = key.lower()
-    # A CSC signing PIN: match the word, not every key that happens to contain "pin".
-    if lowered == "pin" or lowered.endswith("_pin"):
+    """True when a field name names a secret (not a path, URL, count or flag about one)."""
+    words = key_words(key)
+    while words and (words[-1] in _SPELLINGS or words[-1].isdigit()):
+        words.pop()
+    if not words:
+        return False
+    last = words[-1].rstrip("0123456789")  # `token2`
+    if last in SECRET_WORDS:
         return True
-    return any(part in lowered for part in SECRET_KEY_PARTS)
+    return last == "key" and len(words) >= 2 and words[-2] in SECRET_KEY_QUALIFIERS
+
+
+def _holds_no_secret(value: Any) -> bool:
+    # Secrets are text read from files; a flag, a number or nothing is a fact about one
+    # (`token_archived=True`), which the operator needs to see.
+    return value is None or isinstance(value, bool | int | float)
 
 
 def scrub_url(url: str) -> str:
@@ -69,10 +110,18 @@ def scrub_url(url: str) -> str:
 
 
 def _redact_value(key: str, value: Any) -> Any:
-    if is_secret_key(key):
+    if is_secret_key(key) and not _holds_no_secret(value):
         return REDACTED
-    if isinstance(value, MutableMapping):
+    if isinstance(value, Mapping):
         return {k: _redact_value(str(k), v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        # Headers as pairs, [("Authorization", "Bearer …")], or a list of mappings.
+        return [
+            (item[0], _redact_value(item[0], item[1]))
+            if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str)
+            else _redact_value(key, item)
+            for item in value
+        ]
     if isinstance(value, str) and key.endswith("url"):
         return scrub_url(value)
     return value

@@ -192,6 +192,15 @@ class Daemon:
         }
 
     async def _status(self, _request: Mapping[str, Any]) -> dict[str, Any]:
+        def iso(seconds: float | None) -> str | None:
+            # Every time in --json output is ISO 8601 UTC, in the index's format (the
+            # metrics keep Unix seconds, the Prometheus convention).
+            if seconds is None:
+                return None
+            whole = int(seconds)
+            fraction = int((seconds - whole) * 1_000_000)
+            return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{fraction:06d}Z"
+
         return {
             "pid": os.getpid(),
             "version": __version__,
@@ -213,7 +222,7 @@ class Daemon:
                     "root": str(watch.root),
                     "watched": watch.root_dev is not None,
                     "directories": watch.directories,
-                    "last_full_scan_at": watch.last_scan_at,
+                    "last_full_scan_at": iso(watch.last_scan_at),
                     "last_full_scan_seconds": watch.last_scan_seconds,
                 }
                 for watch in self._watches

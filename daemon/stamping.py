@@ -532,7 +532,7 @@ class TsrStamper:
             error_class=error_class,
             reason=message,
             retry_in_s=round(delay, 1),
-            archived_token=token is not None,
+            token_archived=token is not None,
         )
 
     async def _cancel(self, job: DueJob, error_class: str, message: str) -> None:

@@ -17,14 +17,15 @@ import re
 import stat
 import warnings
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.utils import CryptographyDeprecationWarning
-from cryptography.x509.oid import ExtendedKeyUsageOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import (
     Criticality,
     ExtensionPolicy,
@@ -45,8 +46,90 @@ class TrustError(StampdError):
     error_class = "trust"
 
 
+#: Why a TSA's chain failed, as :attr:`ChainError.problem` (what the caller can advise on).
+ChainProblem = Literal["no_roots", "no_path", "expired", "not_yet_valid", "eku", "refused"]
+
+
+def display_name(name: x509.Name) -> str:
+    """A certificate name as people read it: CN, OU and O (RFC 4514 order reversed).
+
+    The whole RFC 4514 string of a real TSA runs to hundreds of characters (FreeTSA's holds
+    an e-mail address and a sentence of description); these three identify it. A name with
+    none of them is shown whole.
+    """
+    labels = (
+        ("CN", NameOID.COMMON_NAME),
+        ("OU", NameOID.ORGANIZATIONAL_UNIT_NAME),
+        ("O", NameOID.ORGANIZATION_NAME),
+    )
+    parts = [
+        f"{label}={value}"
+        for label, oid in labels
+        for attribute in name.get_attributes_for_oid(oid)
+        # Only a BitString-typed attribute (none of these) has bytes; shown escaped if so.
+        for value in [
+            attribute.value if isinstance(attribute.value, str) else repr(attribute.value)
+        ]
+    ]
+    return ", ".join(parts) if parts else name.rfc4514_string()
+
+
+def _utc(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 class ChainError(Exception):
-    """The signer certificate does not chain to the configured roots (message says why)."""
+    """The signer certificate does not chain to the configured roots.
+
+    ``problem`` says why in a word a caller can act on; :meth:`describe` says it in a sentence,
+    into which the caller can put where the roots came from and what to do about it (only it
+    knows: ``--trust ROOT.pem`` on the command line, ``timestamp.tsa[i].trust`` in the daemon).
+    """
+
+    def __init__(
+        self,
+        problem: ChainProblem,
+        *,
+        tsa: str,
+        detail: str,
+        leads_to: str | None = None,
+        namesake: bool = False,
+    ) -> None:
+        self.problem: ChainProblem = problem
+        #: The TSA certificate's name (:func:`display_name`).
+        self.tsa = tsa
+        #: For expiry, EKU and other refusals: the sentence that says what is wrong.
+        self.detail = detail
+        #: For ``no_path``: the name of the root the TSA's chain leads up to, when known.
+        self.leads_to = leads_to
+        #: For ``no_path``: a root of that name is among the roots, but another certificate
+        #: (another key) than the one that signed the chain: a foreign chain or a reissued root.
+        self.namesake = namesake
+        super().__init__(self.describe())
+
+    @property
+    def missing_root(self) -> bool:
+        """Whether adding the TSA's root certificate to the roots would fix this."""
+        return self.problem in ("no_roots", "no_path")
+
+    def describe(self, *, roots: str | None = None, remedy: str | None = None) -> str:
+        """The sentence: ``roots`` names where the roots came from, ``remedy`` says what to
+        do when the TSA's root is missing from them (it is left out for other problems)."""
+        if not self.missing_root:
+            return self.detail
+        given = "the trust roots given" + (f" ({roots})" if roots else "")
+        if self.problem == "no_roots":
+            text = f'there are no trust roots to check the TSA "{self.tsa}" against'
+        else:
+            text = f'the TSA "{self.tsa}" does not chain to a root in {given}'
+        if self.namesake:
+            text += (
+                f'; a root named "{self.leads_to}" is among them, but not the one that signed'
+                " the TSA's chain (same name, another key)"
+            )
+        elif self.leads_to:
+            text += f'; its chain leads up to "{self.leads_to}"'
+        return f"{text}: {remedy}" if remedy else text
 
 
 _PEM_CERTIFICATE = re.compile(
@@ -237,11 +320,13 @@ def validate_tsa_chain(
 ) -> tuple[x509.Certificate, ...]:
     """The validated chain from ``signer`` to one of ``anchors`` at time ``at``.
 
-    Raises :class:`ChainError` with the validator's reason: no path, an expired or not yet
-    valid certificate at ``at``, a wrong EKU on the signer, a weak key, a bad signature.
+    Raises :class:`ChainError` with the validator's reason in words: no path to a root, a
+    certificate expired or not yet valid at ``at``, a wrong EKU on the signer, or another
+    refusal (a weak key, a bad signature) in the validator's own words.
     """
+    tsa = display_name(signer.subject)
     if not anchors:
-        raise ChainError("no trust anchors configured")
+        raise ChainError("no_roots", tsa=tsa, detail="no trust roots given")
     try:
         verifier = (
             PolicyBuilder()
@@ -252,5 +337,88 @@ def validate_tsa_chain(
         )
         verified = verifier.verify(signer, list(intermediates))
     except (VerificationError, ValueError) as error:
-        raise ChainError(str(error)) from error
+        raise _explain(str(error), signer, intermediates, anchors, at) from error
     return tuple(verified.chain)
+
+
+def _issuer_path(
+    signer: x509.Certificate, pool: Sequence[x509.Certificate]
+) -> list[x509.Certificate]:
+    """The certificates from ``signer`` upwards, each one's issuer found by name in ``pool``.
+
+    Only to explain a failure (the validator does not say which certificate it meant); the
+    validation itself is the validator's.
+    """
+    path = [signer]
+    while len(path) <= len(pool) and path[-1].issuer != path[-1].subject:
+        issuer = next((c for c in pool if c.subject == path[-1].issuer and c not in path), None)
+        if issuer is None:
+            break
+        path.append(issuer)
+    return path
+
+
+# cryptography.x509.verification's reasons (cryptography 44-46, src/rust/.../verify):
+# "candidates exhausted: ..." when no path reaches a root (no issuer, a signature that does
+# not match, or the depth limit), "cert is not valid at validation time" for a validity
+# period, "invalid extension: 2.5.29.37 ..." or our _timestamping_only for the EKU.
+_NO_PATH = "candidates exhausted"
+_VALIDITY = "not valid at validation time"
+_EKU_MARKERS = ("2.5.29.37", "extended key usage")
+
+
+def _explain(
+    reason: str,
+    signer: x509.Certificate,
+    intermediates: Sequence[x509.Certificate],
+    anchors: Sequence[x509.Certificate],
+    at: datetime,
+) -> ChainError:
+    """The validator's ``reason`` as a :class:`ChainError` with a sentence people can act on."""
+    tsa = display_name(signer.subject)
+    if _NO_PATH in reason:
+        top = _issuer_path(signer, intermediates)[-1]
+        return ChainError(
+            "no_path",
+            tsa=tsa,
+            detail=reason,
+            leads_to=display_name(top.issuer),
+            namesake=any(anchor.subject == top.issuer for anchor in anchors),
+        )
+    if _VALIDITY in reason:
+        for certificate in _issuer_path(signer, [*intermediates, *anchors]):
+            which = (
+                f'the TSA certificate "{tsa}"'
+                if certificate is signer
+                else f'the certificate "{display_name(certificate.subject)}" in the TSA\'s chain'
+            )
+            if at > certificate.not_valid_after_utc:
+                return ChainError(
+                    "expired",
+                    tsa=tsa,
+                    detail=f"{which} had expired at {_utc(at)}"
+                    f" (valid until {_utc(certificate.not_valid_after_utc)})",
+                )
+            if at < certificate.not_valid_before_utc:
+                return ChainError(
+                    "not_yet_valid",
+                    tsa=tsa,
+                    detail=f"{which} was not yet valid at {_utc(at)}"
+                    f" (valid from {_utc(certificate.not_valid_before_utc)})",
+                )
+    if any(marker in reason for marker in _EKU_MARKERS):
+        return ChainError(
+            "eku",
+            tsa=tsa,
+            detail=f'the TSA certificate "{tsa}" is not a time-stamping certificate: its'
+            " extended key usage must be id-kp-timeStamping alone, marked critical"
+            " (RFC 3161 §2.3)",
+        )
+    # Another refusal (weak key, bad signature on a certificate, basicConstraints): the
+    # validator's words, without its Python repr of the certificate.
+    words = reason.removeprefix("validation failed: ").split(" (encountered processing")[0]
+    return ChainError(
+        "refused",
+        tsa=tsa,
+        detail=f'the TSA certificate "{tsa}" fails X.509 path validation at {_utc(at)}: {words}',
+    )

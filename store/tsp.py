@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import re
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -86,9 +87,12 @@ class TokenInvalid(StampdError):
 
     error_class = "verify"
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: str, message: str, *, chain: ChainError | None = None) -> None:
         super().__init__(message)
         self.reason = reason
+        #: For ``reason == "chain"``: the path validation's failure, whose sentence a caller
+        #: can complete with where the roots came from and what to do (ChainError.describe).
+        self.chain = chain
 
     def to_dict(self) -> dict[str, str]:
         return {**super().to_dict(), "reason": self.reason}
@@ -271,7 +275,8 @@ def _parse_token(content_info: cms.ContentInfo) -> TimestampToken:
         certificates = _certificates(signed)
     except TspParseError:
         raise
-    except (ValueError, TypeError, KeyError, AttributeError) as error:
+    # InvalidVersion is not a ValueError: a damaged certificate version byte raised it as is.
+    except (ValueError, TypeError, KeyError, AttributeError, x509.InvalidVersion) as error:
         raise TspParseError(f"malformed timestamp token: {_short(error)}") from error
     return TimestampToken(content_info=content_info, facts=facts, certificates=certificates)
 
@@ -332,8 +337,14 @@ def _present(value: object) -> bool:
     return not isinstance(value, core.Void)
 
 
+#: A run of digits this long in a parser's message is a length or an integer decoded from
+#: damaged bytes ("Insufficient data - 1768…(172 digits) bytes requested"): noise to a reader.
+_LONG_NUMBER = re.compile(r"\d{16,}")
+
+
 def _short(error: BaseException) -> str:
     text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    text = _LONG_NUMBER.sub(lambda m: f"{m.group()[:4]}…({len(m.group())} digits)", text)
     return text[:200]
 
 
@@ -430,10 +441,7 @@ def _verify(
     try:
         chain = validate_tsa_chain(signer, intermediates, anchors, moment)
     except ChainError as error:
-        raise TokenInvalid(
-            "chain",
-            f"the TSA certificate is not trusted at {_when(moment)}: {error}",
-        ) from error
+        raise TokenInvalid("chain", error.describe(), chain=error) from error
     _check_tsa_name(token, signer)
     not_after = min(cert.not_valid_after_utc for cert in chain)
     return VerifiedToken(token=token, signer=signer, chain=chain, chain_not_after=not_after)
@@ -498,8 +506,8 @@ def _signer_certificate(
             return certificate
     raise TokenInvalid(
         "signer_unavailable",
-        "signer certificate not available: the token does not carry the TSA certificate"
-        " (it was requested without certReq); it cannot be checked without it",
+        "signer certificate not available: the token does not carry the TSA's certificate"
+        " (it was requested without certReq), so its signature cannot be checked without it",
     )
 
 

@@ -91,11 +91,15 @@ def verify_tsr(
     trust: Sequence[Sequence[x509.Certificate]],
     extra_certificates: Sequence[x509.Certificate] = (),
     now: datetime | None = None,
+    roots: str | None = None,
+    root_remedy: str | None = None,
 ) -> Verdict:
     """Verify RFC 3161 evidence (a TimeStampResp or a bare token) for the data.
 
     ``trust`` holds one anchor set per configured TSA; the token is valid when it chains to
     one of them (the roots configured for a TSA, never a root the token brings along).
+    When the TSA's root is not among them, the message names ``roots`` (where they came
+    from) and says ``root_remedy`` (what to do); both are the caller's to phrase.
     """
     try:
         token = load_timestamp(data)
@@ -131,7 +135,10 @@ def verify_tsr(
     if verified is None:
         assert failure is not None
         status: Status = "unverifiable" if failure.reason == "signer_unavailable" else "invalid"
-        return replace(known, status=status, reason=failure.reason, message=failure.message)
+        message = failure.message
+        if failure.chain is not None:
+            message = failure.chain.describe(roots=roots, remedy=root_remedy)
+        return replace(known, status=status, reason=failure.reason, message=message)
     moment = now or datetime.now(UTC)
     return replace(
         known,

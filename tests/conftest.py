@@ -17,6 +17,16 @@ from stampd.store.index import Settled, utc_now
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 NOBODY = 65534
+#: Why the real-world vector tests skip in a lone clone (DESIGN §10: vectors are read in place).
+VECTORS_MISSING = (
+    "../shared/vectors not found: the real-world vectors live beside the checkout, see README"
+)
+#: The one parameter a vector-list parametrize gets without the folder: its test then skips.
+NO_VECTORS = "(no ../shared/vectors)"
+
+
+def _interop_required() -> bool:
+    return os.environ.get("STAMPD_REQUIRE_INTEROP") == "1"
 
 
 def require_tool(name: str) -> str:
@@ -28,10 +38,39 @@ def require_tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
         message = f"{name} is not installed"
-        if os.environ.get("STAMPD_REQUIRE_INTEROP") == "1":
+        if _interop_required():
             pytest.fail(f"{message} (STAMPD_REQUIRE_INTEROP=1: .ci/run must install it)")
         pytest.skip(message)
     return path
+
+
+def shared_vectors(kind: str) -> Path:
+    """The folder of real-world vectors of one kind (``tsr``, ``ots``, ``ers``), read in place.
+
+    The vectors live in ``../shared/vectors/`` beside the checkout and are never copied into
+    the project, so a lone clone has none: the test then skips with the reason, and fails
+    under STAMPD_REQUIRE_INTEROP=1 like a missing tool (DESIGN §10). Call it inside the test
+    (never at import or collection time) so that collection works without the folder.
+    """
+    folder = SHARED / "vectors" / kind
+    if not folder.is_dir():
+        if _interop_required():
+            pytest.fail(f"{VECTORS_MISSING} (STAMPD_REQUIRE_INTEROP=1: the vectors must be there)")
+        pytest.skip(VECTORS_MISSING)
+    return folder
+
+
+def shared_vector_names(kind: str, pattern: str) -> list[str]:
+    """The names of ``kind``'s vectors matching ``pattern``, for a parametrize list.
+
+    Without the folder, the list is the single placeholder NO_VECTORS: the test body's
+    ``shared_vectors`` call then skips (or fails) with the reason, instead of pytest
+    collecting an empty parameter set that would say nothing about why.
+    """
+    folder = SHARED / "vectors" / kind
+    if not folder.is_dir():
+        return [NO_VECTORS]
+    return sorted(path.name for path in folder.glob(pattern))
 
 
 @pytest.fixture

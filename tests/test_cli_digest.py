@@ -7,6 +7,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -169,3 +170,54 @@ def test_progress_goes_to_stderr_only(tree: list[str], monkeypatch: pytest.Monke
     assert out == want
     assert "large.bin" in err
     assert "plain.txt" not in err  # small files get no bar
+
+
+@pytest.mark.parametrize(
+    ("args", "computed"),
+    [
+        ((), {"sha256"}),
+        (("--algo", "sha512"), {"sha512"}),
+        (("--json",), {"sha256", "sha512"}),
+    ],
+)
+def test_only_the_digest_printed_is_computed(
+    tree: list[str], monkeypatch: pytest.MonkeyPatch, args: tuple[str, ...], computed: set[str]
+) -> None:
+    """SHA-256 alone costs half of both: the single pass over both is for --json only."""
+    made: list[str] = []
+    real_new, real_sha256, real_sha512 = hashlib.new, hashlib.sha256, hashlib.sha512
+
+    def new(name: str, *rest: bytes) -> object:
+        made.append(name)
+        return real_new(name, *rest)
+
+    monkeypatch.setattr(hashlib, "new", new)
+    monkeypatch.setattr(hashlib, "sha256", lambda *a: made.append("sha256") or real_sha256(*a))
+    monkeypatch.setattr(hashlib, "sha512", lambda *a: made.append("sha512") or real_sha512(*a))
+    code, _out, _err = invoke(*args, "large.bin", "plain.txt")
+    assert code == 0
+    assert set(made) == computed
+
+
+def test_digest_starts_without_the_modules_of_other_commands(tmp_path: Path) -> None:
+    """Start-up is part of a digest's time: the index, asyncio, X.509, the config reader and
+    structlog belong to other commands and are not imported (COMMANDS in cli/app.py)."""
+    path = tmp_path / "data"
+    path.write_bytes(b"data")
+    code = (
+        "import sys\n"
+        "from stampd.daemon.cli import main\n"
+        "sys.argv = ['stampd', 'digest', sys.argv[1]]\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(' '.join(sorted(sys.modules)), file=sys.stderr)\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True
+    )
+    assert run.stdout == f"{hashlib.sha256(b'data').hexdigest()}  {path}\n"
+    loaded = set(run.stderr.split())
+    for heavy in ("asyncio", "sqlite3", "cryptography", "structlog", "stampd.daemon.config"):
+        assert heavy not in loaded

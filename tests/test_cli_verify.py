@@ -17,9 +17,12 @@ from click.testing import CliRunner, Result
 
 from stampd.daemon.cli.app import cli
 from stampd.store.sidecar import sidecar_path
-from tests.conftest import SHARED
+from tests.conftest import shared_vectors
 
-VECTORS = SHARED / "vectors" / "tsr"
+
+def _vector(name: str) -> Path:
+    """A real TSA's file, read in place; the test skips in a lone clone (tests/conftest.py)."""
+    return shared_vectors("tsr") / name
 
 
 def _verify(tmp_path: Path, *args: str) -> Result:
@@ -32,13 +35,13 @@ def _given(tmp_path: Path, token: str, data: str | bytes, trust: str, *extra: st
         target = tmp_path / "data.bin"
         target.write_bytes(data)
     else:
-        target = VECTORS / data
+        target = _vector(data)
     return _verify(
         tmp_path,
         "--tsr",
-        str(VECTORS / token),
+        str(_vector(token)),
         "--trust",
-        str(VECTORS / trust),
+        str(_vector(trust)),
         *extra,
         str(target),
     )
@@ -133,9 +136,7 @@ def test_unproven_exits_1_with_the_reason(
 def test_base64_token_and_untrusted_signer_certificate(tmp_path: Path) -> None:
     # A FreeTSA token handed over as base64; the TSA certificate also given separately.
     armoured = tmp_path / "token.b64"
-    armoured.write_bytes(
-        base64.encodebytes((VECTORS / "freetsa_2024_sha512.resp.tsr").read_bytes())
-    )
+    armoured.write_bytes(base64.encodebytes(_vector("freetsa_2024_sha512.resp.tsr").read_bytes()))
     data = tmp_path / "test.txt"
     data.write_bytes(b"test")
     result = _verify(
@@ -143,9 +144,9 @@ def test_base64_token_and_untrusted_signer_certificate(tmp_path: Path) -> None:
         "--tsr",
         str(armoured),
         "--trust",
-        str(VECTORS / "freetsa_cacert.pem"),
+        str(_vector("freetsa_cacert.pem")),
         "--untrusted",
-        str(VECTORS / "freetsa_tsa.crt"),
+        str(_vector("freetsa_tsa.crt")),
         str(data),
     )
     assert result.exit_code == 0, result.output
@@ -155,11 +156,11 @@ def test_tsr_takes_exactly_one_path(tmp_path: Path) -> None:
     result = _verify(
         tmp_path,
         "--tsr",
-        str(VECTORS / "globalsign-g4_2021_notation.resp.tsr"),
+        str(_vector("globalsign-g4_2021_notation.resp.tsr")),
         "--trust",
-        str(VECTORS / "globalsign-root-r3.crt.pem"),
-        str(VECTORS / "data_notation.txt"),
-        str(VECTORS / "data_hello.txt"),
+        str(_vector("globalsign-root-r3.crt.pem")),
+        str(_vector("data_notation.txt")),
+        str(_vector("data_hello.txt")),
     )
     assert result.exit_code == 2
     assert "exactly one PATH" in result.output
@@ -169,8 +170,8 @@ def test_without_trust_or_configuration_the_missing_config_is_named(tmp_path: Pa
     result = _verify(
         tmp_path,
         "--tsr",
-        str(VECTORS / "globalsign-g4_2021_notation.resp.tsr"),
-        str(VECTORS / "data_notation.txt"),
+        str(_vector("globalsign-g4_2021_notation.resp.tsr")),
+        str(_vector("data_notation.txt")),
     )
     assert result.exit_code == 2
     assert "no-such-config.toml" in result.output
@@ -182,7 +183,7 @@ def _config_with_tsa(make_config: Callable[..., Path], tmp_path: Path, layout: s
         "[[timestamp.tsa]]\n"
         'name = "globalsign"\n'
         'url = "http://127.0.0.1:9/"\n'
-        f'trust = "{VECTORS / "globalsign-root-r3.crt.pem"}"\n',
+        f'trust = "{_vector("globalsign-root-r3.crt.pem")}"\n',
         evidence='["tsr"]',
     )
 
@@ -193,14 +194,14 @@ def test_sidecars_are_found_by_the_watch_layout(
 ) -> None:
     config = _config_with_tsa(make_config, tmp_path, layout)
     data = tmp_path / "watched" / "notation.txt"
-    shutil.copyfile(VECTORS / "data_notation.txt", data)
+    shutil.copyfile(_vector("data_notation.txt"), data)
     runner = CliRunner()
     missing = runner.invoke(cli, ["--config", str(config), "verify", str(data)])
     assert missing.exit_code == 1
     assert "no evidence found (looked for" in missing.stdout
     sidecar = sidecar_path(data, "tsr", layout=layout, state_dir=tmp_path / "state")  # type: ignore[arg-type]
     sidecar.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(VECTORS / "globalsign-g4_2021_notation.resp.tsr", sidecar)
+    shutil.copyfile(_vector("globalsign-g4_2021_notation.resp.tsr"), sidecar)
     found = runner.invoke(cli, ["--config", str(config), "verify", "--json", str(data)])
     assert found.exit_code == 0, found.output
     (evidence,) = json.loads(found.stdout)["files"][0]["evidence"]
@@ -221,3 +222,87 @@ def test_unreadable_data_file_is_one_error_line(
     )
     assert result.exit_code == 1
     assert "nope.txt" in result.stderr
+
+
+def test_an_untrusted_tsa_root_says_which_tsa_which_roots_and_what_to_do(tmp_path: Path) -> None:
+    result = _given(
+        tmp_path,
+        "globalsign-g4_2021_notation.resp.tsr",
+        "data_notation.txt",
+        "freetsa_cacert.pem",
+    )
+    assert result.exit_code == 1
+    (line,) = result.stdout.splitlines()
+    assert line == (
+        f"{_vector('data_notation.txt')}: tsr invalid: chain: the TSA"
+        ' "CN=Globalsign TSA for Advanced - G4, O=GlobalSign nv-sa" does not chain to a root in'
+        f" the trust roots given (--trust {_vector('freetsa_cacert.pem')}); its chain leads up"
+        ' to "CN=GlobalSign, OU=GlobalSign Root CA - R3, O=GlobalSign": give its root'
+        " certificate with --trust ROOT.pem"
+    )
+
+
+def test_an_untrusted_root_names_the_configured_tsa_and_its_trust_file(
+    make_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    config = make_config(
+        "[[timestamp.tsa]]\n"
+        'name = "freetsa"\n'
+        'url = "http://127.0.0.1:9/"\n'
+        f'trust = "{_vector("freetsa_cacert.pem")}"\n',
+        evidence='["tsr"]',
+    )
+    result = CliRunner().invoke(
+        cli,
+        [
+            "verify",
+            "--config",
+            str(config),
+            "--json",
+            "--tsr",
+            str(_vector("globalsign-g4_2021_notation.resp.tsr")),
+            str(_vector("data_notation.txt")),
+        ],
+    )
+    assert result.exit_code == 1, result.output
+    (evidence,) = json.loads(result.stdout)["files"][0]["evidence"]
+    assert evidence["reason"] == "chain"  # the stable code is unchanged
+    assert evidence["message"].endswith(
+        f'(timestamp.tsa[0] "freetsa": trust = {_vector("freetsa_cacert.pem")}); its chain leads'
+        ' up to "CN=GlobalSign, OU=GlobalSign Root CA - R3, O=GlobalSign": add its root'
+        " certificate to trust (or --trust ROOT.pem)"
+    )
+
+
+def test_a_token_without_certificates_suggests_untrusted(tmp_path: Path) -> None:
+    token, data, trust = (
+        "comodo-sectigo_2018_hello-nl_nocerts.resp.tsr",
+        "data_hello-nl.txt",
+        "globalsign-root-r3.crt.pem",
+    )
+    bare = _given(tmp_path, token, data, trust)
+    assert bare.exit_code == 1
+    assert bare.stdout.rstrip().endswith(
+        "signature cannot be checked without it: give the TSA's certificate with"
+        " --untrusted CERTS.pem"
+    )
+    wrong = _given(tmp_path, token, data, trust, "--untrusted", str(_vector("freetsa_tsa.crt")))
+    assert wrong.exit_code == 1
+    assert f"{_vector('freetsa_tsa.crt')} does not hold it either" in wrong.stdout
+
+
+def test_a_missing_file_is_named_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    args = (
+        "--tsr",
+        str(_vector("freetsa_2024_sha512.resp.tsr")),
+        "--trust",
+        str(_vector("freetsa_cacert.pem")),
+    )
+    result = _verify(tmp_path, *args, "missing.txt")
+    assert result.exit_code == 1
+    assert result.stderr == "stampd: missing.txt: No such file or directory (check the path)\n"
+    as_json = _verify(tmp_path, *args, "--json", "missing.txt")
+    (entry,) = json.loads(as_json.stdout)["files"]
+    assert entry["path"] == "missing.txt"
+    assert entry["error"] == "No such file or directory (check the path)"

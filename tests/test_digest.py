@@ -26,6 +26,9 @@ from stampd.store.digest import (
     digest_path,
     digest_stream,
     sha256_fd,
+    single_digest_fd,
+    single_digest_path,
+    single_digest_stream,
 )
 from stampd.store.errors import FileAccessError
 from tests.conftest import require_tool, unprivileged
@@ -122,6 +125,12 @@ def test_sizes_match_hashlib_and_openssl(tmp_path: Path, size: int) -> None:
         assert digest_stream(file) == want
     with path.open("rb") as file:
         assert sha256_fd(file.fileno()) == want.sha256
+    for algorithm, hexdigest in (("sha256", want.sha256_hex), ("sha512", want.sha512_hex)):
+        single = single_digest_path(path, algorithm)
+        assert (single.size, single.algorithm, single.hexdigest) == (size, algorithm, hexdigest)
+        assert single_digest_stream(io.BytesIO(data), algorithm) == single
+        with path.open("rb") as file:
+            assert single_digest_fd(file.fileno(), algorithm) == single
     assert want.sha256_hex == openssl_hex(path, "sha256")
     assert want.sha512_hex == openssl_hex(path, "sha512")
 
@@ -178,6 +187,54 @@ def test_random_short_reads_match_hashlib(data: bytes, seed: int, limit: int) ->
         assert digest_bytes(data) == expected(data)
 
 
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    data=st.binary(max_size=64 * 1024) | st.integers(0, 3 * CHUNK_SIZE).map(os.urandom),
+    seed=st.integers(0, 2**32),
+    algorithm=st.sampled_from(["sha256", "sha512"]),
+)
+def test_single_digest_of_random_short_reads_matches_hashlib(
+    data: bytes, seed: int, algorithm: str
+) -> None:
+    single = single_digest_stream(ShortReads(data, random.Random(seed)), algorithm)  # type: ignore[arg-type]
+    assert single.digest == hashlib.new(algorithm, data).digest()
+    assert single.size == len(data)
+
+
+def test_single_digest_runs_in_the_calling_thread_and_reports_progress(tmp_path: Path) -> None:
+    path = tmp_path / "data"
+    data = write_random(path, 3 * CHUNK_SIZE + 5)
+    seen: list[int] = []
+    code = (
+        "import sys, threading\n"
+        "from stampd.store.digest import single_digest_path\n"
+        "single_digest_path(sys.argv[1], 'sha512')\n"
+        "print(sum(t.name == 'stampd-digest' for t in threading.enumerate()))\n"
+    )
+    # A fresh interpreter: this process's helper threads may already run for other tests.
+    run = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True)
+    assert run.stdout.strip() == "0", run.stderr
+    assert single_digest_path(path, "sha256", progress=seen.append).size == len(data)
+    assert sum(seen) == len(data)
+
+
+def test_single_digest_refuses_other_algorithms_and_guards_like_digest_path(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "data").write_bytes(b"x")
+    with pytest.raises(ValueError, match="md5"):
+        single_digest_path(tmp_path / "data", "md5")
+    with pytest.raises(FileAccessError) as caught:
+        single_digest_path(tmp_path, "sha256")
+    assert caught.value.message == f"{tmp_path}: {os.strerror(errno.EISDIR)}"
+    with pytest.raises(FileAccessError) as caught:
+        single_digest_path(tmp_path / "missing", "sha256")
+    assert caught.value.message == f"{tmp_path / 'missing'}: No such file or directory"
+    with pytest.raises(FileAccessError) as caught:
+        single_digest_path("/proc/self/mem", "sha256")
+    assert isinstance(caught.value.__cause__, OSError)
+
+
 def test_digest_fd_reads_from_the_current_offset_and_leaves_fd_open(tmp_path: Path) -> None:
     path = tmp_path / "data"
     data = write_random(path, 3 * CHUNK_SIZE + 7)
@@ -231,6 +288,8 @@ def test_non_blocking_stream_without_data_is_an_error() -> None:
 
     with pytest.raises(BlockingIOError):
         digest_stream(NothingYet())  # type: ignore[arg-type]
+    with pytest.raises(BlockingIOError):
+        single_digest_stream(NothingYet(), "sha256")  # type: ignore[arg-type]
 
 
 def test_concurrent_callers_get_correct_results(tmp_path: Path) -> None:

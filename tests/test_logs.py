@@ -119,17 +119,98 @@ def test_level_filters_debug() -> None:
     ("key", "secret"),
     [
         ("api_key", True),
+        ("apiKey", True),
+        ("APIKey", True),
+        ("x-api-key", True),
+        ("apikey", True),
         ("Authorization", True),
+        ("Proxy-Authorization", True),
         ("bearer_token", True),
+        ("access_token", True),
+        ("accessToken", True),
+        ("X-Auth-Token", True),
+        ("refresh_token2", True),
+        ("token", True),
+        ("secret", True),
+        ("client_secret", True),
+        ("clientSecret", True),
+        ("password", True),
+        ("db-password", True),
+        ("passphrase", True),
+        ("credential", True),
+        ("credentials", True),
+        ("private_key", True),
+        ("privateKey", True),
         ("pin", True),
         ("signer_pin", True),
+        ("Cookie", True),
+        ("Set-Cookie", True),
+        ("token_value", True),
+        ("password_b64", True),
+        # Look-alikes: a word inside another, or a fact about a secret rather than the secret.
         ("pinned_root", False),
         ("path", False),
         ("spinning", False),
+        ("spinner", False),
+        ("pin_count", False),
+        ("token_count", False),
+        ("tokens_archived", False),
+        ("token_type", False),
+        ("secret_name", False),
+        ("tokenizer", False),
+        ("passwordless", False),
+        ("key", False),  # our events' configuration key names, e.g. timestamp.tsa[0].trust
+        ("public_key", False),
+        # Where a secret is, not the secret: logged (a path) or scrubbed (a URL).
+        ("secret_file", False),
+        ("password_file", False),
+        ("pin_path", False),
+        ("token_url", False),
     ],
 )
 def test_secret_key_names(key: str, secret: bool) -> None:
     assert is_secret_key(key) is secret
+
+
+def test_redaction_goes_by_meaning_and_keeps_facts_about_secrets() -> None:
+    out = _NotATerminal()
+    configure_logging(stream=out, environ={})
+    get_logger("stampd.test").warning(
+        "tsr_job_backing_off",
+        token_archived=True,
+        archived_token=False,  # named like a secret, but a flag is never one
+        token_count=3,
+        tokens_archived=2,
+        pin_count=1,
+        token=None,
+        secret_file="/etc/stampd/tsa.secret",
+        token_url="https://auth.example/oauth/token?client_secret=s3cr3t",
+        spinner="|",
+        request={
+            "headers": {"Authorization": "Basic dXNlcjpodW50ZXIy", "X-Api-Key": "ak-1"},
+            "body": {"client_secret": "cs-2", "grant_type": "client_credentials"},
+            "cookies": {"session": "ck-3"},
+        },
+        pairs=[("Cookie", "ck-4"), ("Accept", "application/timestamp-reply")],
+        attempts=[{"provider": "a", "access_token": "at-5"}],
+        accessToken="at-6",
+        csc_pin="4711",
+    )
+    text = out.getvalue()
+    for secret in ("dXNlcjpodW50ZXIy", "ak-1", "cs-2", "ck-3", "ck-4", "at-5", "at-6", "4711"):
+        assert secret not in text
+    assert "s3cr3t" not in text
+    event = json.loads(text)
+    assert event["token_archived"] is True and event["archived_token"] is False
+    assert (event["token_count"], event["tokens_archived"], event["pin_count"]) == (3, 2, 1)
+    assert event["token"] is None
+    assert event["secret_file"] == "/etc/stampd/tsa.secret"
+    assert event["token_url"] == "https://auth.example/oauth/token?[REDACTED]"
+    assert event["spinner"] == "|"
+    assert event["request"]["body"]["grant_type"] == "client_credentials"
+    assert event["request"]["cookies"] == "[REDACTED]"
+    assert event["pairs"] == [["Cookie", "[REDACTED]"], ["Accept", "application/timestamp-reply"]]
+    assert event["attempts"] == [{"provider": "a", "access_token": "[REDACTED]"}]
 
 
 def test_scrub_url_keeps_what_an_operator_needs() -> None:

@@ -18,10 +18,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from stampd.daemon.config import TimestampConfig, TsaConfig
 from stampd.daemon.pool import BREAKER_THRESHOLD, ProviderPool
 from stampd.daemon.providers.base import ProviderFailure
+from stampd.daemon.providers.configured import configured_tsas
 from stampd.daemon.providers.rfc3161 import Rfc3161Provider, retry_after_seconds
-from stampd.store.trust import load_anchors
+from stampd.store.trust import SYSTEM_BUNDLE, load_anchors
 from tests.conftest import require_tool
 from tests.fake_tsa import FakeTsa, OpenSslTsa
 from tests.tsa_pki import Pki, make_pki
@@ -139,6 +141,72 @@ def test_tsa_certificates_that_must_not_be_trusted(
         asyncio.run(_stamp(server.url, pki))  # stampd trusts only the first PKI's root
     assert caught.value.error_class == "verify"
     assert caught.value.message.startswith(f"{reason}:"), caught.value.message
+
+
+def test_an_untrusted_root_names_the_configured_tsa_its_trust_file_and_what_to_do(
+    tmp_path: Path, pki: Pki
+) -> None:
+    """What `stampd show` and the logs carry for the attempt: no validator jargon."""
+    other = make_pki(tmp_path, "Stranger")
+    config = TimestampConfig(
+        selection="priority",
+        timeout=2.0,
+        digest="sha256",
+        mode="per-file",
+        tsa=(
+            TsaConfig(name="first", url="http://127.0.0.1:9/", trust=pki.root_pem, min_interval=0),
+            TsaConfig(name="second", url="http://127.0.0.1:9/", trust=pki.root_pem, min_interval=0),
+        ),
+    )
+
+    async def stamp() -> None:
+        async with httpx.AsyncClient() as client:
+            provider = configured_tsas(config, client).providers[1]
+            provider.url = server.url
+            await provider.timestamp(DIGEST, "sha256")
+
+    with FakeTsa(other) as server, pytest.raises(ProviderFailure) as caught:
+        asyncio.run(stamp())
+    assert caught.value.error_class == "verify"
+    assert caught.value.message == (
+        'chain: the TSA "CN=stampd Stranger TSA 1, O=stampd tests" does not chain to a root in'
+        f' the trust roots given (timestamp.tsa[1] "second": trust = {pki.root_pem}); its chain'
+        ' leads up to "CN=stampd Stranger TSA Root, O=stampd tests": add the TSA\'s root'
+        f" certificate to {pki.root_pem}, or point timestamp.tsa[1].trust at a file that holds it"
+    )
+
+
+def test_without_trust_the_message_names_the_system_bundle(tmp_path: Path, pki: Pki) -> None:
+    other = make_pki(tmp_path, "Stranger")
+
+    async def stamp() -> None:
+        async with httpx.AsyncClient() as client:
+            provider = Rfc3161Provider(
+                name="public",
+                url=server.url,
+                client=client,
+                anchors=load_anchors(pki.root_pem),
+                timeout=2.0,
+                key="timestamp.tsa[0]",
+            )
+            await provider.timestamp(DIGEST, "sha256")
+
+    with FakeTsa(other) as server, pytest.raises(ProviderFailure) as caught:
+        asyncio.run(stamp())
+    assert f'(timestamp.tsa[0] "public": trust unset, so {SYSTEM_BUNDLE})' in caught.value.message
+    assert caught.value.message.endswith(
+        "set timestamp.tsa[0].trust to a PEM file holding the TSA's root certificate"
+    )
+
+
+def test_a_tsa_that_leaves_its_certificate_out_is_reported_as_its_fault(
+    tsa: FakeTsa, pki: Pki
+) -> None:
+    tsa.mode = "no_certs"
+    with pytest.raises(ProviderFailure) as caught:
+        asyncio.run(_stamp(tsa.url, pki))
+    assert caught.value.message.startswith("signer_unavailable: ")
+    assert "left it out although the request asked for it (certReq)" in caught.value.message
 
 
 def test_nothing_listening_is_a_network_error(pki: Pki) -> None:

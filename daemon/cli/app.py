@@ -6,6 +6,7 @@ An error prints one line — what failed, where, what to do — and exits with a
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from typing import Any
@@ -13,47 +14,79 @@ from typing import Any
 import click
 
 from stampd.daemon import __version__
-from stampd.daemon.cli.actions import (
-    pause_command,
-    reload_command,
-    rescan_command,
-    resume_command,
-    stamp_command,
-)
-from stampd.daemon.cli.config import config_group
-from stampd.daemon.cli.context import CliContext
-from stampd.daemon.cli.digest import digest_command
+from stampd.daemon.cli.context import CONFIG_HELP, DEBUG_HELP, CliContext, add_global_options
 from stampd.daemon.cli.exit_codes import ExitCode
 from stampd.daemon.cli.output import JSON_META_KEY, emit_json
-from stampd.daemon.cli.providers import providers_command
-from stampd.daemon.cli.query import ls_command, show_command, status_command
-from stampd.daemon.cli.run import run_command
-from stampd.daemon.cli.verify import verify_command
-from stampd.daemon.config import ConfigError
-from stampd.daemon.control import DaemonUnreachableError
 from stampd.store.errors import StampdError
 
 #: What a shell reports for a process ended by SIGPIPE (128 + 13).
 EXIT_BROKEN_PIPE = 141
 
-_EXIT_CODE_BY_ERROR: tuple[tuple[type[StampdError], ExitCode], ...] = (
-    (ConfigError, ExitCode.USAGE),
-    (DaemonUnreachableError, ExitCode.DAEMON_UNREACHABLE),
-)
+#: Every command, as "module:attribute", imported only when it is run or listed. Start-up
+#: time is part of every command's run time (DESIGN §11): `stampd digest` then loads click and
+#: store.digest, not the index, asyncio, httpx and X.509 that other commands need (~0.2 s).
+COMMANDS: dict[str, str] = {
+    "run": "stampd.daemon.cli.run:run_command",
+    "status": "stampd.daemon.cli.query:status_command",
+    "ls": "stampd.daemon.cli.query:ls_command",
+    "show": "stampd.daemon.cli.query:show_command",
+    "digest": "stampd.daemon.cli.digest:digest_command",
+    "config": "stampd.daemon.cli.config:config_group",
+    "verify": "stampd.daemon.cli.verify:verify_command",
+    "providers": "stampd.daemon.cli.providers:providers_command",
+    "stamp": "stampd.daemon.cli.actions:stamp_command",
+    "rescan": "stampd.daemon.cli.actions:rescan_command",
+    "reload": "stampd.daemon.cli.actions:reload_command",
+    "pause": "stampd.daemon.cli.actions:pause_command",
+    "resume": "stampd.daemon.cli.actions:resume_command",
+}
 
 
 def exit_code_for(error: StampdError) -> ExitCode:
     """The exit code an error maps to; anything not listed means the work failed."""
-    for error_type, code in _EXIT_CODE_BY_ERROR:
-        if isinstance(error, error_type):
-            return code
+    # Imported here, on the error path, to keep them off every command's start-up.
+    from stampd.daemon.config import ConfigError  # noqa: PLC0415
+    from stampd.daemon.control import DaemonUnreachableError  # noqa: PLC0415
+
+    if isinstance(error, ConfigError):
+        return ExitCode.USAGE
+    if isinstance(error, DaemonUnreachableError):
+        return ExitCode.DAEMON_UNREACHABLE
     return ExitCode.FAILURE
 
 
 class StampdGroup(click.Group):
-    """A group that turns stampd's errors into one clear line and a stable exit code."""
+    """A group that turns stampd's errors into one clear line and a stable exit code.
+
+    Every command added to it also takes the global options (``--config``, ``--debug``)
+    after its name (DESIGN §8); they update the CliContext the group's own options made.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        add_global_options(self)
+        #: Commands not imported yet: name -> "module:attribute" (see COMMANDS).
+        self.lazy_commands: dict[str, str] = {}
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        add_global_options(cmd)
+        super().add_command(cmd, name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *self.lazy_commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = self.lazy_commands.pop(cmd_name, None)
+        if target is not None:
+            module, _, attribute = target.partition(":")
+            command = getattr(importlib.import_module(module), attribute)
+            self.add_command(command, cmd_name)
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
+        # There before any subcommand parses its options, so that its --config/--debug land
+        # in the context read below on errors (the `cli` callback puts its own in place).
+        ctx.ensure_object(CliContext)
         try:
             return super().invoke(ctx)
         except StampdError as error:
@@ -92,13 +125,10 @@ def _report(ctx: click.Context, document: dict[str, Any], line: str) -> None:
 
 
 @click.group(cls=StampdGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--config",
-    "config_option",
-    metavar="FILE",
-    help="Configuration file (default: $STAMPD_CONFIG, else /etc/stampd/config.toml).",
-)
-@click.option("--debug", is_flag=True, help="Show tracebacks and debug logging.")
+# The same two options as every command's (add_global_options skips a group that has them);
+# here they build the CliContext that the commands' copies then update.
+@click.option("--config", "config_option", metavar="FILE", help=CONFIG_HELP)
+@click.option("--debug", is_flag=True, help=DEBUG_HELP)
 @click.version_option(__version__, "-V", "--version", prog_name="stampd")
 @click.pass_context
 def cli(ctx: click.Context, config_option: str | None, debug: bool) -> None:
@@ -113,19 +143,7 @@ def cli(ctx: click.Context, config_option: str | None, debug: bool) -> None:
     ctx.obj = CliContext(config_option=config_option, debug=debug)
 
 
-cli.add_command(run_command)
-cli.add_command(status_command)
-cli.add_command(ls_command)
-cli.add_command(show_command)
-cli.add_command(digest_command)
-cli.add_command(config_group)
-cli.add_command(verify_command)
-cli.add_command(providers_command)
-cli.add_command(stamp_command)
-cli.add_command(rescan_command)
-cli.add_command(reload_command)
-cli.add_command(pause_command)
-cli.add_command(resume_command)
+cli.lazy_commands.update(COMMANDS)
 
 
 def main() -> None:

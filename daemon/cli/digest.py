@@ -1,9 +1,10 @@
 """``stampd digest PATH…``: the digests stampd records, printed the way ``sha256sum`` prints them.
 
 Lines are byte-for-byte what GNU ``sha256sum`` / ``sha512sum`` print, so
-``stampd digest f | sha256sum -c`` works; ``--json`` gives size and both digests (one read
-computes both anyway). A path that cannot be read is reported on stderr, the others are still
-digested, and the exit code is 1. Needs no configuration file.
+``stampd digest f | sha256sum -c`` works. Only the digest printed is computed (SHA-256 alone
+runs about twice as fast as both); ``--json`` gives size and both digests, from one read. A
+path that cannot be read is reported on stderr, the others are still digested, and the exit
+code is 1. Needs no configuration file.
 """
 
 from __future__ import annotations
@@ -19,7 +20,15 @@ import click
 
 from stampd.daemon.cli.exit_codes import ExitCode
 from stampd.daemon.cli.output import emit_json, json_option, say
-from stampd.store.digest import FileDigests, Progress, digest_path, digest_stream
+from stampd.store.digest import (
+    FileDigests,
+    Progress,
+    SingleDigest,
+    digest_path,
+    digest_stream,
+    single_digest_path,
+    single_digest_stream,
+)
 from stampd.store.errors import FileAccessError
 
 #: Files at least this large get a progress bar, when stderr is a terminal: below it a
@@ -76,15 +85,21 @@ def _progress(path: str) -> Iterator[Progress | None]:
         yield bar.update
 
 
-def _digest_one(path: str) -> FileDigests:
+def _digest_one(path: str, algo: str | None) -> FileDigests | SingleDigest:
+    """Both digests of ``path`` when ``algo`` is None, else that one alone."""
     if path == STDIN:
+        # sys.stdin.buffer rather than click.get_binary_stream, deprecated since click 8.5.
+        stdin = sys.stdin.buffer
         try:
-            # sys.stdin.buffer rather than click.get_binary_stream, deprecated since click 8.5.
-            return digest_stream(sys.stdin.buffer)
+            if algo is None:
+                return digest_stream(stdin)
+            return single_digest_stream(stdin, algo)
         except OSError as error:
             raise FileAccessError(f"{STDIN}: {error.strerror or error}") from error
     with _progress(path) as progress:
-        return digest_path(path, progress=progress)
+        if algo is None:
+            return digest_path(path, progress=progress)
+        return single_digest_path(path, algo, progress=progress)
 
 
 @click.command("digest")
@@ -109,13 +124,13 @@ def digest_command(
     errors: list[dict[str, str]] = []
     for path in paths:
         try:
-            digests = _digest_one(path)
+            digests = _digest_one(path, None if as_json else algo)
         except FileAccessError as error:
             say(_one_line(f"stampd: {error}"))
             details = {key: _display(value) for key, value in error.to_dict().items()}
             errors.append({"path": _display(path), **details})
             continue
-        if as_json:
+        if isinstance(digests, FileDigests):
             files.append(
                 {
                     "path": _display(path),
@@ -125,8 +140,7 @@ def digest_command(
                 }
             )
         else:
-            hexdigest = digests.sha256_hex if algo == "sha256" else digests.sha512_hex
-            click.echo(checksum_line(hexdigest, path), nl=False)
+            click.echo(checksum_line(digests.hexdigest, path), nl=False)
     if as_json:
         emit_json({"files": files, "errors": errors})
     if errors:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -83,12 +83,57 @@ def _where(path: Path, config: Config | None) -> _Where:
     return _Where("adjacent", config.daemon.state_dir)
 
 
-def _trust_from(trust: Sequence[str], config: Config | None) -> list[tuple[x509.Certificate, ...]]:
+@dataclass(frozen=True)
+class _Roots:
+    """The anchor sets a token may chain to, and how to name them in a message."""
+
+    sets: list[tuple[x509.Certificate, ...]]
+    #: Where they came from: the --trust files, or each TSA's ``trust`` key.
+    described: str
+    #: What to do when a TSA's root is not among them.
+    remedy: str
+
+
+def _trust_from(trust: Sequence[str], config: Config | None) -> _Roots:
     if trust:
-        return [load_anchors(Path(file)) for file in trust]
-    if config is None:
-        return []
-    return [load_anchors(tsa.trust or SYSTEM_BUNDLE) for tsa in config.timestamp.tsa]
+        return _Roots(
+            [load_anchors(Path(file)) for file in trust],
+            "--trust " + ", ".join(trust),
+            "give its root certificate with --trust ROOT.pem",
+        )
+    tsas = config.timestamp.tsa if config is not None else ()
+    described = "; ".join(
+        f'timestamp.tsa[{number}] "{tsa.name}": '
+        + (f"trust = {tsa.trust}" if tsa.trust else f"trust unset, so {SYSTEM_BUNDLE}")
+        for number, tsa in enumerate(tsas)
+    )
+    return _Roots(
+        [load_anchors(tsa.trust or SYSTEM_BUNDLE) for tsa in tsas],
+        described or "no [[timestamp.tsa]] is configured",
+        "add its root certificate to trust (or --trust ROOT.pem)",
+    )
+
+
+def _advise(verdict: Verdict, untrusted: str | None) -> Verdict:
+    """Say what to do about a token without its TSA's certificate (made without certReq)."""
+    if verdict.reason != "signer_unavailable":
+        return verdict
+    if untrusted is None:
+        tip = "give the TSA's certificate with --untrusted CERTS.pem"
+    else:
+        tip = (
+            f"{untrusted} does not hold it either: give the TSA's own certificate with --untrusted"
+        )
+    return replace(verdict, message=f"{verdict.message}: {tip}")
+
+
+def _problem(name: str, path: Path, error: StampdError | OSError) -> str:
+    """What went wrong with PATH, without repeating its name (it starts the line already)."""
+    # A StampdError's str() carries its hint.
+    text = str(error) if isinstance(error, StampdError) else error.strerror or str(error)
+    for prefix in (f"{path}: ", f"{name}: "):
+        text = text.removeprefix(prefix)
+    return text
 
 
 def _config_or_none(*, required: bool) -> Config | None:
@@ -152,7 +197,7 @@ def verify_command(
     if tsr_file is not None and len(paths) != 1:
         raise click.UsageError("--tsr verifies one token against exactly one PATH")
     config = None if (tsr_file is not None and trust) else _config_or_none(required=not trust)
-    anchor_sets = _trust_from(trust, config)
+    roots = _trust_from(trust, config)
     extra = load_certificates(Path(untrusted)) if untrusted else ()
     files: list[dict[str, Any]] = []
     proven_all = True
@@ -167,7 +212,7 @@ def verify_command(
             else:
                 sources = _sidecars(path, _where(path, config))
         except (StampdError, OSError) as error:
-            message = error.message if isinstance(error, StampdError) else str(error)
+            message = _problem(name, path, error)
             say(f"stampd: {name}: {message}")
             files.append({"path": name, "error": message, "evidence": [], "proven": False})
             proven_all = False
@@ -178,12 +223,14 @@ def verify_command(
                     data,
                     source=str(source),
                     digest_of=hashed,
-                    trust=anchor_sets,
+                    trust=roots.sets,
                     extra_certificates=extra,
+                    roots=roots.described,
+                    root_remedy=roots.remedy,
                 )
             except StampdError as error:
                 verdict = unreadable("tsr", str(source), error)
-            verdicts.append(verdict)
+            verdicts.append(_advise(verdict, untrusted))
         proven = bool(verdicts) and all(v.status == "valid" for v in verdicts)
         proven_all = proven_all and proven
         files.append(

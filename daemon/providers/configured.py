@@ -170,6 +170,8 @@ def configured_tsas(timestamp: TimestampConfig, client: httpx.AsyncClient) -> Co
             min_interval=tsa.config.min_interval,
             policy=tsa.config.policy,
             authorization=tsa.authorization,
+            key=tsa.key,
+            trust_file=tsa.config.trust,
         )
         for tsa in checked.tsas
     )

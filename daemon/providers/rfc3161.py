@@ -16,12 +16,14 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from pathlib import Path
 
 import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from stampd.daemon.providers.base import ProviderFailure, Stamped
+from stampd.store.trust import SYSTEM_BUNDLE
 from stampd.store.tsp import (
     TimestampRejected,
     TokenInvalid,
@@ -72,8 +74,14 @@ class Rfc3161Provider:
         min_interval: float = 0.0,
         policy: str | None = None,
         authorization: str | None = None,
+        key: str | None = None,
+        trust_file: Path | None = None,
     ) -> None:
         self.name = name
+        #: Where this TSA is configured (``timestamp.tsa[2]``) and its ``trust`` file (None:
+        #: unset, the system bundle), for messages that tell the operator what to change.
+        self.key = key
+        self.trust_file = trust_file
         self.url = url
         self.min_interval = min_interval
         self._client = client
@@ -135,8 +143,32 @@ class Rfc3161Provider:
         except TspParseError as error:
             raise ProviderFailure("parse", error.message) from error
         except TokenInvalid as error:
-            raise ProviderFailure("verify", f"{error.reason}: {error.message}") from error
+            raise ProviderFailure("verify", f"{error.reason}: {self._explain(error)}") from error
         return Stamped(response=body, verified=verified)
+
+    def _explain(self, error: TokenInvalid) -> str:
+        """The token's failure, with this TSA's configuration where the operator can act."""
+        if error.chain is not None:
+            where = f'{self.key or "[[timestamp.tsa]]"} "{self.name}"'
+            setting = f"{self.key}.trust" if self.key else "its trust"
+            if self.trust_file is None:
+                roots = f"{where}: trust unset, so {SYSTEM_BUNDLE}"
+                remedy = f"set {setting} to a PEM file holding the TSA's root certificate"
+            else:
+                roots = f"{where}: trust = {self.trust_file}"
+                remedy = (
+                    f"add the TSA's root certificate to {self.trust_file}, or point"
+                    f" {setting} at a file that holds it"
+                )
+            return error.chain.describe(roots=roots, remedy=remedy)
+        if error.reason == "signer_unavailable":
+            # RFC 3161 §2.4.1: with certReq TRUE (stampd always sets it) the TSA MUST
+            # include its certificate.
+            return (
+                f"{error.message}; the TSA left it out although the request asked for it"
+                " (certReq): report it to the TSA's operator"
+            )
+        return error.message
 
     def _check_status(self, response: httpx.Response) -> None:
         status = response.status_code
