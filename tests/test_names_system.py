@@ -91,10 +91,13 @@ def test_names_that_are_not_utf8_are_recorded_stamped_and_shown_escaped(
             )
             assert checked.returncode == 0, checked.stderr
             assert path.read_bytes() == data  # the data file is never touched
-            # The escaped name printed by `ls` is accepted back by `show`.
+            # The escaped name printed by `ls` is accepted back by `show` and `verify`.
             shown = daemon.cli("show", escape(path), "--json")
             assert shown.returncode == 0, shown.stderr
             assert json.loads(shown.stdout)["file"]["path"] == escape(path)
+            verified = daemon.cli("verify", escape(path))
+            assert verified.returncode == 0, verified.stdout + verified.stderr
+            assert verified.stdout.startswith(f"{escape(path)}: tsr valid ")
         # `stamp` of an escaped name goes through the control socket and back.
         again = daemon.cli("stamp", escape(_path(daemon.watched, b"caf\xe9.txt")), "--json")
         assert again.returncode == 0, again.stderr

@@ -30,6 +30,7 @@ from stampd.store.digest import (
     single_digest_stream,
 )
 from stampd.store.errors import FileAccessError
+from stampd.store.pathnames import escape
 
 #: Files at least this large get a progress bar, when stderr is a terminal: below it a
 #: digest takes well under a second at the ~0.75 GB/s measured by bench/bench_digest.py.
@@ -54,13 +55,13 @@ def checksum_line(hexdigest: str, name: str) -> bytes:
 
 
 def _display(text: str) -> str:
-    # Names that are not UTF-8 reach us with surrogate escapes; show their bytes as \xNN.
-    return os.fsencode(text).decode("utf-8", "backslashreplace")
+    # Names that are not UTF-8, or hold a newline, in the form every stampd command prints
+    # (`ls -b` style, store/pathnames.py): valid UTF-8 for JSON, one line for stderr.
+    return escape(text)
 
 
 def _one_line(text: str) -> str:
-    # An error is one line on stderr, even for a name holding a newline.
-    return _display(text).replace("\n", "\\n").replace("\r", "\\r")
+    return escape(text)
 
 
 def _stderr_is_terminal() -> bool:

@@ -13,7 +13,6 @@ Exit status: 0 only when at least one proof exists for every PATH and all of the
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,6 +24,7 @@ from cryptography import x509
 from stampd.daemon.cli.context import cli_context
 from stampd.daemon.cli.exit_codes import ExitCode
 from stampd.daemon.cli.output import emit_json, json_option, say
+from stampd.daemon.cli.paths import argument_path, shown
 from stampd.daemon.config import Config, ConfigError
 from stampd.store.digest import FileDigests, digest_path
 from stampd.store.errors import FileAccessError, StampdError
@@ -201,8 +201,10 @@ def verify_command(
     extra = load_certificates(Path(untrusted)) if untrusted else ()
     files: list[dict[str, Any]] = []
     proven_all = True
-    for name in paths:
-        path = Path(os.path.abspath(name))  # noqa: PTH100 - normalizes '..', unlike Path
+    for argument in paths:
+        path = argument_path(argument)
+        # Shown as given (relative stays relative), every byte visible (store/pathnames.py).
+        name = shown(argument)
         hashed = _FileHash(path)
         verdicts: list[Verdict] = []
         try:
@@ -212,7 +214,7 @@ def verify_command(
             else:
                 sources = _sidecars(path, _where(path, config))
         except (StampdError, OSError) as error:
-            message = _problem(name, path, error)
+            message = _problem(argument, path, error)
             say(f"stampd: {name}: {message}")
             files.append({"path": name, "error": message, "evidence": [], "proven": False})
             proven_all = False
@@ -266,6 +268,6 @@ def _sidecars(path: Path, where: _Where) -> list[tuple[Path, bytes]]:
 def _looked_for(path: Path, config: Config | None) -> str:
     where = _where(path, config)
     return ", ".join(
-        str(sidecar_path(path, kind, layout=where.layout, state_dir=where.state_dir))
+        shown(sidecar_path(path, kind, layout=where.layout, state_dir=where.state_dir))
         for kind in CHECKED_KINDS
     )
