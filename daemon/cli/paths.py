@@ -16,17 +16,23 @@ from pathlib import Path
 from stampd.store.pathnames import EscapeError, escape, unescape
 
 
+def argument_name(text: str) -> str:
+    """The name an argument denotes, as given (relative stays relative), escapes undone
+    unless a file of that literal name exists (see the module docstring)."""
+    if "\\" in text and not os.path.lexists(text):
+        # Not the escaped form: then it is the literal name, which does not exist.
+        with contextlib.suppress(EscapeError):
+            return unescape(text)
+    return text
+
+
 def argument_path(text: str) -> Path:
-    """The absolute path an argument names (see the module docstring for escapes).
+    """The absolute path an argument names.
 
     ``abspath``, not ``resolve()``: the index holds paths as seen under the watch root, and a
     symlinked watch root must not turn into its target here.
     """
-    if "\\" in text and not os.path.lexists(text):
-        # Not the escaped form: then it is the literal name, which does not exist.
-        with contextlib.suppress(EscapeError):
-            text = unescape(text)
-    return Path(os.path.abspath(text))  # noqa: PTH100 - resolve() would follow symlinks
+    return Path(os.path.abspath(argument_name(text)))  # noqa: PTH100 - resolve() follows links
 
 
 def shown(path: str | os.PathLike[str]) -> str:

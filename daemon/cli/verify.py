@@ -24,7 +24,7 @@ from cryptography import x509
 from stampd.daemon.cli.context import cli_context
 from stampd.daemon.cli.exit_codes import ExitCode
 from stampd.daemon.cli.output import emit_json, json_option, say
-from stampd.daemon.cli.paths import argument_path, shown
+from stampd.daemon.cli.paths import argument_name, argument_path, shown
 from stampd.daemon.config import Config, ConfigError
 from stampd.store.digest import FileDigests, digest_path
 from stampd.store.errors import FileAccessError, StampdError
@@ -204,7 +204,7 @@ def verify_command(
     for argument in paths:
         path = argument_path(argument)
         # Shown as given (relative stays relative), every byte visible (store/pathnames.py).
-        name = shown(argument)
+        name = shown(argument_name(argument))
         hashed = _FileHash(path)
         verdicts: list[Verdict] = []
         try:
