@@ -6,6 +6,10 @@ Each component is judged by what it does, not by whether its thread exists: a co
 work waiting whose progress counter stands still for ``stall_after`` seconds is wedged. Idle
 is healthy, and a component that is slow but moving (a 100 GiB file being hashed) is too,
 because its counter moves with every chunk.
+
+Not every problem stops the pings: a watch root that is missing or unreadable is reported
+as a problem, but a restart would not fix it (daemon/roots.py), so the daemon keeps
+pinging and keeps every other watch running.
 """
 
 from __future__ import annotations
@@ -17,13 +21,30 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Health:
-    """The verdict of one check: healthy when there are no problems."""
+    """The verdict of one check: healthy when there are no problems of either sort."""
 
-    problems: tuple[str, ...] = ()
+    #: The daemon itself is wedged (a component stopped, or stalls with work waiting): a
+    #: restart may fix it, so the systemd watchdog pings stop.
+    wedged: tuple[str, ...] = ()
+    #: Something outside the daemon keeps it from recording (a watch root missing or
+    #: unreadable, daemon/roots.py): reported like any problem, but the pings go on, since a
+    #: restart cannot fix it and systemd would only restart stampd over and over.
+    outside: tuple[str, ...] = ()
+
+    @property
+    def problems(self) -> tuple[str, ...]:
+        """Every problem, wedged ones first: what status, STATUS= and the log show."""
+        return self.wedged + self.outside
 
     @property
     def ok(self) -> bool:
+        """Whether nothing is wrong (``stampd_healthy``, ``healthy`` in status)."""
         return not self.problems
+
+    @property
+    def alive(self) -> bool:
+        """Whether the watchdog may be pinged: the daemon is not wedged."""
+        return not self.wedged
 
 
 class StallWatch:

@@ -103,6 +103,8 @@ class RootState:
     last_scan_finished_at: float | None
     #: How long that scan took, in seconds.
     last_scan_seconds: float | None
+    #: Why the root records nothing (daemon/roots.py ``RootProblem.kind``), None when fine.
+    problem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -186,6 +188,12 @@ class Metrics:
         self.scans = Counter(
             "stampd_scans",
             "Full scans of the watch root completed since the daemon started.",
+            ["root"],
+            registry=registry,
+        )
+        self.subtree_scans = Counter(
+            "stampd_subtree_scans",
+            "Walks of one new or moved-in directory below the watch root (not full scans).",
             ["root"],
             registry=registry,
         )
@@ -408,6 +416,13 @@ def _live_families(version: str, state: LiveState | None) -> list[Metric]:
             "Watch roots that have their inotify watch in place.",
             (),
             [((), sum(root.watched for root in roots))] if s else [],
+        ),
+        _gauge(
+            "stampd_watch_root_ok",
+            "1 when the watch root exists, is a readable directory and has its inotify watch;"
+            " 0 when it records nothing: `stampd status` says why and what to do.",
+            ["root"],
+            [((root.root,), int(root.watched and root.problem is None)) for root in roots],
         ),
         _gauge(
             "stampd_watched_dirs",

@@ -13,6 +13,11 @@ never pins the WAL.
 Walk method (§3.4): ``os.scandir`` and ``lstat`` (``DirEntry.stat(follow_symlinks=False)``),
 iterative, depth first in sorted name order, on the root's filesystem only (like
 ``find -xdev``), never following a symlink.
+
+A subtree scan walks one directory below the root (a directory just created or moved in:
+files written into it before its inotify watch was placed have no event, watchdog #1278)
+and compares it with the rows of that subtree only; what lies outside it is left as it is, so
+the cost follows the change, not the size of the tree.
 """
 
 from __future__ import annotations
@@ -76,8 +81,10 @@ class ScanReport:
     #: True when ``should_stop`` ended the walk early; directories that were not visited then
     #: were not reported missing.
     stopped: bool = False
-    #: Why the root itself could not be walked (then ``errors == 1`` and nothing else ran).
+    #: Why the root itself could not be walked or listed (nothing was reported missing).
     problem: str | None = None
+    #: The directory a subtree scan walked; None for a scan of the whole root.
+    subtree: Path | None = None
 
 
 def scan_watch(
@@ -89,8 +96,10 @@ def scan_watch(
     on_missing: Callable[[list[Path]], None],
     should_stop: Callable[[], bool] = lambda: False,
     on_progress: Callable[[int, int], None] | None = None,
+    subtree: Path | None = None,
 ) -> ScanReport:
-    """Walk ``root`` and report its differences with the index through the callbacks.
+    """Walk ``root`` (or only ``subtree``) and report its differences with the index through
+    the callbacks.
 
     ``on_missing`` is called once per directory with the paths of its present or unreadable
     rows whose file is gone, is no longer a regular file, or is no longer accepted; after the
@@ -99,10 +108,16 @@ def scan_watch(
     on another filesystem, keep their rows as they are: an EACCES is not a deletion.
     ``should_stop`` is polled before each directory; ``on_progress(directories, files)`` is
     called after each one.
+
+    With ``subtree`` (a directory strictly below ``root``), only that directory and what is
+    below it are walked and compared, and only rows at or below it can become missing. It is
+    walked only when every directory from the root down to it is a real directory (no
+    symlink) on the root's filesystem that the filter does not prune; otherwise the report
+    says zero directories and the next full scan has the last word.
     """
     started = time.monotonic()
     walk = _Walk(root, conn, file_filter, on_candidate, on_missing)
-    problem = walk.run(should_stop, on_progress)
+    problem = walk.run(should_stop, on_progress, subtree)
     return ScanReport(
         root=root,
         directories=walk.directories,
@@ -114,6 +129,7 @@ def scan_watch(
         seconds=time.monotonic() - started,
         stopped=walk.stopped,
         problem=problem,
+        subtree=subtree,
     )
 
 
@@ -143,9 +159,16 @@ class _Walk:
         self.visited: set[str] = set()
         # Subtrees whose rows must not become missing: unlistable, vanished, other devices.
         self.left_alone: set[str] = set()
+        # Why the walk's first directory (the root, in a full scan) could not be listed.
+        self.root_failure: str | None = None
+        # Length of the path where the walk began: ``_left_alone`` looks no higher.
+        self.top = len(str(root))
 
     def run(
-        self, should_stop: Callable[[], bool], on_progress: Callable[[int, int], None] | None
+        self,
+        should_stop: Callable[[], bool],
+        on_progress: Callable[[int, int], None] | None,
+        subtree: Path | None,
     ) -> str | None:
         """Walk, then report unvisited directories; return a problem with the root, if any."""
         try:
@@ -159,8 +182,12 @@ class _Walk:
             self.errors = 1
             return f"cannot scan {self.root}: not a directory"
         self.device = root_stat.st_dev
+        start = self.root if subtree is None else subtree
+        if subtree is not None and not self._reachable(subtree):
+            return None
+        self.top = len(str(start))
 
-        stack = [str(self.root)]
+        stack = [str(start)]
         while stack:
             if should_stop():
                 self.stopped = True
@@ -169,8 +196,38 @@ class _Walk:
             stack.extend(reversed(self._directory(stack.pop())))
             if on_progress is not None:
                 on_progress(self.directories, self.files)
-        self._unvisited_directories(should_stop)
+            if subtree is None and self.root_failure is not None:
+                # An unlistable root (EACCES) is not an empty one: nothing becomes missing.
+                return f"cannot list {self.root}: {self.root_failure}"
+        self._unvisited_directories(start, should_stop)
         return None
+
+    def _reachable(self, subtree: Path) -> bool:
+        """Whether a subtree scan may walk ``subtree``: each directory from the root's child
+        down to it is ``lstat``ed, so a symlink swapped in on the way is never followed, and
+        one on another filesystem or pruned by the filter is not entered (as a full walk
+        would not enter it)."""
+        try:
+            relative = subtree.relative_to(self.root)
+        except ValueError:
+            return False
+        path = self.root
+        for part in relative.parts:
+            path = path / part
+            try:
+                st = path.lstat()
+            except OSError as error:
+                if not isinstance(error, FileNotFoundError | NotADirectoryError):
+                    self.errors += 1
+                    log.warning("scan_stat_failed", path=str(path), reason=error.strerror)
+                return False  # gone already: its rows follow its own event or the next scan
+            if (
+                not stat.S_ISDIR(st.st_mode)
+                or st.st_dev != self.device
+                or self.filter.prunes_dir(path)
+            ):
+                return False
+        return bool(relative.parts)
 
     def _list(self, directory: str) -> list[os.DirEntry[str]] | None:
         """The entries of ``directory`` sorted by name; None (counted, logged) if unlistable."""
@@ -183,6 +240,8 @@ class _Walk:
             # still there.
             self.errors += 1
             self.left_alone.add(directory)
+            if not self.visited and self.root_failure is None:
+                self.root_failure = error.strerror or str(error)
             if isinstance(error, FileNotFoundError | NotADirectoryError):
                 log.info("scan_directory_vanished", path=directory)
             else:
@@ -247,15 +306,16 @@ class _Walk:
             self.on_candidate(file_path, key)
         return True
 
-    def _unvisited_directories(self, should_stop: Callable[[], bool]) -> None:
-        """Report the live rows of indexed directories the walk did not reach.
+    def _unvisited_directories(self, start: Path, should_stop: Callable[[], bool]) -> None:
+        """Report the live rows of indexed directories below ``start`` the walk did not reach.
 
-        The index streams its distinct directories under the root (``files_dir_state``);
-        only those that are neither visited nor below a subtree left alone are kept.
+        The index streams its distinct directories under ``start`` (``files_dir_state``);
+        only those that are neither visited nor below a subtree left alone are kept. For a
+        subtree scan that is the subtree's rows only: nothing outside it is ever reported.
         """
         gone = [
             directory
-            for directory in live_directories_below(self.conn, self.root)
+            for directory in live_directories_below(self.conn, start)
             if str(directory) not in self.visited and not self._left_alone(str(directory))
         ]
         for directory in gone:
@@ -269,10 +329,9 @@ class _Walk:
 
     def _left_alone(self, directory: str) -> bool:
         """Whether ``directory`` is at or below a subtree whose rows must stay as they are."""
-        top = len(str(self.root))
         path = directory
         while path not in self.left_alone:
-            if len(path) <= top:  # the root itself was checked last
+            if len(path) <= self.top:  # where the walk began was checked last
                 return False
             path = path.rpartition("/")[0] or "/"
         return True

@@ -49,7 +49,9 @@ from stampd.daemon.providers.configured import configured_tsas
 from stampd.daemon.recorder import Recorder
 from stampd.daemon.reload import diff_configs
 from stampd.daemon.repair import SidecarRepairer
+from stampd.daemon.roots import RootProblem, check_root
 from stampd.daemon.scan import ScanReport, scan_watch
+from stampd.daemon.scan_queue import ScanQueue
 from stampd.daemon.settle import Ready, Settler
 from stampd.daemon.stamping import TsrStamper
 from stampd.daemon.watcher import Change, Watcher, count_inotify_watches
@@ -108,6 +110,8 @@ class WatchRuntime:
     filter: WatchFilter
     settler: Settler
     root_dev: int | None = None
+    #: Why the root records nothing now (missing, unreadable…), checked every second.
+    root_problem: RootProblem | None = None
     directories: int = 0
     #: Unix time and length of the last full scan that walked the whole tree.
     last_scan_at: float | None = None
@@ -139,9 +143,10 @@ class Daemon:
         self._watches: list[WatchRuntime] = []
         self._hash_queue: asyncio.Queue[tuple[WatchRuntime, Ready]] = asyncio.Queue()
         self._hashing = 0
-        self._scan_requests: asyncio.Queue[WatchRuntime | None] = asyncio.Queue()
+        self._scan_requests = ScanQueue()
         self._scanning: str | None = None
         self._scans_done = 0
+        self._subtree_scans_done = 0
         self._unwatched_dirs = 0
         #: Files recorded as unreadable: a permission change (attrib event) retries them.
         self._unreadable: set[Path] = set()
@@ -217,10 +222,16 @@ class Daemon:
             "scanning": self._scanning,
             "scan_files": self._scan_files if self._scanning else None,
             "scans_done": self._scans_done,
+            "subtree_scans_done": self._subtree_scans_done,
+            "scans_pending": len(self._scan_requests),
+            "watchdog_pinged": self.health.alive,
             "scans": [
                 {
                     "root": str(watch.root),
                     "watched": watch.root_dev is not None,
+                    "ok": watch.root_dev is not None and watch.root_problem is None,
+                    "problem": watch.root_problem.reason if watch.root_problem else None,
+                    "hint": watch.root_problem.hint if watch.root_problem else None,
                     "directories": watch.directories,
                     "last_full_scan_at": iso(watch.last_scan_at),
                     "last_full_scan_seconds": watch.last_scan_seconds,
@@ -473,16 +484,21 @@ class Daemon:
     def _on_directory_change(self, change: Change) -> None:
         watch = self._watch_of(change.path)
         if change.kind == "dir_created":
-            # Files created before the new directory's watch was placed can be missed (#1278).
-            if watch is not None:
-                self._request_scan(watch)
+            # Files created before the new directory's watch was placed can be missed
+            # (#1278): walk that directory, not the whole root (the cost follows the change).
+            if watch is not None and not watch.filter.prunes_dir(change.path):
+                self._request_scan(watch, change.path)
             return
         if watch is not None:
             watch.settler.forget_under(change.path)
             self._spawn(self._check_gone_under(change.path))
         dest_watch = self._watch_of(change.dest) if change.dest else None
-        if dest_watch is not None:
-            self._request_scan(dest_watch)
+        if (
+            dest_watch is not None
+            and change.dest is not None
+            and not dest_watch.filter.prunes_dir(change.dest)
+        ):
+            self._request_scan(dest_watch, change.dest)
 
     def _on_move(self, change: Change) -> None:
         # The destination of an atomic save or an rsync copy gets only this event (ref. §1).
@@ -627,55 +643,65 @@ class Daemon:
 
     # --- scans ---------------------------------------------------------------------------------
 
-    def _request_scan(self, watch: WatchRuntime) -> None:
-        self._scan_requests.put_nowait(watch)
+    def _request_scan(self, watch: WatchRuntime, subtree: Path | None = None) -> None:
+        """Ask for a full scan of ``watch``, or a walk of ``subtree`` only (coalesced:
+        daemon/scan_queue.py)."""
+        self._scan_requests.request(watch.root, subtree)
 
     async def _scanner(self) -> None:
         """Run requested scans one at a time, in a thread with its own read-only connection."""
         loop = asyncio.get_running_loop()
         conn = open_reader(index_path(self.config.daemon.state_dir))
         try:
-            while True:
-                watch = await self._scan_requests.get()
-                if watch is None:
-                    return
-                # Coalesce: several requests for the same root (an overflow storm) mean one scan.
-                pending = {watch.root: watch}
-                while not self._scan_requests.empty():
-                    more = self._scan_requests.get_nowait()
-                    if more is not None:
-                        pending.setdefault(more.root, more)
-                for target in pending.values():
-                    await self._resumed.wait()
-                    if target not in self._watches:
-                        continue  # a reload removed it meanwhile
-                    self._scanning = str(target.root)
-                    self._scan_files = 0
-                    report = await asyncio.to_thread(self._scan_one, loop, conn, target)
-                    self._scanning = None
-                    self._scans_done += 1
-                    target.directories = report.directories
-                    if not report.stopped and report.problem is None:
-                        target.last_scan_at = time.time()
-                        target.last_scan_seconds = report.seconds
-                        if self._metrics is not None:
-                            self._metrics.scans.labels(root=str(target.root)).inc()
-                    log.info(
-                        "scan_finished",
-                        root=str(report.root),
-                        directories=report.directories,
-                        files=report.files,
-                        candidates=report.candidates,
-                        missing=report.missing,
-                        errors=report.errors,
-                        seconds=round(report.seconds, 3),
-                    )
-                self._check_watch_limit()
+            while (request := await self._scan_requests.get()) is not None:
+                await self._resumed.wait()
+                target = next((w for w in self._watches if w.root == request.root), None)
+                if target is None:
+                    continue  # a reload removed it meanwhile
+                subtree = request.subtree
+                self._scanning = str(subtree or target.root)
+                self._scan_files = 0
+                report = await asyncio.to_thread(self._scan_one, loop, conn, target, subtree)
+                self._scanning = None
+                if subtree is None:
+                    self._full_scan_finished(target, report)
+                else:
+                    # A subtree walk says nothing about the whole tree: the last full scan's
+                    # time, length and directory count stay as they were.
+                    self._subtree_scans_done += 1
+                    if self._metrics is not None:
+                        self._metrics.subtree_scans.labels(root=str(target.root)).inc()
+                log.info(
+                    "scan_finished",
+                    root=str(report.root),
+                    subtree=str(subtree) if subtree else None,
+                    directories=report.directories,
+                    files=report.files,
+                    candidates=report.candidates,
+                    missing=report.missing,
+                    errors=report.errors,
+                    seconds=round(report.seconds, 3),
+                    **({"problem": report.problem} if report.problem else {}),
+                )
         finally:
             conn.close()
 
+    def _full_scan_finished(self, watch: WatchRuntime, report: ScanReport) -> None:
+        self._scans_done += 1
+        watch.directories = report.directories
+        if not report.stopped and report.problem is None:
+            watch.last_scan_at = time.time()
+            watch.last_scan_seconds = report.seconds
+            if self._metrics is not None:
+                self._metrics.scans.labels(root=str(watch.root)).inc()
+        self._check_watch_limit()
+
     def _scan_one(
-        self, loop: asyncio.AbstractEventLoop, conn: Any, watch: WatchRuntime
+        self,
+        loop: asyncio.AbstractEventLoop,
+        conn: Any,
+        watch: WatchRuntime,
+        subtree: Path | None = None,
     ) -> ScanReport:
         """The scan thread: walk, hash what has settled already, hand the rest to the loop.
 
@@ -740,6 +766,7 @@ class Daemon:
                 on_missing=on_missing,
                 should_stop=self._stopping.is_set,
                 on_progress=on_progress,
+                subtree=subtree,
             )
         finally:
             hand_over()
@@ -810,10 +837,14 @@ class Daemon:
         last_fallback = time.monotonic()
         while True:
             await asyncio.sleep(HEALTH_INTERVAL_S)
-            for root in self._watcher.check_roots():
-                watch = next(w for w in self._watches if w.root == root)
-                watch.root_dev = root.stat().st_dev
-                self._request_scan(watch)
+            rewatched = set(self._watcher.check_roots())
+            for watch in list(self._watches):
+                if watch.root in rewatched:
+                    self._start_watching(watch, True)
+                    continue
+                if not self._watcher.is_watched(watch.root):
+                    watch.root_dev = None  # vanished while running: hash nothing below it
+                self._check_root(watch)
             fallback = self.config.daemon.fallback_rescan
             if self._unwatched_dirs and time.monotonic() - last_fallback > fallback:
                 last_fallback = time.monotonic()
@@ -821,8 +852,30 @@ class Daemon:
 
     # --- health and systemd --------------------------------------------------------------------
 
+    def _check_root(self, watch: WatchRuntime) -> None:
+        """Note (and log, once) a watch root going bad or coming good again."""
+        problem = check_root(watch.root, watched=watch.root_dev is not None)
+        if problem == watch.root_problem:
+            return
+        was = watch.root_problem
+        watch.root_problem = problem
+        if problem is not None:
+            log.warning(
+                f"watch_root_{problem.kind}",
+                path=str(watch.root),
+                reason=problem.reason,
+                hint=problem.hint,
+            )
+        elif was is not None:
+            log.info("watch_root_ok", path=str(watch.root), was=was.reason)
+            # Readable again (a chmod on the root changes no file's key): walk it, so that
+            # files that could not be read meanwhile are hashed now.
+            if watch.root_dev is not None:
+                self._request_scan(watch)
+
     def check_health(self) -> Health:
-        """Observer, settle, hashing and index writer: alive, and moving when work waits."""
+        """Observer, settle, hashing and index writer: alive, and moving when work waits;
+        watch roots: usable (a problem, but not one that stops the watchdog pings)."""
         problems = []
         if not self._watcher.observer_alive():
             problems.append("observer: the inotify dispatch thread has stopped")
@@ -843,7 +896,12 @@ class Daemon:
         ):
             if problem is not None:
                 problems.append(problem)
-        return Health(tuple(problems))
+        outside = tuple(
+            watch.root_problem.describe(watch.root)
+            for watch in self._watches
+            if watch.root_problem is not None
+        )
+        return Health(tuple(problems), outside)
 
     def _status_line(self) -> str:
         """One line for ``systemctl status`` (STATUS=)."""
@@ -879,15 +937,18 @@ class Daemon:
                     log.error(
                         "health_failed",
                         problems=list(health.problems),
-                        consequence="watchdog pings stop; systemd restarts stampd after"
-                        " WatchdogSec",
+                        consequence=(
+                            "watchdog pings go on: a restart would not fix this"
+                            if health.alive
+                            else "watchdog pings stop; systemd restarts stampd after WatchdogSec"
+                        ),
                     )
             self.health = health
             line = self._status_line()
             if line != self._status_sent:
                 self._notifier.status(line)
                 self._status_sent = line
-            if health.ok and self._notifier.watchdog_interval is not None:
+            if health.alive and self._notifier.watchdog_interval is not None:
                 self._notifier.watchdog()
 
     # --- metrics -------------------------------------------------------------------------------
@@ -900,6 +961,7 @@ class Daemon:
                 RootState(
                     root=str(watch.root),
                     watched=watch.root_dev is not None,
+                    problem=watch.root_problem.kind if watch.root_problem else None,
                     directories=watch.directories,
                     scanning=self._scanning == str(watch.root),
                     last_scan_finished_at=watch.last_scan_at,
@@ -966,15 +1028,16 @@ class Daemon:
     # --- lifecycle -----------------------------------------------------------------------------
 
     def _start_watching(self, watch: WatchRuntime, watched: bool) -> None:
+        """A root is watched (at start, on a reload, or back again): scan all of it; or it
+        is not, and says why (daemon/roots.py)."""
         if watched:
-            watch.root_dev = watch.root.stat().st_dev
-            self._request_scan(watch)
-        else:
-            log.warning(
-                "watch_root_missing",
-                path=str(watch.root),
-                hint="create the directory; it is picked up once it exists",
-            )
+            try:
+                watch.root_dev = watch.root.stat().st_dev
+            except OSError:
+                watch.root_dev = None  # gone again at once: the next check_roots sees it
+            else:
+                self._request_scan(watch)
+        self._check_root(watch)
 
     async def run(self) -> None:
         """Run until SIGTERM/SIGINT."""
@@ -1126,7 +1189,7 @@ class Daemon:
         if watchdog is not None:
             watchdog.cancel()
         scanner = self._components.pop("scanner", None)
-        self._scan_requests.put_nowait(None)
+        self._scan_requests.close()
         if scanner is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 async with asyncio.timeout(30):

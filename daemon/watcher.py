@@ -157,6 +157,9 @@ class Watcher:
         self._handler = _Enqueuer(deliver, on_overflow)
         self._observer: BaseObserver = Observer()
         self._scheduled: dict[Path, ObservedWatch] = {}
+        # Roots whose watch could not be placed, already logged: check_roots retries every
+        # second, and one warning per outage says it (daemon/roots.py reports it meanwhile).
+        self._unwatchable: set[Path] = set()
         self._overflow = _OverflowListener(self._queue_overflow_marker)
 
     def start(self) -> list[Path]:
@@ -181,8 +184,11 @@ class Watcher:
                 self._handler, str(root), recursive=True, event_filter=list(_KINDS)
             )
         except OSError as error:
-            log.warning("watch_root_unwatchable", path=str(root), reason=error.strerror)
+            if root not in self._unwatchable:
+                self._unwatchable.add(root)
+                log.warning("watch_root_unwatchable", path=str(root), reason=error.strerror)
             return False
+        self._unwatchable.discard(root)
         return True
 
     def check_roots(self) -> list[Path]:
@@ -206,6 +212,10 @@ class Watcher:
                 restarted.append(root)
         return restarted
 
+    def is_watched(self, root: Path) -> bool:
+        """Whether ``root`` has its inotify watch now (as of the last :meth:`check_roots`)."""
+        return root in self._scheduled
+
     def add_root(self, root: Path) -> bool:
         """Watch one more root (a reload); True if it is watched now, else once it exists."""
         if root not in self.roots:
@@ -216,6 +226,7 @@ class Watcher:
         """Stop watching ``root`` (a reload removed its watch)."""
         if root in self.roots:
             self.roots.remove(root)
+        self._unwatchable.discard(root)
         watch = self._scheduled.pop(root, None)
         if watch is not None:
             with contextlib.suppress(KeyError):  # its emitter may have died with the root

@@ -278,12 +278,25 @@ def test_the_live_part_reflects_the_daemon_state(
         (ROOT,): 1_900_000_000.0
     }
     assert _series(samples, "stampd_full_scan_duration_seconds") == {(ROOT,): 42.5}
+    # OTHER_ROOT has no inotify watch: not ok, even before its check says why.
+    assert _series(samples, "stampd_watch_root_ok") == {(ROOT,): 1, (OTHER_ROOT,): 0}
 
     state = _live(healthy=False, settle_queue=0, inotify_watches=None)
     samples = _samples(_get(server.port))
     assert _series(samples, "stampd_healthy") == {(): 0}
     assert _series(samples, "stampd_settle_queue_length") == {(): 0}
     assert _series(samples, "stampd_inotify_watches") == {}
+
+
+def test_a_watched_root_that_became_unreadable_is_not_ok(
+    make_metrics: Callable[..., Metrics], serve: Callable[[Metrics], MetricsServer]
+) -> None:
+    """The inotify watch outlives a chmod 000 of the root: watched, yet nothing is recorded."""
+    roots = (RootState(ROOT, True, 12, False, None, None, problem="unreadable"),)
+    server = serve(make_metrics(lambda: _live(roots=roots)))
+    samples = _samples(_get(server.port))
+    assert _series(samples, "stampd_watch_root_ok") == {(ROOT,): 0}
+    assert _series(samples, "stampd_watched_roots") == {(): 1}
 
 
 def test_a_failing_live_sampler_reports_unhealthy_instead_of_failing_the_scrape(
@@ -504,6 +517,7 @@ def test_instruments_updated_by_the_daemon_show_in_the_scrape(
     metrics.stamp_duration.labels(provider="alpha", kind="tsr").observe(10.0)
     metrics.sidecar_write_failures.labels(reason="read_only").inc()
     metrics.scans.labels(root=ROOT).inc()
+    metrics.subtree_scans.labels(root=ROOT).inc()
     samples = _samples(_get(server.port))
 
     assert _series(samples, "stampd_events_total") == {("created",): 2, ("moved",): 1}
@@ -516,6 +530,7 @@ def test_instruments_updated_by_the_daemon_show_in_the_scrape(
     assert _series(samples, "stampd_stamp_request_duration_seconds_sum") == {("tsr", "alpha"): 10}
     assert _series(samples, "stampd_sidecar_write_failures_total") == {("read_only",): 1}
     assert _series(samples, "stampd_scans_total") == {(ROOT,): 1}
+    assert _series(samples, "stampd_subtree_scans_total") == {(ROOT,): 1}
 
 
 def test_a_scrape_can_ask_for_single_metrics_by_name(

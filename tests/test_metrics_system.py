@@ -20,12 +20,14 @@ DOCUMENTED = {
     "stampd_hash_queue_length",
     "stampd_record_queue_length",
     "stampd_watched_roots",
+    "stampd_watch_root_ok",
     "stampd_watched_dirs",
     "stampd_inotify_watches",
     "stampd_unwatched_dirs",
     "stampd_inotify_overflows",
     "stampd_events",
     "stampd_scan_in_progress",
+    "stampd_subtree_scans",
     "stampd_last_full_scan_success_timestamp_seconds",
     "stampd_full_scan_duration_seconds",
     "stampd_hash_bytes",
@@ -90,6 +92,9 @@ def test_metrics_endpoint_shows_the_documented_series(tmp_path: Path) -> None:
     assert value("stampd_paused") == 1
     assert value("stampd_files", root=root, state="present") == 3
     assert value("stampd_watched_dirs", root=root) >= 1
+    assert value("stampd_watch_root_ok", root=root) == 1
+    assert value("stampd_subtree_scans_total", root=root) >= 1  # the walk of "sub"
+    assert value("stampd_scans_total", root=root) == 1  # the start-up scan only
     assert value("stampd_hash_bytes_total") == sum(len(f"file {n}\n") * (n + 1) for n in range(3))
     assert value("stampd_events_total", type="created") >= 3
     # Labels are watch roots, kinds, states: never a file's path.

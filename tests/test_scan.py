@@ -419,3 +419,113 @@ def test_a_directory_vanishing_mid_walk_is_an_error_and_its_rows_stay(env: Env) 
     assert report.errors == 1
     assert seen.missing == []
     assert report.directories == 4
+
+
+# --- subtree scans: a new or moved-in directory is walked, the rest of the tree is not ---
+
+
+def test_a_subtree_scan_walks_only_that_directory(env: Env) -> None:
+    files = _tree(env.root)
+    env.record(*files)
+    fresh = [_write(env.root / "new" / "x.txt"), _write(env.root / "new" / "inner" / "y.txt")]
+    report, seen = env.scan(subtree=env.root / "new")
+    assert seen.candidates == fresh
+    assert (report.directories, report.files, report.candidates) == (2, 2, 2)
+    assert report.subtree == env.root / "new" and report.problem is None
+
+
+def test_a_subtree_scan_never_reports_rows_outside_it_missing(env: Env) -> None:
+    files = _tree(env.root)
+    env.record(*files)
+    shutil.rmtree(env.root / "z")  # gone, but outside the subtree: the full scan's business
+    files[0].unlink()
+    _write(env.root / "new" / "x.txt")
+    report, seen = env.scan(subtree=env.root / "new")
+    assert seen.missing == [] and report.missing == 0
+    full, seen = env.scan()
+    assert sorted(seen.missing) == [files[0], files[4]] and full.subtree is None
+
+
+def test_a_subtree_scan_reports_gone_rows_inside_it(env: Env) -> None:
+    """A directory deleted and another one moved in under the same name: the old rows that
+    the new tree lacks are missing, at every depth (the unvisited directories below it)."""
+    files = _tree(env.root)
+    env.record(*files)
+    shutil.rmtree(env.root / "sub")
+    kept = _write(env.root / "sub" / "c.txt", b"c")
+    report, seen = env.scan(subtree=env.root / "sub")
+    assert seen.missing == [files[3]]  # sub/deeper/d.txt
+    assert seen.candidates == [kept]  # a new inode at a recorded path
+    assert report.directories == 1
+
+
+def test_a_subtree_behind_a_symlink_is_not_followed(env: Env, tmp_path: Path) -> None:
+    outside = _write(tmp_path / "outside" / "inner" / "secret.txt")
+    (env.root / "link").symlink_to(outside.parent.parent, target_is_directory=True)
+    for subtree in (env.root / "link", env.root / "link" / "inner"):
+        report, seen = env.scan(subtree=subtree)
+        assert seen.candidates == [] and report.directories == 0
+
+
+def test_a_pruned_or_vanished_subtree_is_not_walked(env: Env) -> None:
+    files = _tree(env.root)
+    env.record(*files)
+    _write(env.root / "sub" / "deeper" / "new.txt")
+    report, seen = env.scan(Filter(prune={"sub"}), subtree=env.root / "sub" / "deeper")
+    assert seen.candidates == [] and seen.missing == [] and report.directories == 0
+    shutil.rmtree(env.root / "sub")
+    report, seen = env.scan(subtree=env.root / "sub")
+    # Its rows follow its DirDeletedEvent or the next full scan; a vanished new directory
+    # is no error.
+    assert seen.missing == [] and (report.directories, report.errors) == (0, 0)
+
+
+def test_an_unlistable_subtree_keeps_its_rows(shared_tmp: Path) -> None:
+    env_iter = _make_env(shared_tmp / "watched", shared_tmp / "state")
+    env = next(env_iter)
+    inside = [_write(env.root / "closed" / "a.txt"), _write(env.root / "closed" / "in" / "b.txt")]
+    env.record(*inside)
+    (env.root / "closed").chmod(0o000)
+    conn = open_reader(index_path(env.state))
+    missing: list[list[Path]] = []
+    try:
+        with unprivileged():
+            report = scan_watch(
+                env.root,
+                conn=conn,
+                file_filter=Filter(),
+                on_candidate=lambda _path, _stat: None,
+                on_missing=missing.append,
+                subtree=env.root / "closed",
+            )
+    finally:
+        conn.close()
+        (env.root / "closed").chmod(0o755)
+        env_iter.close()
+    assert missing == []
+    assert (report.directories, report.errors) == (0, 1)
+    assert report.problem is None  # the root is fine; only that directory is closed
+
+
+def test_an_unlistable_root_is_a_problem_and_nothing_becomes_missing(shared_tmp: Path) -> None:
+    env_iter = _make_env(shared_tmp / "watched", shared_tmp / "state")
+    env = next(env_iter)
+    env.record(_write(env.root / "a.txt"), _write(env.root / "sub" / "b.txt"))
+    env.root.chmod(0o000)
+    conn = open_reader(index_path(env.state))
+    missing: list[list[Path]] = []
+    try:
+        with unprivileged():
+            report = scan_watch(
+                env.root,
+                conn=conn,
+                file_filter=Filter(),
+                on_candidate=lambda _path, _stat: None,
+                on_missing=missing.append,
+            )
+    finally:
+        conn.close()
+        env.root.chmod(0o755)
+        env_iter.close()
+    assert missing == []
+    assert report.problem == f"cannot list {env.root}: Permission denied"

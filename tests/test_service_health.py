@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
 import socket
 import sqlite3
 import threading
@@ -17,11 +19,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from stampd.daemon import control, service
 from stampd.daemon.config import load_config
 from stampd.daemon.hasher import HashOutcome
+from tests.conftest import require_tool
 from tests.daemon_harness import RunningDaemon, wait_for
 
 
@@ -257,3 +262,161 @@ def test_a_long_quiet_period_is_not_a_stalled_settle_stage(tmp_path: Path) -> No
             await asyncio.sleep(0.1)
 
     _run_with(tmp_path, scenario, quiet="1h")
+
+
+# --- watch roots: missing, not a directory, unreadable (daemon/roots.py) ----------------------
+# Reported in status, health, STATUS= and the metric with what to do; the watchdog pings go
+# on, since a restart would not fix a missing directory; fixing the root clears it all.
+
+
+def _second_watch(path: Path) -> str:
+    """TOML for one more watch, at ``path`` (the harness's own watch stays fine)."""
+    return f'[[watch]]\npath = "{path}"\nevidence = ["ots"]\nquiet = "0.3s"\n'
+
+
+def _cli_status(daemon: RunningDaemon) -> dict[str, Any]:
+    result = daemon.cli("status", "--json")
+    assert result.returncode == 0, result.stderr
+    document: dict[str, Any] = json.loads(result.stdout)["daemon"]
+    return document
+
+
+def _scan_of(status: dict[str, Any], root: Path) -> dict[str, Any]:
+    return next(scan for scan in status["scans"] if scan["root"] == str(root))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _gauge(port: int, name: str, root: Path | None = None) -> float:
+    """One sample of a gauge scraped from the daemon's /metrics (of ``root``, if given)."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    family = next(f for f in text_string_to_metric_families(text) if f.name == name)
+    return next(
+        s.value for s in family.samples if root is None or s.labels.get("root") == str(root)
+    )
+
+
+def test_a_missing_root_is_reported_everywhere_with_the_fix_and_clears_once_created(
+    tmp_path: Path,
+) -> None:
+    records = tmp_path / "records"
+    port = _free_port()
+    listener = NotifyListener(tmp_path / "notify.sock")
+    daemon = RunningDaemon(
+        tmp_path,
+        extra=_second_watch(records),
+        daemon_extra=f'metrics = "127.0.0.1:{port}"\n',
+        env={"NOTIFY_SOCKET": str(listener.path), "WATCHDOG_USEC": "400000"},
+    ).start()
+    try:
+        line = f"watch root {records} does not exist: create {records} or fix its permissions"
+        wait_for(lambda: not _cli_status(daemon)["healthy"], 15, "an unhealthy status", daemon)
+        status = _cli_status(daemon)
+        assert any(problem.startswith(line) for problem in status["problems"]), status
+        assert "it is picked up once it exists" in status["problems"][0]
+        scan = _scan_of(status, records)
+        assert (scan["ok"], scan["watched"], scan["problem"]) == (False, False, "does not exist")
+        assert "stampd runs as user" in scan["hint"]
+        assert _scan_of(status, daemon.watched)["ok"] is True
+        assert status["watchdog_pinged"] is True
+
+        text = daemon.cli("status").stdout
+        assert f"health:   UNHEALTHY — {line}" in text
+        assert "restarting stampd would not fix this" in text
+        assert f"{records}  (none)  [does not exist]" in text
+
+        assert _gauge(port, "stampd_watch_root_ok", records) == 0
+        assert _gauge(port, "stampd_watch_root_ok", daemon.watched) == 1
+        assert _gauge(port, "stampd_healthy") == 0
+        assert daemon.count("watch_root_missing") == 1
+
+        # The watchdog goes on: systemd must not restart stampd in a loop for a directory.
+        wait_for(
+            lambda: any(line in m.get("STATUS", "") for m in list(listener.messages)),
+            15,
+            "the root in STATUS=",
+        )
+        pings = listener.pings()
+        wait_for(lambda: listener.pings() > pings + 3, 15, "pings while the root is missing")
+
+        records.mkdir()
+        wait_for(lambda: _cli_status(daemon)["healthy"], 15, "health once the root exists", daemon)
+        assert _scan_of(_cli_status(daemon), records)["ok"] is True
+        assert _gauge(port, "stampd_watch_root_ok", records) == 1
+        daemon.wait_event("watch_root_ok")
+        invoice = records / "invoice.pdf"
+        invoice.write_bytes(b"recorded once the root exists")
+        daemon.settle_until({invoice: b"recorded once the root exists"})
+        assert "[does not exist]" not in daemon.cli("status").stdout
+    finally:
+        assert daemon.stop() == 0
+        listener.close()
+
+
+def test_a_root_that_is_a_file_or_vanishes_while_running_is_a_problem(tmp_path: Path) -> None:
+    plain = tmp_path / "plain-file"
+    plain.write_bytes(b"not a directory")
+    daemon = RunningDaemon(tmp_path, extra=_second_watch(plain)).start()
+    try:
+        wait_for(lambda: not _cli_status(daemon)["healthy"], 15, "an unhealthy status", daemon)
+        scan = _scan_of(_cli_status(daemon), plain)
+        assert (scan["ok"], scan["problem"]) == (False, "is not a directory")
+        assert f"replace {plain} with a directory" in scan["hint"]
+        assert daemon.count("watch_root_not_directory") == 1
+
+        shutil.rmtree(daemon.watched)  # vanishes while watched
+        wait_for(
+            lambda: _scan_of(_cli_status(daemon), daemon.watched)["problem"] == "does not exist",
+            15,
+            "the vanished root",
+            daemon,
+        )
+        assert _scan_of(_cli_status(daemon), daemon.watched)["watched"] is False
+        daemon.watched.mkdir()
+        wait_for(
+            lambda: _scan_of(_cli_status(daemon), daemon.watched)["ok"],
+            15,
+            "the root back",
+            daemon,
+        )
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_an_unreadable_root_is_a_problem_until_its_permissions_are_fixed(tmp_path: Path) -> None:
+    setpriv = require_tool("setpriv")
+    # Root reads any directory; without these capabilities it obeys modes like anyone else.
+    daemon = RunningDaemon(
+        tmp_path,
+        prefix=[setpriv, "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search", "--"],
+    )
+    if os.geteuid() != 0:
+        daemon.prefix = []
+    kept = daemon.watched / "kept.txt"
+    kept.write_bytes(b"written before the root was closed")
+    daemon.start()
+    try:
+        daemon.settle_until({kept: kept.read_bytes()})
+        daemon.watched.chmod(0o000)
+        wait_for(lambda: not _cli_status(daemon)["healthy"], 15, "an unhealthy status", daemon)
+        scan = _scan_of(_cli_status(daemon), daemon.watched)
+        assert (scan["ok"], scan["problem"]) == (False, "is not readable: Permission denied")
+        assert "read and search permission" in scan["hint"]
+        assert daemon.count("watch_root_unreadable") == 1
+        # Closed is not deleted: a rescan now cannot list the root and marks nothing missing.
+        assert daemon.cli("rescan").returncode == 0
+        wait_for(lambda: daemon.count("scan_finished") >= 2, 30, "the rescan", daemon)
+        rescan = next(e for e in reversed(daemon.events) if e.get("event") == "scan_finished")
+        assert rescan["problem"] == f"cannot list {daemon.watched}: Permission denied"
+        assert daemon.files()[str(kept)] == "present"
+        daemon.watched.chmod(0o755)
+        wait_for(lambda: _cli_status(daemon)["healthy"], 15, "health once readable", daemon)
+        daemon.wait_event("watch_root_ok")
+    finally:
+        daemon.watched.chmod(0o755)
+        assert daemon.stop() == 0

@@ -97,8 +97,10 @@ def status_command(as_json: bool) -> None:
         raise click.exceptions.Exit(exit_code)
     click.echo(f"index:    {path}")
     click.echo(f"watches:  {len(summary.watches)}")
+    roots = _root_problems(daemon)
     for watch in summary.watches:
-        click.echo(f"  {watch.path}  ({_counts_text(watch.files)})")
+        problem = f"  [{roots[watch.path]}]" if watch.path in roots else ""
+        click.echo(f"  {watch.path}  ({_counts_text(watch.files)}){problem}")
     if summary.empty:
         click.echo("nothing recorded yet: no file has settled under a watch")
         raise click.exceptions.Exit(exit_code)
@@ -124,6 +126,16 @@ def status_command(as_json: bool) -> None:
     raise click.exceptions.Exit(exit_code)
 
 
+def _root_problems(daemon: dict[str, Any]) -> dict[str, str]:
+    """Watch root → what is wrong with it, as the running daemon sees it."""
+    scans = daemon.get("scans", []) if daemon["running"] else []
+    return {
+        str(scan.get("root")): scan.get("problem") or "not watched"
+        for scan in scans
+        if isinstance(scan, dict) and not scan.get("ok", True)
+    }
+
+
 def _echo_live(daemon: dict[str, Any]) -> None:
     """The daemon's own view, at a glance: the same figures the metrics export."""
     if "healthy" not in daemon:
@@ -131,7 +143,16 @@ def _echo_live(daemon: dict[str, Any]) -> None:
     if daemon["healthy"]:
         click.echo("health:   ok")
     else:
-        click.echo(f"health:   UNHEALTHY — {'; '.join(daemon.get('problems', []))}")
+        # One problem a line: a watch root's carries what to do, and may be long.
+        first, *rest = daemon.get("problems") or ["(no reason given)"]
+        click.echo(f"health:   UNHEALTHY — {first}")
+        for problem in rest:
+            click.echo(f"          {problem}")
+        if daemon.get("watchdog_pinged"):
+            click.echo(
+                "          (systemd's watchdog is still pinged: restarting stampd would not"
+                " fix this)"
+            )
     if daemon.get("paused_since"):
         click.echo(f"paused:   since {daemon['paused_since']} (`stampd resume` continues)")
     click.echo(

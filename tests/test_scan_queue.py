@@ -1,0 +1,85 @@
+"""Coalescing of scan requests: a full scan absorbs its root's subtrees, a subtree absorbs
+what is below it, and nothing is walked twice for one burst (daemon/scan_queue.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from stampd.daemon.scan_queue import ScanQueue, ScanRequest
+
+A = Path("/srv/a")
+B = Path("/srv/b")
+
+
+def _drain(queue: ScanQueue) -> list[ScanRequest]:
+    async def drain() -> list[ScanRequest]:
+        got = []
+        while len(queue):
+            request = await queue.get()
+            assert request is not None
+            got.append(request)
+        return got
+
+    return asyncio.run(drain())
+
+
+def test_a_full_scan_absorbs_the_subtrees_of_its_root_before_and_after() -> None:
+    queue = ScanQueue()
+    queue.request(A, A / "x")
+    queue.request(A)
+    queue.request(A, A / "y")
+    queue.request(B, B / "z")
+    assert _drain(queue) == [ScanRequest(A), ScanRequest(B, B / "z")]
+
+
+def test_a_subtree_absorbs_what_lies_below_it_in_either_order() -> None:
+    queue = ScanQueue()
+    queue.request(A, A / "p" / "q" / "r")  # events of a moved tree come in any order
+    queue.request(A, A / "p")
+    queue.request(A, A / "p" / "q")
+    queue.request(A, A / "pp")  # a sibling whose name starts alike is not below /srv/a/p
+    queue.request(A, A / "p")
+    assert _drain(queue) == [ScanRequest(A, A / "p"), ScanRequest(A, A / "pp")]
+
+
+def test_a_burst_of_mkdirs_is_one_walk_each_and_roots_take_turns() -> None:
+    queue = ScanQueue()
+    for n in range(3):
+        queue.request(A, A / f"d{n}")
+    queue.request(B)
+    assert _drain(queue) == [
+        ScanRequest(A, A / "d0"),
+        ScanRequest(B),
+        ScanRequest(A, A / "d1"),
+        ScanRequest(A, A / "d2"),
+    ]
+
+
+def test_too_many_subtrees_become_one_full_scan() -> None:
+    queue = ScanQueue(max_subtrees=3)
+    for n in range(5):
+        queue.request(A, A / f"d{n}")
+    assert _drain(queue) == [ScanRequest(A)]
+
+
+def test_the_root_itself_or_a_path_outside_it_asks_for_a_full_scan() -> None:
+    queue = ScanQueue()
+    queue.request(A, A)
+    queue.request(B, Path("/elsewhere"))
+    assert _drain(queue) == [ScanRequest(A), ScanRequest(B)]
+
+
+def test_get_waits_for_a_request_and_returns_none_once_closed() -> None:
+    async def scenario() -> tuple[ScanRequest | None, ScanRequest | None]:
+        queue = ScanQueue()
+        waiting = asyncio.ensure_future(queue.get())
+        await asyncio.sleep(0)
+        assert not waiting.done()
+        queue.request(A, A / "new")
+        first = await waiting
+        queue.request(A)
+        queue.close()
+        return first, await queue.get()
+
+    assert asyncio.run(scenario()) == (ScanRequest(A, A / "new"), None)
