@@ -271,7 +271,7 @@ def test_a_long_quiet_period_is_not_a_stalled_settle_stage(tmp_path: Path) -> No
 
 def _second_watch(path: Path) -> str:
     """TOML for one more watch, at ``path`` (the harness's own watch stays fine)."""
-    return f'[[watch]]\npath = "{path}"\nevidence = ["ots"]\nquiet = "0.3s"\n'
+    return f'[[watch]]\npath = "{path}"\nevidence = []\nquiet = "0.3s"\n'
 
 
 def _cli_status(daemon: RunningDaemon) -> dict[str, Any]:
