@@ -88,6 +88,8 @@ def _moved(old: Path, new: Path) -> bool:
 
 def _proofs_of(daemon: RunningDaemon, path: Path) -> list[dict[str, object]]:
     shown = json.loads(daemon.cli("show", str(path), "--json").stdout)
+    if "file" not in shown:
+        return []  # not recorded at this name yet: {"error": ...}
     return [proof for version in shown["file"]["versions"] for proof in version["proofs"]]
 
 
