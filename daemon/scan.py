@@ -26,7 +26,7 @@ import os
 import sqlite3
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from operator import attrgetter
 from pathlib import Path
@@ -55,6 +55,18 @@ class DirFilter(Protocol):
 
     def prunes_dir(self, path: Path) -> bool:
         """Whether nothing below the directory ``path`` can be accepted (no need to descend)."""
+        ...
+
+
+class DirectoryCheck(Protocol):
+    """Something more to check per directory walked (implemented by
+    ``stampd.daemon.sidecar_check.SidecarCheck``)."""
+
+    def directory(
+        self, directory: str, names: set[str], rows: Mapping[str, ScanRow], present: set[str]
+    ) -> None:
+        """``names``: every entry of ``directory``; ``rows``: its index rows by name;
+        ``present``: the names of the files whose rows stay present after this walk."""
         ...
 
 
@@ -97,6 +109,7 @@ def scan_watch(
     should_stop: Callable[[], bool] = lambda: False,
     on_progress: Callable[[int, int], None] | None = None,
     subtree: Path | None = None,
+    sidecars: DirectoryCheck | None = None,
 ) -> ScanReport:
     """Walk ``root`` (or only ``subtree``) and report its differences with the index through
     the callbacks.
@@ -114,9 +127,12 @@ def scan_watch(
     walked only when every directory from the root down to it is a real directory (no
     symlink) on the root's filesystem that the filter does not prune; otherwise the report
     says zero directories and the next full scan has the last word.
+
+    ``sidecars`` is shown each directory walked, with its listing and rows, to check that
+    every file's sidecars are where they belong (daemon/sidecar_check.py).
     """
     started = time.monotonic()
-    walk = _Walk(root, conn, file_filter, on_candidate, on_missing)
+    walk = _Walk(root, conn, file_filter, on_candidate, on_missing, sidecars=sidecars)
     problem = walk.run(should_stop, on_progress, subtree)
     return ScanReport(
         root=root,
@@ -143,12 +159,15 @@ class _Walk:
         file_filter: DirFilter,
         on_candidate: Callable[[Path, FileStat], None],
         on_missing: Callable[[list[Path]], None],
+        *,
+        sidecars: DirectoryCheck | None = None,
     ) -> None:
         self.root = root
         self.conn = conn
         self.filter = file_filter
         self.on_candidate = on_candidate
         self.on_missing = on_missing
+        self.sidecars = sidecars
         self.device = 0
         self.now_ns = time.time_ns()
         self.directories = self.files = self.candidates = self.missing = 0
@@ -285,6 +304,8 @@ class _Walk:
                 elif self._file(entry.path, FileStat.of(st), rows.get(entry.name)):
                     here.add(entry.name)
             # Anything else (symlink, FIFO, socket, device) is never stamped nor followed.
+        if self.sidecars is not None:
+            self.sidecars.directory(directory, {entry.name for entry in entries}, rows, here)
         self._report_missing(
             [
                 Path(directory, name)

@@ -27,15 +27,21 @@ MAX_SUBTREES = 1000
 
 @dataclass(frozen=True)
 class ScanRequest:
-    """One walk to run: the whole ``root``, or only ``subtree`` (a directory below it)."""
+    """One walk to run: the whole ``root``, or only ``subtree`` (a directory below it).
+
+    ``deep``: also read every sidecar and compare its bytes with the index (``stampd
+    rescan`` asks for it; other walks only check that each sidecar is there).
+    """
 
     root: Path
     subtree: Path | None = None
+    deep: bool = False
 
 
 @dataclass
 class _Pending:
     full: bool = False
+    deep: bool = False
     subtrees: set[Path] = field(default_factory=set)
 
 
@@ -51,13 +57,16 @@ class ScanQueue:
     def __len__(self) -> int:
         return sum(int(p.full) or len(p.subtrees) for p in self._pending.values())
 
-    def request(self, root: Path, subtree: Path | None = None) -> None:
+    def request(self, root: Path, subtree: Path | None = None, *, deep: bool = False) -> None:
         """Ask for a scan of ``root``, or of ``subtree`` only; absorbed if one pending covers
-        it. A ``subtree`` that is the root itself (or not below it) asks for a full scan."""
+        it. A ``subtree`` that is the root itself (or not below it) asks for a full scan.
+        ``deep`` is for full scans; a pending full scan absorbing a deep request turns deep."""
         if subtree is not None and (subtree == root or root not in subtree.parents):
             subtree = None
         pending = self._pending.setdefault(root, _Pending())
         self._ready.set()
+        if subtree is None:
+            pending.deep = pending.deep or deep
         if pending.full:
             return
         if subtree is None or len(pending.subtrees) >= self._max_subtrees:
@@ -86,7 +95,7 @@ class ScanQueue:
         root, pending = next(iter(self._pending.items()))
         del self._pending[root]
         if pending.full:
-            return ScanRequest(root)
+            return ScanRequest(root, deep=pending.deep)
         first, *rest = _outermost(pending.subtrees)
         if rest:
             # The root goes to the back of the line: another root's full scan is not held up

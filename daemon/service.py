@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -48,11 +49,13 @@ from stampd.daemon.pool import ProviderPool
 from stampd.daemon.providers.configured import configured_tsas
 from stampd.daemon.recorder import Recorder
 from stampd.daemon.reload import diff_configs
-from stampd.daemon.repair import SidecarRepairer
+from stampd.daemon.repair import RepairCounts, SidecarRepairer
 from stampd.daemon.roots import RootProblem, check_root
 from stampd.daemon.scan import ScanReport, scan_watch
 from stampd.daemon.scan_queue import ScanQueue
+from stampd.daemon.scan_tracker import FullScanTracker
 from stampd.daemon.settle import Ready, Settler
+from stampd.daemon.sidecar_check import SidecarCheck
 from stampd.daemon.stamping import TsrStamper
 from stampd.daemon.watcher import Change, Watcher, count_inotify_watches
 from stampd.store.errors import FileAccessError, StampdError
@@ -144,6 +147,7 @@ class Daemon:
         self._hash_queue: asyncio.Queue[tuple[WatchRuntime, Ready]] = asyncio.Queue()
         self._hashing = 0
         self._scan_requests = ScanQueue()
+        self._full_scans = FullScanTracker()
         self._scanning: str | None = None
         self._scans_done = 0
         self._subtree_scans_done = 0
@@ -329,12 +333,46 @@ class Daemon:
         else:
             raise ControlRequestError('"path" must be an absolute path')
         missing = [str(watch.root) for watch in targets if watch.root_dev is None]
-        for watch in targets:
-            if watch.root_dev is not None:
-                self._request_scan(watch)
-        requested = [str(watch.root) for watch in targets if watch.root_dev is not None]
+        scanned = [watch for watch in targets if watch.root_dev is not None]
+        tickets = {watch.root: self._full_scans.ticket(watch.root) for watch in scanned}
+        before = dataclasses.replace(self._repairer.counts)
+        for watch in scanned:
+            # Asked for by an operator: a deep look, every sidecar's bytes compared.
+            self._request_scan(watch, deep=True)
+        requested = [str(watch.root) for watch in scanned]
         log.info("rescan_requested", roots=requested)
-        return {"scans_requested": requested, "roots_missing": missing, "paused": self.paused}
+        reply: dict[str, Any] = {
+            "scans_requested": requested,
+            "roots_missing": missing,
+            "paused": self.paused,
+            "waited": False,
+        }
+        if request.get("wait") is not True or self.paused:
+            return reply  # paused: the scans run after `stampd resume`
+        return {**reply, **await self._rescan_outcome(tickets, before)}
+
+    async def _rescan_outcome(
+        self, tickets: Mapping[Path, int], before: RepairCounts
+    ) -> dict[str, Any]:
+        """Wait for the requested walks, then for the repairs they asked for; what both did."""
+        scans = []
+        for root, ticket in tickets.items():
+            report = await self._full_scans.wait(root, ticket)
+            if report is not None:
+                scans.append(_scan_summary(report))
+        await self._repairer.drained()
+        after = self._repairer.counts
+        return {
+            "waited": True,
+            "scans": scans,
+            "sidecars": {
+                "repaired": after.repaired - before.repaired,
+                "written": after.written - before.written,
+                "adopted": after.adopted - before.adopted,
+                "retired": after.retired - before.retired,
+                "problems": after.problems - before.problems,
+            },
+        }
 
     async def _reload_request(self, _request: Mapping[str, Any]) -> dict[str, Any]:
         return await self.reload("control")
@@ -416,6 +454,7 @@ class Daemon:
             watch = next(w for w in self._watches if w.root == path)
             self._watcher.remove_root(path)
             self._watches.remove(watch)
+            await self._full_scans.forget(path)
         for configured in diff.added:
             watch_id = await self._recorder.call(self._recorder.index.ensure_watch, configured.path)
             assert isinstance(watch_id, int)
@@ -643,10 +682,12 @@ class Daemon:
 
     # --- scans ---------------------------------------------------------------------------------
 
-    def _request_scan(self, watch: WatchRuntime, subtree: Path | None = None) -> None:
+    def _request_scan(
+        self, watch: WatchRuntime, subtree: Path | None = None, *, deep: bool = False
+    ) -> None:
         """Ask for a full scan of ``watch``, or a walk of ``subtree`` only (coalesced:
-        daemon/scan_queue.py)."""
-        self._scan_requests.request(watch.root, subtree)
+        daemon/scan_queue.py); ``deep`` also compares every sidecar's bytes."""
+        self._scan_requests.request(watch.root, subtree, deep=deep)
 
     async def _scanner(self) -> None:
         """Run requested scans one at a time, in a thread with its own read-only connection."""
@@ -661,10 +702,15 @@ class Daemon:
                 subtree = request.subtree
                 self._scanning = str(subtree or target.root)
                 self._scan_files = 0
-                report = await asyncio.to_thread(self._scan_one, loop, conn, target, subtree)
+                if subtree is None:
+                    self._full_scans.started(target.root)
+                report, sidecars = await asyncio.to_thread(
+                    self._scan_one, loop, conn, target, subtree, request.deep
+                )
                 self._scanning = None
                 if subtree is None:
                     self._full_scan_finished(target, report)
+                    await self._full_scans.finished(target.root, report)
                 else:
                     # A subtree walk says nothing about the whole tree: the last full scan's
                     # time, length and directory count stay as they were.
@@ -681,6 +727,9 @@ class Daemon:
                     missing=report.missing,
                     errors=report.errors,
                     seconds=round(report.seconds, 3),
+                    sidecars_checked=sidecars.checked,
+                    sidecars_to_repair=sidecars.flagged,
+                    deep=request.deep,
                     **({"problem": report.problem} if report.problem else {}),
                 )
         finally:
@@ -702,7 +751,8 @@ class Daemon:
         conn: Any,
         watch: WatchRuntime,
         subtree: Path | None = None,
-    ) -> ScanReport:
+        deep: bool = False,
+    ) -> tuple[ScanReport, SidecarCheck]:
         """The scan thread: walk, hash what has settled already, hand the rest to the loop.
 
         A file unchanged for longer than ``quiet`` (by its own mtime and ctime) whose fstat at
@@ -757,8 +807,17 @@ class Daemon:
             # Re-checked just before the write: the file may have come back meanwhile.
             asyncio.run_coroutine_threadsafe(self._check_gone(paths), loop)
 
+        # Sidecars missing or wrong, and leftovers of renames, go to the repair worker.
+        repairer = self._repairer
+        sidecars = SidecarCheck(
+            layout=watch.config.sidecars,
+            state_dir=self.config.daemon.state_dir,
+            deep=deep,
+            on_file=lambda file_id: loop.call_soon_threadsafe(repairer.check_file, file_id),
+            on_leftover=lambda path: loop.call_soon_threadsafe(repairer.check_leftover, path),
+        )
         try:
-            return scan_watch(
+            report = scan_watch(
                 watch.root,
                 conn=conn,
                 file_filter=watch.filter,
@@ -767,9 +826,11 @@ class Daemon:
                 should_stop=self._stopping.is_set,
                 on_progress=on_progress,
                 subtree=subtree,
+                sidecars=sidecars,
             )
         finally:
             hand_over()
+        return report, sidecars
 
     def _add_candidates(
         self, watch: WatchRuntime, batch: list[tuple[Path, FileStat, float]]
@@ -1235,6 +1296,20 @@ class _Refusal:
         if self.hint:
             error["hint"] = self.hint
         return {"path": path, "recorded": False, "error": error}
+
+
+def _scan_summary(report: ScanReport) -> dict[str, Any]:
+    """What ``stampd rescan`` shows of one walk."""
+    return {
+        "root": escape(report.root),
+        "directories": report.directories,
+        "files": report.files,
+        "candidates": report.candidates,
+        "missing": report.missing,
+        "errors": report.errors,
+        "seconds": round(report.seconds, 3),
+        "problem": report.problem,
+    }
 
 
 def _requested_path(text: str) -> Path | _Refusal:

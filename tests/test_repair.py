@@ -9,9 +9,15 @@ from pathlib import Path
 
 import pytest
 
+from stampd.daemon.sidecar_check import SidecarCheck
+from stampd.store import repair as repair_module
 from stampd.store.archive import archive_get, archive_put
 from stampd.store.atomic import remove_if_holds
-from stampd.store.repair import repair_sidecars, retire_leftovers
+from stampd.store.index import Index, ScanRow, index_path
+from stampd.store.jobs import NewProof, record_proof
+from stampd.store.repair import current_proofs, held_elsewhere, repair_sidecars, retire_leftovers
+from stampd.store.sidecar import Layout
+from tests.conftest import settled
 
 PROOF = b"0\x82 the TSA's bytes for this content"
 OTHER = b"0\x82 a proof of some other content"
@@ -177,3 +183,104 @@ def test_remove_if_holds_never_follows_a_symlink(tmp_path: Path) -> None:
     link.symlink_to(target)
     assert remove_if_holds(link, PROOF) is False
     assert link.is_symlink() and target.read_bytes() == PROOF
+
+
+# --- the scan's look at sidecars (daemon/sidecar_check.py) ---------------------------------
+
+
+def _row(file_id: int, name: str, sidecars: dict[str, frozenset[str]]) -> ScanRow:
+    return ScanRow(file_id, name, "present", None, racy=False, sidecars=sidecars)
+
+
+def _check(state: Path, layout: Layout, *, deep: bool) -> tuple[SidecarCheck, list[object]]:
+    found: list[object] = []
+    check = SidecarCheck(
+        layout=layout, state_dir=state, deep=deep, on_file=found.append, on_leftover=found.append
+    )
+    return check, found
+
+
+def test_the_scan_flags_a_missing_sidecar_from_the_listing_alone(data: Path, state: Path) -> None:
+    check, found = _check(state, "adjacent", deep=False)
+    rows = {
+        "b.txt": _row(1, "b.txt", {"tsr": frozenset({SHA})}),
+        "c.txt": _row(2, "c.txt", {"tsr": frozenset({SHA})}),
+        "pending.txt": _row(3, "pending.txt", {}),  # no complete proof yet: nothing to check
+    }
+    names = {"b.txt", "c.txt", "c.txt.tsr", "pending.txt"}
+    check.directory(str(data.parent), names, rows, present=set(rows))
+    assert found == [1]
+    assert (check.checked, check.flagged) == (2, 1)
+
+
+def test_a_deep_scan_also_compares_the_bytes(data: Path, state: Path) -> None:
+    Path(f"{data}.tsr").write_bytes(OTHER)
+    rows = {"b.txt": _row(1, "b.txt", {"tsr": frozenset({SHA})})}
+    names = {"b.txt", "b.txt.tsr"}
+    shallow, found = _check(state, "adjacent", deep=False)
+    shallow.directory(str(data.parent), names, rows, present={"b.txt"})
+    assert found == []
+    deep, found = _check(state, "adjacent", deep=True)
+    deep.directory(str(data.parent), names, rows, present={"b.txt"})
+    assert found == [1]
+    Path(f"{data}.tsr").write_bytes(PROOF)
+    again, found = _check(state, "adjacent", deep=True)
+    again.directory(str(data.parent), names, rows, present={"b.txt"})
+    assert found == []
+
+
+def test_a_sidecar_without_its_file_is_a_leftover_candidate(data: Path, state: Path) -> None:
+    check, found = _check(state, "adjacent", deep=False)
+    names = {"b.txt", "gone.txt.tsr", "notes.ots.bak", ".b.txt.stampd-0123456789abcdef.tmp"}
+    check.directory(str(data.parent), names, {}, present=set())
+    assert found == [data.parent / "gone.txt"]
+
+
+def test_the_mirror_layout_lists_the_mirrored_directory(data: Path, state: Path) -> None:
+    mirrored = state / "mirror" / data.parent.relative_to("/")
+    mirrored.mkdir(parents=True)
+    (mirrored / "b.txt.tsr").write_bytes(PROOF)
+    (mirrored / "gone.txt.tsr").write_bytes(PROOF)
+    rows = {
+        "b.txt": _row(1, "b.txt", {"tsr": frozenset({SHA})}),
+        "c.txt": _row(2, "c.txt", {"tsr": frozenset({SHA})}),
+    }
+    check, found = _check(state, "mirror", deep=True)
+    # The data directory's own names do not count for a mirror watch.
+    check.directory(str(data.parent), {"b.txt", "c.txt", "c.txt.tsr"}, rows, present=set(rows))
+    assert found == [2, data.parent / "gone.txt"]
+
+
+# --- the queries (answered from an index with a million versions: bench/bench_index.py) ----
+
+
+@pytest.mark.parametrize(
+    ("sql", "plan"),
+    [
+        (repair_module._SQL_TARGET, "SEARCH f USING INTEGER PRIMARY KEY"),
+        (repair_module._SQL_CURRENT_PROOFS, "SEARCH p USING INDEX proofs_version"),
+        (repair_module._SQL_HELD_ELSEWHERE, "SEARCH p USING INDEX proofs_sidecar"),
+    ],
+)
+def test_each_repair_query_uses_an_index(tmp_path: Path, sql: str, plan: str) -> None:
+    with Index.open(index_path(tmp_path)) as index:
+        rows = index.conn.execute(f"EXPLAIN QUERY PLAN {sql}", (1,) * sql.count("?"))
+        described = " | ".join(row[3] for row in rows)
+    assert plan in described
+    assert "SCAN " not in described  # never a walk over a table
+
+
+def test_current_proofs_and_held_elsewhere_read_the_index(tmp_path: Path) -> None:
+    with Index.open(index_path(tmp_path)) as index:
+        watch = index.ensure_watch(Path("/srv"))
+        [first] = index.record_settled(
+            [settled(watch, Path("/srv/a"), sha256="1" * 64, sha512="1" * 128)]
+        )
+        proof = NewProof("tsr", "t", "sha256", "1" * 64, None, None, None, None, SHA)
+        record_proof(index, version_id=first.version_id, proof=proof)
+        assert current_proofs(index.conn, first.file_id) == {"tsr": (SHA,)}
+        assert held_elsewhere(index.conn, sha256=SHA, kind="tsr", path=Path("/srv/old"))
+        assert not held_elsewhere(index.conn, sha256=SHA, kind="tsr", path=Path("/srv/a"))
+        index.mark_missing([Path("/srv/a")])
+        # A deleted file's proof is held by no present file: its sidecar stays.
+        assert not held_elsewhere(index.conn, sha256=SHA, kind="tsr", path=Path("/srv/old"))

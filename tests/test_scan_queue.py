@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from stampd.daemon.scan import ScanReport
 from stampd.daemon.scan_queue import ScanQueue, ScanRequest
+from stampd.daemon.scan_tracker import FullScanTracker
 
 A = Path("/srv/a")
 B = Path("/srv/b")
@@ -83,3 +85,39 @@ def test_get_waits_for_a_request_and_returns_none_once_closed() -> None:
         return first, await queue.get()
 
     assert asyncio.run(scenario()) == (ScanRequest(A, A / "new"), None)
+
+
+def test_a_deep_request_makes_the_pending_full_scan_deep_and_stays_one_walk() -> None:
+    queue = ScanQueue()
+    queue.request(A)
+    queue.request(A, deep=True)
+    queue.request(A)
+    queue.request(B)
+    assert _drain(queue) == [ScanRequest(A, deep=True), ScanRequest(B)]
+
+
+def test_a_rescan_waits_for_a_full_scan_that_starts_after_it_asked() -> None:
+    async def scenario() -> list[str]:
+        tracker = FullScanTracker()
+        seen: list[str] = []
+        tracker.started(A)  # a walk is running when the rescan asks
+        ticket = tracker.ticket(A)
+        waiter = asyncio.create_task(tracker.wait(A, ticket))
+        await tracker.finished(A, _report(A, files=1))
+        await asyncio.sleep(0)
+        seen.append("done" if waiter.done() else "waiting")  # that walk began before it asked
+        tracker.started(A)
+        await tracker.finished(A, _report(A, files=2))
+        report = await waiter
+        assert report is not None
+        seen.append(f"{report.files} files")
+        gone = asyncio.create_task(tracker.wait(B, tracker.ticket(B)))
+        await tracker.forget(B)  # a reload removed the watch: nobody waits forever
+        seen.append(str(await gone))
+        return seen
+
+    assert asyncio.run(scenario()) == ["waiting", "2 files", "None"]
+
+
+def _report(root: Path, *, files: int) -> ScanReport:
+    return ScanReport(root, 1, files, 0, 0, 0, 0, 0.1)

@@ -8,6 +8,9 @@ When the daemon cannot be reached they say so in one line and exit 3; the query 
 from __future__ import annotations
 
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import click
@@ -26,6 +29,10 @@ from stampd.store.errors import StampdError
 STAMP_BATCH = 50
 #: Hashing a batch of large files takes a while; this only bounds a daemon that hangs.
 STAMP_TIMEOUT_S = 600.0
+#: A rescan waits for whole walks of the watches: bounded only against a daemon that hangs.
+RESCAN_TIMEOUT_S = 24 * 3600.0
+#: How often the progress line asks the daemon what it is walking.
+PROGRESS_INTERVAL_S = 0.5
 #: A reload re-reads trust files and secrets; a few seconds at most.
 RELOAD_TIMEOUT_S = 60.0
 
@@ -124,22 +131,81 @@ def _stamp_line(result: dict[str, Any]) -> str:
 
 @click.command("rescan")
 @click.argument("path", required=False, type=click.Path())
+@click.option(
+    "--no-wait", is_flag=True, help="Only ask for the scans; do not wait for what they find."
+)
 @json_option
-def rescan_command(path: str | None, as_json: bool) -> None:
-    """Walk the watches again (or only the one holding PATH) to find what inotify missed."""
-    payload: dict[str, Any] = {"command": "rescan"}
+def rescan_command(path: str | None, no_wait: bool, as_json: bool) -> None:
+    """Walk the watches again (or only the one holding PATH) to find what inotify missed.
+
+    Also checks that every stamped file's sidecars are in place and hold its proofs: a
+    sidecar deleted or overwritten is written again from the archive, and one left behind by
+    a rename is moved to the archive. Waits for the walks and the repairs, then says what
+    they found (progress on a terminal).
+    """
+    payload: dict[str, Any] = {"command": "rescan", "wait": not no_wait}
     if path is not None:
         payload["path"] = shown(argument_path(path))
-    reply = ask_daemon(payload)
+    if no_wait or as_json or not sys.stderr.isatty():
+        reply = ask_daemon(payload, timeout=RESCAN_TIMEOUT_S)
+    else:
+        with _scan_progress():
+            reply = ask_daemon(payload, timeout=RESCAN_TIMEOUT_S)
     if as_json:
         emit_json(reply)
         return
-    for root in reply["scans_requested"]:
-        click.echo(f"rescan requested: {root}")
+    if not reply.get("waited"):
+        for root in reply["scans_requested"]:
+            click.echo(f"rescan requested: {root}")
+    for scan in reply.get("scans", []):
+        changed = f"{scan['candidates']:,} new or changed, {scan['missing']:,} gone"
+        problem = f"; {scan['problem']}" if scan.get("problem") else ""
+        click.echo(
+            f"rescanned {scan['root']}: {scan['files']:,} files in {scan['directories']:,}"
+            f" directories ({changed}) in {scan['seconds']:.1f} s{problem}"
+        )
+    sidecars = reply.get("sidecars")
+    if sidecars is not None:
+        click.echo(
+            f"sidecars: {sidecars['repaired']:,} repaired ({sidecars['written']:,} written from"
+            f" the archive, {sidecars['adopted']:,} adopted, {sidecars['retired']:,} left by"
+            " renames moved to the archive)"
+            + (
+                f"; {sidecars['problems']:,} could not be repaired, see the log"
+                if sidecars["problems"]
+                else ""
+            )
+        )
     for root in reply["roots_missing"]:
-        click.echo(f"not scanned:      {root} (the directory does not exist)")
+        click.echo(f"not scanned: {root} (the directory does not exist)")
     if reply.get("paused"):
         say("stampd: the daemon is paused; the scan runs after `stampd resume`")
+
+
+@contextmanager
+def _scan_progress() -> Iterator[None]:
+    """While the rescan runs, show on stderr what the daemon is walking (its ``status``)."""
+    socket_path = cli_context().config().daemon.control_socket
+    done = threading.Event()
+
+    def show() -> None:
+        while not done.wait(PROGRESS_INTERVAL_S):
+            try:
+                status = control.request(socket_path, {"command": "status"}, timeout=2.0)
+            except StampdError:
+                continue
+            if isinstance(status, dict) and status.get("scanning"):
+                files = status.get("scan_files") or 0
+                click.echo(f"\rscanning {status['scanning']}: {files:,} files", err=True, nl=False)
+
+    thread = threading.Thread(target=show, name="stampd-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+        click.echo("\r\033[K", err=True, nl=False)  # clear the progress line
 
 
 @click.command("reload")

@@ -1,9 +1,11 @@
-"""A renamed file keeps its proof where backup tools look for it (issue 10 item 1).
+"""Every present file's proofs sit where backup tools look for them (issue 10 item 1).
 
 `stampd run` with a local TSA on real trees: after `mv a.txt b.txt` — live, or while the
 daemon was down — `b.txt.tsr` holds the proof (`openssl ts -verify` and `stampd verify`
 agree), and `a.txt.tsr` is retired to the archive, never simply lost. A sidecar moved along
-with its file is kept; one that verifies but stampd never obtained is adopted.
+with its file is kept; one that verifies but stampd never obtained is adopted. A sidecar
+deleted or overwritten by hand is put back by `stampd rescan`, which says how many it
+repaired.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -184,5 +187,84 @@ def test_a_sidecar_that_verifies_but_was_never_ours_is_adopted(
         _verified(daemon, pki, new)
         wait_for(lambda: not _tsr(old).exists(), 30, "g.txt.tsr retired", daemon)
         assert _archived(daemon, ours)
+    finally:
+        assert daemon.stop() == 0
+
+
+def _rescan(daemon: RunningDaemon) -> dict[str, Any]:
+    result = daemon.cli("rescan", "--json")
+    assert result.returncode == 0, result.stderr
+    reply: dict[str, Any] = json.loads(result.stdout)
+    assert reply["waited"] is True
+    return reply
+
+
+def test_rescan_puts_back_a_sidecar_deleted_or_overwritten_by_hand(
+    tmp_path: Path, pki: Pki, tsa: FakeTsa
+) -> None:
+    daemon = _daemon(tmp_path, pki, tsa).start()
+    try:
+        deleted, overwritten, fine = (daemon.watched / n for n in ("del.txt", "ovr.txt", "ok.txt"))
+        tokens = {}
+        for path in (deleted, overwritten, fine):
+            path.write_bytes(f"the content of {path.name}".encode())
+            tokens[path] = _stamped(daemon, path)
+        requests = tsa.requests
+        _tsr(deleted).unlink()
+        _tsr(overwritten).write_bytes(b"not a proof of anything")
+        reply = _rescan(daemon)
+        assert reply["sidecars"]["repaired"] == 2, reply
+        assert reply["sidecars"]["written"] == 2
+        [scan] = reply["scans"]
+        assert (scan["root"], scan["files"]) == (str(daemon.watched), 3)
+        for path in (deleted, overwritten, fine):
+            assert _tsr(path).read_bytes() == tokens[path]
+            _verified(daemon, pki, path)
+        assert _archived(daemon, b"not a proof of anything")  # what was there: history
+        assert tsa.requests == requests  # from the archive, not asked for again
+        # Nothing left to repair: a second rescan says so.
+        assert _rescan(daemon)["sidecars"]["repaired"] == 0
+        text = daemon.cli("rescan")
+        assert text.returncode == 0, text.stderr
+        assert f"rescanned {daemon.watched}: 3 files in 1 directories" in text.stdout
+        assert "sidecars: 0 repaired" in text.stdout
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_rescan_retires_what_a_rename_over_another_file_left(
+    tmp_path: Path, pki: Pki, tsa: FakeTsa
+) -> None:
+    daemon = _daemon(tmp_path, pki, tsa).start()
+    try:
+        moved, target = daemon.watched / "draft.txt", daemon.watched / "final.txt"
+        moved.write_bytes(b"version 2 of the contract")
+        target.write_bytes(b"version 1 of the contract")
+        token, old_final = _stamped(daemon, moved), _stamped(daemon, target)
+        moved.rename(target)  # final.txt gets a new version; draft.txt's row goes missing
+        wait_for(
+            lambda: _tsr(target).exists() and _tsr(target).read_bytes() == token,
+            30,
+            "final.txt.tsr holding the moved content's proof",
+            daemon,
+        )
+        assert _archived(daemon, old_final)
+        reply = _rescan(daemon)
+        assert reply["sidecars"]["retired"] == 1, reply
+        assert not _tsr(moved).exists()
+        assert _archived(daemon, token)
+        _verified(daemon, pki, target)
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_rescan_no_wait_only_asks(tmp_path: Path, pki: Pki, tsa: FakeTsa) -> None:
+    daemon = _daemon(tmp_path, pki, tsa).start()
+    try:
+        result = daemon.cli("rescan", "--no-wait", "--json")
+        assert result.returncode == 0, result.stderr
+        reply = json.loads(result.stdout)
+        assert (reply["waited"], reply["scans_requested"]) == (False, [str(daemon.watched)])
+        assert "sidecars" not in reply
     finally:
         assert daemon.stop() == 0
