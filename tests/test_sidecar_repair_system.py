@@ -39,6 +39,15 @@ def tsa(pki: Pki) -> Iterator[FakeTsa]:
         yield server
 
 
+@pytest.fixture
+def daemon(tmp_path: Path, pki: Pki, tsa: FakeTsa) -> Iterator[RunningDaemon]:
+    running = _daemon(tmp_path, pki, tsa).start()
+    try:
+        yield running
+    finally:
+        assert running.stop() == 0
+
+
 def _daemon(tmp_path: Path, pki: Pki, tsa: FakeTsa) -> RunningDaemon:
     return RunningDaemon(
         tmp_path,
@@ -97,23 +106,19 @@ def _proofs_of(daemon: RunningDaemon, path: Path) -> list[dict[str, object]]:
 
 
 def test_a_live_rename_moves_the_proof_to_the_new_name(
-    tmp_path: Path, pki: Pki, tsa: FakeTsa
+    daemon: RunningDaemon, pki: Pki, tsa: FakeTsa
 ) -> None:
-    daemon = _daemon(tmp_path, pki, tsa).start()
-    try:
-        old, new = daemon.watched / "a.txt", daemon.watched / "b.txt"
-        old.write_bytes(b"contract, signed")
-        token = _stamped(daemon, old)
-        requests = tsa.requests
-        old.rename(new)
-        wait_for(lambda: _moved(old, new), 30, "b.txt.tsr written, a.txt.tsr retired", daemon)
-        assert _tsr(new).read_bytes() == token  # the same proof: same content
-        assert _archived(daemon, token)
-        _verified(daemon, pki, new)
-        assert tsa.requests == requests  # nothing new was asked for: it is the same content
-        assert daemon.count("sidecars_retired") == 1
-    finally:
-        assert daemon.stop() == 0
+    old, new = daemon.watched / "a.txt", daemon.watched / "b.txt"
+    old.write_bytes(b"contract, signed")
+    token = _stamped(daemon, old)
+    requests = tsa.requests
+    old.rename(new)
+    wait_for(lambda: _moved(old, new), 30, "b.txt.tsr written, a.txt.tsr retired", daemon)
+    assert _tsr(new).read_bytes() == token  # the same proof: same content
+    assert _archived(daemon, token)
+    _verified(daemon, pki, new)
+    assert tsa.requests == requests  # nothing new was asked for: it is the same content
+    assert daemon.count("sidecars_retired") == 1
 
 
 def test_a_rename_while_the_daemon_was_down_is_repaired_at_start(
@@ -139,56 +144,46 @@ def test_a_rename_while_the_daemon_was_down_is_repaired_at_start(
         assert daemon.stop() == 0
 
 
-def test_a_sidecar_moved_along_with_its_file_is_kept(
-    tmp_path: Path, pki: Pki, tsa: FakeTsa
-) -> None:
-    daemon = _daemon(tmp_path, pki, tsa).start()
-    try:
-        old, new = daemon.watched / "e.txt", daemon.watched / "f.txt"
-        old.write_bytes(b"minutes of the meeting")
-        token = _stamped(daemon, old)
-        inode = _tsr(old).stat().st_ino
-        # As a user does it: both in one go, the sidecar right after the file.
-        _tsr(old).rename(_tsr(new))
-        old.rename(new)
-        wait_for(lambda: str(new) in daemon.files(), 30, "the rename recorded", daemon)
-        daemon.wait_event("versions_committed", count=2)
-        assert _tsr(new).stat().st_ino == inode  # not rewritten: the user's file stays
-        assert _tsr(new).read_bytes() == token
-        _verified(daemon, pki, new)
-        assert daemon.count("sidecars_repaired") == 0
-    finally:
-        assert daemon.stop() == 0
+def test_a_sidecar_moved_along_with_its_file_is_kept(daemon: RunningDaemon, pki: Pki) -> None:
+    old, new = daemon.watched / "e.txt", daemon.watched / "f.txt"
+    old.write_bytes(b"minutes of the meeting")
+    token = _stamped(daemon, old)
+    inode = _tsr(old).stat().st_ino
+    # As a user does it: both in one go, the sidecar right after the file.
+    _tsr(old).rename(_tsr(new))
+    old.rename(new)
+    wait_for(lambda: str(new) in daemon.files(), 30, "the rename recorded", daemon)
+    daemon.wait_event("versions_committed", count=2)
+    assert _tsr(new).stat().st_ino == inode  # not rewritten: the user's file stays
+    assert _tsr(new).read_bytes() == token
+    _verified(daemon, pki, new)
+    assert daemon.count("sidecars_repaired") == 0
 
 
 def test_a_sidecar_that_verifies_but_was_never_ours_is_adopted(
-    tmp_path: Path, pki: Pki, tsa: FakeTsa
+    daemon: RunningDaemon, pki: Pki, tsa: FakeTsa
 ) -> None:
-    daemon = _daemon(tmp_path, pki, tsa).start()
-    try:
-        old, new = daemon.watched / "g.txt", daemon.watched / "h.txt"
-        content = b"an invoice"
-        old.write_bytes(content)
-        ours = _stamped(daemon, old)
-        # A token for the same content from the same TSA, obtained by someone else.
-        digest = hashlib.sha256(content).digest()
-        reply = httpx.post(
-            tsa.url,
-            content=build_request(digest, "sha256").der,
-            headers={"Content-Type": "application/timestamp-query"},
-        )
-        theirs = reply.content
-        assert theirs != ours
-        _tsr(new).write_bytes(theirs)
-        old.rename(new)
-        wait_for(lambda: len(_proofs_of(daemon, new)) == 2, 30, "the adopted proof", daemon)
-        assert _tsr(new).read_bytes() == theirs  # kept, and recorded as a proof
-        assert _archived(daemon, theirs)
-        _verified(daemon, pki, new)
-        wait_for(lambda: not _tsr(old).exists(), 30, "g.txt.tsr retired", daemon)
-        assert _archived(daemon, ours)
-    finally:
-        assert daemon.stop() == 0
+    old, new = daemon.watched / "g.txt", daemon.watched / "h.txt"
+    content = b"an invoice"
+    old.write_bytes(content)
+    ours = _stamped(daemon, old)
+    # A token for the same content from the same TSA, obtained by someone else.
+    digest = hashlib.sha256(content).digest()
+    reply = httpx.post(
+        tsa.url,
+        content=build_request(digest, "sha256").der,
+        headers={"Content-Type": "application/timestamp-query"},
+    )
+    theirs = reply.content
+    assert theirs != ours
+    _tsr(new).write_bytes(theirs)
+    old.rename(new)
+    wait_for(lambda: len(_proofs_of(daemon, new)) == 2, 30, "the adopted proof", daemon)
+    assert _tsr(new).read_bytes() == theirs  # kept, and recorded as a proof
+    assert _archived(daemon, theirs)
+    _verified(daemon, pki, new)
+    wait_for(lambda: not _tsr(old).exists(), 30, "g.txt.tsr retired", daemon)
+    assert _archived(daemon, ours)
 
 
 def _rescan(daemon: RunningDaemon) -> dict[str, Any]:
@@ -200,71 +195,59 @@ def _rescan(daemon: RunningDaemon) -> dict[str, Any]:
 
 
 def test_rescan_puts_back_a_sidecar_deleted_or_overwritten_by_hand(
-    tmp_path: Path, pki: Pki, tsa: FakeTsa
+    daemon: RunningDaemon, pki: Pki, tsa: FakeTsa
 ) -> None:
-    daemon = _daemon(tmp_path, pki, tsa).start()
-    try:
-        deleted, overwritten, fine = (daemon.watched / n for n in ("del.txt", "ovr.txt", "ok.txt"))
-        tokens = {}
-        for path in (deleted, overwritten, fine):
-            path.write_bytes(f"the content of {path.name}".encode())
-            tokens[path] = _stamped(daemon, path)
-        requests = tsa.requests
-        _tsr(deleted).unlink()
-        _tsr(overwritten).write_bytes(b"not a proof of anything")
-        reply = _rescan(daemon)
-        assert reply["sidecars"]["repaired"] == 2, reply
-        assert reply["sidecars"]["written"] == 2
-        [scan] = reply["scans"]
-        assert (scan["root"], scan["files"]) == (str(daemon.watched), 3)
-        for path in (deleted, overwritten, fine):
-            assert _tsr(path).read_bytes() == tokens[path]
-            _verified(daemon, pki, path)
-        assert _archived(daemon, b"not a proof of anything")  # what was there: history
-        assert tsa.requests == requests  # from the archive, not asked for again
-        # Nothing left to repair: a second rescan says so.
-        assert _rescan(daemon)["sidecars"]["repaired"] == 0
-        text = daemon.cli("rescan")
-        assert text.returncode == 0, text.stderr
-        assert f"rescanned {daemon.watched}: 3 files in 1 directories" in text.stdout
-        assert "sidecars: 0 repaired" in text.stdout
-    finally:
-        assert daemon.stop() == 0
+    deleted, overwritten, fine = (daemon.watched / n for n in ("del.txt", "ovr.txt", "ok.txt"))
+    tokens = {}
+    for path in (deleted, overwritten, fine):
+        path.write_bytes(f"the content of {path.name}".encode())
+        tokens[path] = _stamped(daemon, path)
+    requests = tsa.requests
+    _tsr(deleted).unlink()
+    _tsr(overwritten).write_bytes(b"not a proof of anything")
+    reply = _rescan(daemon)
+    assert reply["sidecars"]["repaired"] == 2, reply
+    assert reply["sidecars"]["written"] == 2
+    [scan] = reply["scans"]
+    assert (scan["root"], scan["files"]) == (str(daemon.watched), 3)
+    for path in (deleted, overwritten, fine):
+        assert _tsr(path).read_bytes() == tokens[path]
+        _verified(daemon, pki, path)
+    assert _archived(daemon, b"not a proof of anything")  # what was there: history
+    assert tsa.requests == requests  # from the archive, not asked for again
+    # Nothing left to repair: a second rescan says so.
+    assert _rescan(daemon)["sidecars"]["repaired"] == 0
+    text = daemon.cli("rescan")
+    assert text.returncode == 0, text.stderr
+    assert f"rescanned {daemon.watched}: 3 files in 1 directories" in text.stdout
+    assert "sidecars: 0 repaired" in text.stdout
 
 
 def test_rescan_retires_what_a_rename_over_another_file_left(
-    tmp_path: Path, pki: Pki, tsa: FakeTsa
+    daemon: RunningDaemon, pki: Pki
 ) -> None:
-    daemon = _daemon(tmp_path, pki, tsa).start()
-    try:
-        moved, target = daemon.watched / "draft.txt", daemon.watched / "final.txt"
-        moved.write_bytes(b"version 2 of the contract")
-        target.write_bytes(b"version 1 of the contract")
-        token, old_final = _stamped(daemon, moved), _stamped(daemon, target)
-        moved.rename(target)  # final.txt gets a new version; draft.txt's row goes missing
-        wait_for(
-            lambda: _tsr(target).exists() and _tsr(target).read_bytes() == token,
-            30,
-            "final.txt.tsr holding the moved content's proof",
-            daemon,
-        )
-        assert _archived(daemon, old_final)
-        reply = _rescan(daemon)
-        assert reply["sidecars"]["retired"] == 1, reply
-        assert not _tsr(moved).exists()
-        assert _archived(daemon, token)
-        _verified(daemon, pki, target)
-    finally:
-        assert daemon.stop() == 0
+    moved, target = daemon.watched / "draft.txt", daemon.watched / "final.txt"
+    moved.write_bytes(b"version 2 of the contract")
+    target.write_bytes(b"version 1 of the contract")
+    token, old_final = _stamped(daemon, moved), _stamped(daemon, target)
+    moved.rename(target)  # final.txt gets a new version; draft.txt's row goes missing
+    wait_for(
+        lambda: _tsr(target).exists() and _tsr(target).read_bytes() == token,
+        30,
+        "final.txt.tsr holding the moved content's proof",
+        daemon,
+    )
+    assert _archived(daemon, old_final)
+    reply = _rescan(daemon)
+    assert reply["sidecars"]["retired"] == 1, reply
+    assert not _tsr(moved).exists()
+    assert _archived(daemon, token)
+    _verified(daemon, pki, target)
 
 
-def test_rescan_no_wait_only_asks(tmp_path: Path, pki: Pki, tsa: FakeTsa) -> None:
-    daemon = _daemon(tmp_path, pki, tsa).start()
-    try:
-        result = daemon.cli("rescan", "--no-wait", "--json")
-        assert result.returncode == 0, result.stderr
-        reply = json.loads(result.stdout)
-        assert (reply["waited"], reply["scans_requested"]) == (False, [str(daemon.watched)])
-        assert "sidecars" not in reply
-    finally:
-        assert daemon.stop() == 0
+def test_rescan_no_wait_only_asks(daemon: RunningDaemon) -> None:
+    result = daemon.cli("rescan", "--no-wait", "--json")
+    assert result.returncode == 0, result.stderr
+    reply = json.loads(result.stdout)
+    assert (reply["waited"], reply["scans_requested"]) == (False, [str(daemon.watched)])
+    assert "sidecars" not in reply
