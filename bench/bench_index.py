@@ -151,7 +151,7 @@ def main() -> None:
         config = Path(tmp) / "config.toml"
         config.write_text(
             f'[daemon]\nstate_dir = "{state}"\ncontrol_socket = "{tmp}/control.sock"\n'
-            f'[[watch]]\npath = "{ROOT}"\nevidence = ["ots"]\n'
+            f'[[watch]]\npath = "{ROOT}"\nevidence = []\n'
         )
         start = time.perf_counter()
         with Index.open(index_path(state)) as index:
