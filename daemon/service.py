@@ -63,7 +63,7 @@ from stampd.store.filestat import FileStat
 from stampd.store.index import Index, Settled, index_path, open_reader, present_under, utc_now
 from stampd.store.jobs import Attempt
 from stampd.store.pathnames import EscapeError, escape, unescape
-from stampd.store.sidecar import SIDECAR_KINDS, Layout, is_ours
+from stampd.store.sidecar import Layout, data_name_of, is_ours
 
 log = get_logger("stampd.daemon")
 
@@ -1327,9 +1327,10 @@ def _refusal_in(watch: WatchRuntime, path: Path) -> _Refusal | None:
     """Why ``stamp`` will not record ``path`` of ``watch``, or None."""
     shown = escape(path)
     if is_ours(path.name):
-        data = _data_file_of(path)
-        if data is None:
+        data_name = data_name_of(path.name, backups=True)
+        if data_name is None:
             return _Refusal("ours", f"{shown} is a temporary file stampd writes, not one to stamp")
+        data = path.with_name(data_name)
         return _Refusal(
             "sidecar",
             f"{shown} is a sidecar: the proof stampd keeps for {escape(data)}, not a file to stamp",
@@ -1345,14 +1346,6 @@ def _refusal_in(watch: WatchRuntime, path: Path) -> _Refusal | None:
         )
     if watch.root_dev is None:
         return _Refusal("root_missing", f"the watch root {escape(watch.root)} does not exist")
-    return None
-
-
-def _data_file_of(path: Path) -> Path | None:
-    """The data file whose sidecar (or ``ots upgrade`` backup) ``path`` is, by name."""
-    for suffix in (*(f".{ext}" for ext in SIDECAR_KINDS.values()), ".ots.bak"):
-        if path.name.endswith(suffix) and len(path.name) > len(suffix):
-            return path.with_name(path.name[: -len(suffix)])
     return None
 
 

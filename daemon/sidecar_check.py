@@ -23,9 +23,7 @@ from pathlib import Path
 
 from stampd.store.errors import StampdError
 from stampd.store.index import ScanRow
-from stampd.store.sidecar import SIDECAR_KINDS, Layout, read_sidecar
-
-_EXTENSIONS = {f".{ext}": kind for kind, ext in SIDECAR_KINDS.items()}
+from stampd.store.sidecar import SIDECAR_KINDS, Layout, data_name_of, read_sidecar
 
 
 class SidecarCheck:
@@ -71,7 +69,7 @@ class SidecarCheck:
         if sidecar_names is None and self._layout == "mirror":
             sidecar_names = self._mirror_names(directory)
         for name in sidecar_names or ():
-            data = _data_name(name)
+            data = data_name_of(name)
             if data is not None and data not in names:
                 self.leftovers += 1
                 self._on_leftover(Path(directory, data))
@@ -98,11 +96,3 @@ class SidecarCheck:
             return {entry.name for entry in mirrored.iterdir()}
         except OSError:
             return set()  # nothing mirrored here yet
-
-
-def _data_name(name: str) -> str | None:
-    """The data file a sidecar name belongs to (``a.txt.tsr`` → ``a.txt``), else None."""
-    stem, dot, ext = name.rpartition(".")
-    if dot and stem and f".{ext}" in _EXTENSIONS:
-        return stem
-    return None

@@ -68,11 +68,20 @@ def is_ours(path: str | Path) -> bool:
     name = PurePath(path).name
     if _TEMP_NAME.fullmatch(name):
         return True
-    for suffix in (*_SIDECAR_SUFFIXES, _OTS_BACKUP_SUFFIX):
+    return data_name_of(name, backups=True) is not None
+
+
+def data_name_of(name: str, *, backups: bool = False) -> str | None:
+    """The name of the data file that the sidecar ``name`` belongs to (``a.txt.tsr`` →
+    ``a.txt``), or None when ``name`` is not a sidecar's. ``backups``: ``a.txt.ots.bak``, the
+    previous proof ``ots upgrade`` keeps, counts too. By name only, like :func:`is_ours`.
+    """
+    suffixes = (*_SIDECAR_SUFFIXES, _OTS_BACKUP_SUFFIX) if backups else _SIDECAR_SUFFIXES
+    for suffix in suffixes:
         # A sidecar belongs to a data file, so something must precede the suffix.
         if name.endswith(suffix) and len(name) > len(suffix):
-            return True
-    return False
+            return name[: -len(suffix)]
+    return None
 
 
 def write_sidecar(
