@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,15 @@ from stampd.daemon.stamping import TsrStamper
 from stampd.daemon.watcher import Change, Watcher, count_inotify_watches
 from stampd.store.errors import FileAccessError, StampdError
 from stampd.store.filestat import FileStat
-from stampd.store.index import Index, Settled, index_path, open_reader, present_under, utc_now
+from stampd.store.index import (
+    Index,
+    Settled,
+    format_time,
+    index_path,
+    open_reader,
+    present_under,
+    utc_now,
+)
 from stampd.store.jobs import Attempt
 from stampd.store.pathnames import EscapeError, escape, unescape
 from stampd.store.sidecar import Layout, data_name_of, is_ours
@@ -204,11 +213,7 @@ class Daemon:
         def iso(seconds: float | None) -> str | None:
             # Every time in --json output is ISO 8601 UTC, in the index's format (the
             # metrics keep Unix seconds, the Prometheus convention).
-            if seconds is None:
-                return None
-            whole = int(seconds)
-            fraction = int((seconds - whole) * 1_000_000)
-            return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{fraction:06d}Z"
+            return None if seconds is None else format_time(datetime.fromtimestamp(seconds, UTC))
 
         return {
             "pid": os.getpid(),
@@ -323,10 +328,9 @@ class Daemon:
         if text is None:
             targets = list(self._watches)
         elif isinstance(text, str) and text.startswith("/"):
-            try:
-                path = Path(os.path.normpath(unescape(text)))
-            except EscapeError as error:
-                raise ControlRequestError(f'"path": {error}') from None
+            path = _requested_path(text)
+            if isinstance(path, _Refusal):
+                raise ControlRequestError(f'"path": {path.message}')
             targets = [watch for watch in self._watches if watch.contains(path)]
             if not targets:
                 raise ControlRequestError(f"{escape(path)} is not under a watch")
