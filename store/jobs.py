@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from stampd.store.index import Index, utc_now
+from stampd.store.index import Index, _rowid, utc_now
 from stampd.store.pathnames import unescape_path
 
 ErrorClass = Literal[
@@ -241,12 +241,6 @@ def _proof_values(proof: NewProof) -> tuple[str | None, ...]:
         proof.not_after,
         proof.sidecar_sha256,
     )
-
-
-def _rowid(cursor: sqlite3.Cursor) -> int:
-    if cursor.lastrowid is None:  # pragma: no cover - sqlite3 always sets it after INSERT
-        raise RuntimeError("INSERT returned no rowid")
-    return cursor.lastrowid
 
 
 def _insert_attempts(conn: sqlite3.Connection, job_id: int, attempts: Sequence[Attempt]) -> None:

@@ -60,10 +60,6 @@ def _display(text: str) -> str:
     return escape(text)
 
 
-def _one_line(text: str) -> str:
-    return escape(text)
-
-
 def _stderr_is_terminal() -> bool:
     return sys.stderr.isatty()
 
@@ -81,7 +77,7 @@ def _progress(path: str) -> Iterator[Progress | None]:
         yield None
         return
     with click.progressbar(
-        length=size, label=_one_line(path), file=sys.stderr, show_pos=False
+        length=size, label=_display(path), file=sys.stderr, show_pos=False
     ) as bar:
         yield bar.update
 
@@ -127,7 +123,7 @@ def digest_command(
         try:
             digests = _digest_one(path, None if as_json else algo)
         except FileAccessError as error:
-            say(_one_line(f"stampd: {error}"))
+            say(_display(f"stampd: {error}"))
             details = {key: _display(value) for key, value in error.to_dict().items()}
             errors.append({"path": _display(path), **details})
             continue

@@ -66,6 +66,15 @@ class SecretWarning:
         """The warning as one line, naming the key and what to do."""
         return f"{self.key}: {self.path} is readable by every user (chmod o-r {self.path})"
 
+    def log(self) -> None:
+        """The warning in the daemon's log (the file's name only, never its content)."""
+        log.warning(
+            "secret_file_world_readable",
+            key=self.key,
+            path=str(self.path),
+            hint=f"chmod o-r {self.path}",
+        )
+
 
 @dataclass(frozen=True)
 class CheckedTsas:
@@ -154,12 +163,7 @@ def configured_tsas(timestamp: TimestampConfig, client: httpx.AsyncClient) -> Co
     if checked.problems:
         raise config_error(None, checked.problems)
     for warning in checked.warnings:
-        log.warning(
-            "secret_file_world_readable",
-            key=warning.key,
-            path=str(warning.path),
-            hint=f"chmod o-r {warning.path}",
-        )
+        warning.log()
     providers = tuple(
         Rfc3161Provider(
             name=tsa.config.name,
@@ -206,7 +210,7 @@ def read_secret(path: Path, key: str) -> str:
         raise config_error(None, [secret])
     text, world_readable = secret
     if world_readable:
-        log.warning("secret_file_world_readable", key=key, path=str(path), hint=f"chmod o-r {path}")
+        SecretWarning(key, path).log()
     return text
 
 
