@@ -33,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from stampd.store.digest import CHUNK_SIZE, digest_fd, sha256_fd
+from stampd.store.files.digest import CHUNK_SIZE, digest_fd, sha256_fd
 
 # STAMPD_BENCH_RESULTS: elsewhere (tests/test_bench_smoke.py runs tiny sizes, whose figures
 # must not replace the real ones).

@@ -20,8 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from stampd.store import queries
-from stampd.store.index import Index, index_path, open_reader, utc_now
+from stampd.store.index import queries
+from stampd.store.index.database import Index, index_path, open_reader, utc_now
 
 ROOT = Path("/bench/records")
 # STAMPD_BENCH_RESULTS: elsewhere (tests/test_bench_smoke.py runs tiny sizes, whose figures

@@ -44,7 +44,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from stampd.store.tsp import build_request, parse_response  # noqa: E402
+from stampd.store.formats.tsp import build_request, parse_response  # noqa: E402
 from tests.fake_tsa import FakeTsa, OpenSslTsa  # noqa: E402
 from tests.tsa_pki import Pki, make_pki  # noqa: E402
 

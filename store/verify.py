@@ -21,7 +21,7 @@ from typing import Any, Literal
 from cryptography import x509
 
 from stampd.store.errors import StampdError
-from stampd.store.tsp import (
+from stampd.store.formats.tsp import (
     TimestampRejected,
     TokenInvalid,
     TspParseError,

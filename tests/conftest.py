@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from stampd.store.filestat import FileStat
-from stampd.store.index import Settled, utc_now
+from stampd.store.files.filestat import FileStat
+from stampd.store.index.database import Settled, utc_now
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

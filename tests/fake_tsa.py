@@ -10,7 +10,7 @@ None when absent or unparsable):
   cannot be made to produce most of the broken tokens and HTTP failures stampd must classify.
   Set `.mode` (any of `MODES`, changeable while serving) and `.gen_time` (a fixed genTime).
 
-Neither imports stampd: they are an independent check of the product code in store/tsp.py.
+Neither imports stampd: they are an independent check of the product code in store/formats/tsp.py.
 
 Cases that depend on the TSA certificate rather than on the server are a FakeTsa over another
 `tests.tsa_pki.make_pki` PKI, with stampd trusting only the first PKI's root.pem:

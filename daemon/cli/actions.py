@@ -15,13 +15,13 @@ from typing import Any
 
 import click
 
-from stampd.daemon import control
 from stampd.daemon.cli.context import cli_context
 from stampd.daemon.cli.exit_codes import ExitCode
 from stampd.daemon.cli.output import emit_json, json_option, say
 from stampd.daemon.cli.paths import argument_path, shown
-from stampd.daemon.config import ConfigError
-from stampd.daemon.config_problems import ConfigProblem
+from stampd.daemon.config.model import ConfigError
+from stampd.daemon.config.problems import ConfigProblem
+from stampd.daemon.service import control
 from stampd.store.errors import StampdError
 
 #: Paths per ``stamp`` request: each reply comes after its files are hashed and recorded, so

@@ -13,8 +13,8 @@ import click
 from stampd.daemon.cli.context import cli_context
 from stampd.daemon.cli.exit_codes import ExitCode
 from stampd.daemon.cli.output import emit_json, json_option, say
-from stampd.daemon.config import Config, ConfigError, config_path_from, config_to_dict
-from stampd.daemon.logs import scrub_url
+from stampd.daemon.config.model import Config, ConfigError, config_path_from, config_to_dict
+from stampd.daemon.service.logs import scrub_url
 
 
 @click.group("config")
@@ -36,7 +36,7 @@ def check_command(ctx: click.Context, file: str | None, as_json: bool) -> None:
     """
     # Imported here: the check loads the provider modules (httpx), which every other short
     # CLI call would otherwise pay for when this module is imported.
-    from stampd.daemon.config_check import check_config  # noqa: PLC0415
+    from stampd.daemon.config.check import check_config  # noqa: PLC0415
 
     path = Path(file) if file is not None else config_file()
     try:

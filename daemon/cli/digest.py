@@ -20,7 +20,8 @@ import click
 
 from stampd.daemon.cli.exit_codes import ExitCode
 from stampd.daemon.cli.output import emit_json, json_option, say
-from stampd.store.digest import (
+from stampd.store.errors import FileAccessError
+from stampd.store.files.digest import (
     FileDigests,
     Progress,
     SingleDigest,
@@ -29,8 +30,7 @@ from stampd.store.digest import (
     single_digest_path,
     single_digest_stream,
 )
-from stampd.store.errors import FileAccessError
-from stampd.store.pathnames import escape
+from stampd.store.files.pathnames import escape
 
 #: Files at least this large get a progress bar, when stderr is a terminal: below it a
 #: digest takes well under a second at the ~0.75 GB/s measured by bench/bench_digest.py.
@@ -56,7 +56,7 @@ def checksum_line(hexdigest: str, name: str) -> bytes:
 
 def _display(text: str) -> str:
     # Names that are not UTF-8, or hold a newline, in the form every stampd command prints
-    # (`ls -b` style, store/pathnames.py): valid UTF-8 for JSON, one line for stderr.
+    # (`ls -b` style, store/files/pathnames.py): valid UTF-8 for JSON, one line for stderr.
     return escape(text)
 
 

@@ -1,6 +1,6 @@
 """Paths on the command line: what an argument names, and how a path is shown.
 
-Every path stampd prints is in the escaped form of :mod:`stampd.store.pathnames`
+Every path stampd prints is in the escaped form of :mod:`stampd.store.files.pathnames`
 (``caf\\351.txt`` for a name that is not UTF-8, ``a\\\\b`` for a backslash), so an argument
 may be given that way too: it is taken literally when a file of that very name exists, and
 read as the escaped form otherwise. A name typed the shell's way (``caf*``, or ``$'caf\\351'``)
@@ -13,7 +13,7 @@ import contextlib
 import os
 from pathlib import Path
 
-from stampd.store.pathnames import EscapeError, escape, unescape
+from stampd.store.files.pathnames import EscapeError, escape, unescape
 
 
 def argument_name(text: str) -> str:

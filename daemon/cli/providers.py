@@ -14,9 +14,9 @@ import click
 from stampd.daemon.cli.context import cli_context
 from stampd.daemon.cli.output import emit_json, json_option, say
 from stampd.daemon.cli.query import daemon_state, index_reader
-from stampd.daemon.logs import scrub_url
-from stampd.store import queries
-from stampd.store.index import index_path
+from stampd.daemon.service.logs import scrub_url
+from stampd.store.index import queries
+from stampd.store.index.database import index_path
 
 
 @click.command("providers")

@@ -16,15 +16,15 @@ from typing import Any
 
 import click
 
-from stampd.daemon import control
 from stampd.daemon.cli.context import cli_context
 from stampd.daemon.cli.exit_codes import ExitCode
 from stampd.daemon.cli.output import emit_json, json_option, say
 from stampd.daemon.cli.paths import argument_path, shown
-from stampd.daemon.config import Config
-from stampd.store import queries
+from stampd.daemon.config.model import Config
+from stampd.daemon.service import control
 from stampd.store.errors import StampdError
-from stampd.store.index import index_path, open_reader, utc_now
+from stampd.store.index import queries
+from stampd.store.index.database import index_path, open_reader, utc_now
 
 
 @contextmanager

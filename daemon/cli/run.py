@@ -18,9 +18,9 @@ def run_command() -> None:
     """
     # Imported here: the runtime (watchdog, the pipeline) is not needed by `status`, `ls` or
     # `digest`, and every short CLI call would otherwise pay for loading it.
-    from stampd.daemon.config_check import check_config  # noqa: PLC0415
-    from stampd.daemon.logs import configure_logging  # noqa: PLC0415
-    from stampd.daemon.service import run_daemon  # noqa: PLC0415
+    from stampd.daemon.config.check import check_config  # noqa: PLC0415
+    from stampd.daemon.service.lifecycle import run_daemon  # noqa: PLC0415
+    from stampd.daemon.service.logs import configure_logging  # noqa: PLC0415
 
     state = cli_context()
     # The daemon reads the TSAs' files again when it builds them (a few milliseconds, even for

@@ -25,10 +25,10 @@ from stampd.daemon.cli.context import cli_context
 from stampd.daemon.cli.exit_codes import ExitCode
 from stampd.daemon.cli.output import emit_json, json_option, say
 from stampd.daemon.cli.paths import argument_name, argument_path, shown
-from stampd.daemon.config import Config, ConfigError
-from stampd.store.digest import FileDigests, digest_path
+from stampd.daemon.config.model import Config, ConfigError
 from stampd.store.errors import FileAccessError, StampdError
-from stampd.store.sidecar import Layout, read_sidecar, sidecar_path
+from stampd.store.files.digest import FileDigests, digest_path
+from stampd.store.files.sidecar import Layout, read_sidecar, sidecar_path
 from stampd.store.trust import SYSTEM_BUNDLE, load_anchors, load_certificates
 from stampd.store.verify import Verdict, unreadable, verify_tsr
 
@@ -203,7 +203,7 @@ def verify_command(
     proven_all = True
     for argument in paths:
         path = argument_path(argument)
-        # Shown as given (relative stays relative), every byte visible (store/pathnames.py).
+        # Shown as given (relative stays relative), every byte visible (store/files/pathnames.py).
         name = shown(argument_name(argument))
         hashed = _FileHash(path)
         verdicts: list[Verdict] = []

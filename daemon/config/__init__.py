@@ -1,0 +1,1 @@
+"""Configuration: the model, reading and checking the TOML file, durations."""

@@ -1,0 +1,1 @@
+"""Getting evidence: the job runner, providers and their pool, sidecar repair."""

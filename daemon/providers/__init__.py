@@ -1,1 +1,0 @@
-"""Network clients that produce proofs, one module per protocol (DESIGN §2, §6)."""

@@ -1,0 +1,1 @@
+"""From the filesystem to the index: watching, filtering, settling, scanning, hashing, recording."""

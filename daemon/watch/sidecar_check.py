@@ -1,0 +1,98 @@
+"""The reconciliation scan's look at sidecars: each proof where backup tools look for it.
+
+The scan lists every directory anyway (daemon/watch/scan.py), so for the ``adjacent`` layout
+checking that ``FILE.tsr`` exists costs nothing but a set lookup: a sidecar deleted by hand,
+or never written because a rename raced the job that obtained it, is found by the next walk
+of any kind. For ``mirror`` the sidecars' directory under the state directory is listed
+once per directory that has proofs. A ``deep`` check (``stampd rescan``) also reads each
+sidecar and compares its bytes' SHA-256 with the file's proofs: a sidecar that holds another
+file's proof, or something else, is found too.
+
+The same listing shows sidecars whose data file is gone (``a.txt.tsr`` next to no
+``a.txt``): leftovers of a rename the daemon did not see. Whether they can be retired is
+decided with the index (store/files/repair.py); a deleted file's sidecar stays.
+
+Runs on the scan's thread; what it finds is handed to the loop through the callbacks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from stampd.store.errors import StampdError
+from stampd.store.files.sidecar import SIDECAR_KINDS, Layout, data_name_of, read_sidecar
+from stampd.store.index.database import ScanRow
+
+
+class SidecarCheck:
+    """Checks the sidecars of one walk (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        layout: Layout,
+        state_dir: Path,
+        deep: bool,
+        on_file: Callable[[int], object],
+        on_leftover: Callable[[Path], object],
+    ) -> None:
+        self._layout = layout
+        self._state_dir = state_dir
+        self._deep = deep
+        self._on_file = on_file
+        self._on_leftover = on_leftover
+        #: Files whose sidecars were looked at, and those handed over for repair.
+        self.checked = 0
+        self.flagged = 0
+        self.leftovers = 0
+
+    def directory(
+        self, directory: str, names: set[str], rows: Mapping[str, ScanRow], present: set[str]
+    ) -> None:
+        """One directory of the walk ('s :class:`~stampd.daemon.watch.scan.DirectoryCheck`)."""
+        stamped = [
+            row
+            for name, row in rows.items()
+            if row.sidecars and row.state == "present" and name in present
+        ]
+        sidecar_names = names if self._layout == "adjacent" else None
+        if stamped:
+            if sidecar_names is None:
+                sidecar_names = self._mirror_names(directory)
+            for row in stamped:
+                self.checked += 1
+                if not self._in_place(directory, row, sidecar_names):
+                    self.flagged += 1
+                    self._on_file(row.file_id)
+        if sidecar_names is None and self._layout == "mirror":
+            sidecar_names = self._mirror_names(directory)
+        for name in sidecar_names or ():
+            data = data_name_of(name)
+            if data is not None and data not in names:
+                self.leftovers += 1
+                self._on_leftover(Path(directory, data))
+
+    def _in_place(self, directory: str, row: ScanRow, sidecar_names: set[str]) -> bool:
+        for kind, hashes in row.sidecars.items():
+            name = f"{row.name}.{SIDECAR_KINDS[kind]}"
+            if name not in sidecar_names:
+                return False
+            if self._deep and not self._holds(Path(directory, row.name), kind, hashes):
+                return False
+        return True
+
+    def _holds(self, path: Path, kind: str, hashes: frozenset[str]) -> bool:
+        try:
+            data = read_sidecar(path, kind, layout=self._layout, state_dir=self._state_dir)
+        except StampdError:
+            return False  # a symlink, a directory: the repair reports it
+        return data is not None and hashlib.sha256(data).hexdigest() in hashes
+
+    def _mirror_names(self, directory: str) -> set[str]:
+        mirrored = self._state_dir / "mirror" / Path(directory).relative_to("/")
+        try:
+            return {entry.name for entry in mirrored.iterdir()}
+        except OSError:
+            return set()  # nothing mirrored here yet

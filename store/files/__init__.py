@@ -1,0 +1,1 @@
+"""Files on disk: digests, atomic writes, sidecar naming, the archive, path display."""

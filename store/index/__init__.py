@@ -1,0 +1,1 @@
+"""The SQLite index: schema and migrations, versions, jobs and proofs, queries."""

@@ -1,0 +1,261 @@
+"""Evidence jobs in the index: which are due, and how each one ends (DESIGN §3, rule 1).
+
+A job is created with its version (:meth:`~.database.Index.record_settled`) and stays
+``pending`` until its proof is durable. The runner asks :func:`due_jobs` for work, and ends
+each round with exactly one write transaction: :func:`complete_job` (proof row, attempts, job
+done), :func:`fail_job` (attempts, back-off) or :func:`cancel_job` (attempts, nothing more can
+be done). Attempts are written with the round's outcome, so the index never shows a try
+without knowing how its job fared.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from stampd.store.files.pathnames import unescape_path
+from stampd.store.index.database import Index, _rowid, utc_now
+
+ErrorClass = Literal[
+    "network",
+    "timeout",
+    "http_status",
+    "rate_limited",
+    "quota",
+    "auth",
+    "parse",
+    "rejected",
+    "verify",
+    "unknown",
+]
+"""How one provider call failed (DESIGN §6): stable strings, stored, logged and counted."""
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One try of one job at one provider, as the ``attempts`` table stores it."""
+
+    provider: str
+    started_at: str
+    latency_ms: float
+    error_class: ErrorClass | None = None
+    http_status: int | None = None
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class DueJob:
+    """A pending ``obtain`` job whose time has come, with what the runner needs to do it."""
+
+    job_id: int
+    kind: str
+    #: Rounds already run (each ended in a failure, or the job would not be pending).
+    tries: int
+    version_id: int
+    sha256: str
+    sha512: str
+    file_id: int
+    path: Path
+    watch_id: int
+    #: The file's row state: present, missing or unreadable.
+    file_state: str
+    #: Whether this version is still the file's current content.
+    current: bool
+
+
+@dataclass(frozen=True)
+class NewProof:
+    """A verified proof about to be recorded for a version."""
+
+    kind: str
+    provider: str
+    digest_alg: str
+    #: Lowercase hex of the digest the proof covers.
+    digest: str
+    gen_time: str | None
+    serial: str | None
+    authority: str | None
+    #: The earliest notAfter of the signing chain (index time format).
+    not_after: str | None
+    #: SHA-256 of the proof's bytes: its name in the archive.
+    sidecar_sha256: str
+
+
+@dataclass(frozen=True)
+class KnownProof:
+    """A complete proof already in the index for some digest (a candidate for reuse)."""
+
+    proof_id: int
+    version_id: int
+    provider: str
+    sidecar_sha256: str
+
+
+# Named so that tests/test_jobs.py can check each is answered from an index.
+_SQL_DUE = (
+    "SELECT j.id, j.kind, j.tries, v.id, v.sha256, v.sha512, f.id, f.path, f.watch_id,"
+    " f.state, f.current_version_id = v.id"
+    " FROM jobs j JOIN versions v ON v.id = j.version_id JOIN files f ON f.id = v.file_id"
+    " WHERE j.state = 'pending' AND j.next_try_at <= ? AND j.kind = ? AND j.action = 'obtain'"
+    " ORDER BY j.next_try_at, j.id LIMIT ?"
+)
+_SQL_KNOWN_PROOFS = (
+    "SELECT id, version_id, provider, sidecar_sha256 FROM proofs"
+    " WHERE digest = ? AND kind = ? AND status = 'complete' AND digest_alg = ?"
+    " AND sidecar_sha256 IS NOT NULL ORDER BY id DESC LIMIT ?"
+)
+_SQL_CURRENT_PATH = (
+    "SELECT path FROM files WHERE current_version_id = ? AND state = 'present' AND id = ?"
+)
+_SQL_INSERT_PROOF = (
+    "INSERT INTO proofs (version_id, kind, provider, status, digest_alg, digest, gen_time,"
+    " serial, authority, not_after, sidecar_sha256, created_at, updated_at)"
+    " VALUES (?, ?, ?, 'complete', ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_SQL_INSERT_ATTEMPT = (
+    "INSERT INTO attempts (job_id, provider, started_at, latency_ms, error_class, http_status,"
+    " message) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_SQL_JOB_DONE = (
+    "UPDATE jobs SET state = 'done', proof_id = ?, tries = tries + 1, last_error_class = NULL,"
+    " last_error = NULL, updated_at = ? WHERE id = ? AND state = 'pending'"
+)
+_SQL_JOB_FAILED = (
+    "UPDATE jobs SET tries = tries + 1, next_try_at = ?, last_error_class = ?, last_error = ?,"
+    " updated_at = ? WHERE id = ? AND state = 'pending'"
+)
+_SQL_JOB_CANCELLED = (
+    "UPDATE jobs SET state = 'cancelled', tries = tries + 1, last_error_class = ?,"
+    " last_error = ?, updated_at = ? WHERE id = ? AND state = 'pending'"
+)
+
+
+def due_jobs(conn: sqlite3.Connection, kind: str, *, now: str, limit: int) -> list[DueJob]:
+    """Up to ``limit`` pending ``obtain`` jobs of ``kind`` due at ``now``, oldest due first."""
+    return [
+        DueJob(
+            job_id=int(row[0]),
+            kind=str(row[1]),
+            tries=int(row[2]),
+            version_id=int(row[3]),
+            sha256=str(row[4]),
+            sha512=str(row[5]),
+            file_id=int(row[6]),
+            path=unescape_path(row[7]),
+            watch_id=int(row[8]),
+            file_state=str(row[9]),
+            current=bool(row[10]),
+        )
+        for row in conn.execute(_SQL_DUE, (now, kind, limit))
+    ]
+
+
+def known_proofs(
+    conn: sqlite3.Connection, *, kind: str, digest_alg: str, digest: str, limit: int = 4
+) -> list[KnownProof]:
+    """Complete proofs of ``kind`` over this digest, newest first: a token obtained for the
+    same content (a copy, a revert, a file renamed over another) need not be asked for again."""
+    return [
+        KnownProof(int(row[0]), int(row[1]), str(row[2]), str(row[3]))
+        for row in conn.execute(_SQL_KNOWN_PROOFS, (digest, kind, digest_alg, limit))
+    ]
+
+
+def current_path(conn: sqlite3.Connection, *, file_id: int, version_id: int) -> Path | None:
+    """Where the file is now, if it is present and ``version_id`` is still its content.
+
+    A job's path is the one the file had when the job was picked; a rename since moves the
+    row, and the sidecar belongs at the new name.
+    """
+    row = conn.execute(_SQL_CURRENT_PATH, (version_id, file_id)).fetchone()
+    return unescape_path(row[0]) if row else None
+
+
+def record_proof(index: Index, *, version_id: int, proof: NewProof) -> int:
+    """Record a verified proof that no job asked for: a sidecar found next to the file (a
+    user moved it along with the file) that proves the file's content."""
+    now = utc_now()
+    with index.write() as conn:
+        cursor = conn.execute(_SQL_INSERT_PROOF, (version_id, *_proof_values(proof), now, now))
+        return _rowid(cursor)
+
+
+def complete_job(
+    index: Index, *, job_id: int, version_id: int, proof: NewProof, attempts: Sequence[Attempt]
+) -> int | None:
+    """Record the proof, the round's attempts and the job's end in one transaction.
+
+    Returns the new proof's id, or None when the job was no longer pending (then nothing is
+    written: a second runner, or an operator, ended it first).
+    """
+    now = utc_now()
+    with index.write() as conn:
+        state = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if state is None or state[0] != "pending":
+            return None
+        cursor = conn.execute(_SQL_INSERT_PROOF, (version_id, *_proof_values(proof), now, now))
+        proof_id = cursor.lastrowid
+        _insert_attempts(conn, job_id, attempts)
+        conn.execute(_SQL_JOB_DONE, (proof_id, now, job_id))
+        return proof_id
+
+
+def fail_job(
+    index: Index,
+    *,
+    job_id: int,
+    attempts: Sequence[Attempt],
+    error_class: str,
+    message: str,
+    next_try_at: str,
+) -> None:
+    """Record a failed round: its attempts, the reason, and when to try again."""
+    now = utc_now()
+    with index.write() as conn:
+        _insert_attempts(conn, job_id, attempts)
+        conn.execute(_SQL_JOB_FAILED, (next_try_at, error_class, message, now, job_id))
+
+
+def cancel_job(
+    index: Index, *, job_id: int, attempts: Sequence[Attempt], error_class: str, message: str
+) -> None:
+    """End a job that can never succeed (its content is gone), keeping why."""
+    now = utc_now()
+    with index.write() as conn:
+        _insert_attempts(conn, job_id, attempts)
+        conn.execute(_SQL_JOB_CANCELLED, (error_class, message, now, job_id))
+
+
+def _proof_values(proof: NewProof) -> tuple[str | None, ...]:
+    return (
+        proof.kind,
+        proof.provider,
+        proof.digest_alg,
+        proof.digest,
+        proof.gen_time,
+        proof.serial,
+        proof.authority,
+        proof.not_after,
+        proof.sidecar_sha256,
+    )
+
+
+def _insert_attempts(conn: sqlite3.Connection, job_id: int, attempts: Sequence[Attempt]) -> None:
+    conn.executemany(
+        _SQL_INSERT_ATTEMPT,
+        [
+            (
+                job_id,
+                a.provider,
+                a.started_at,
+                a.latency_ms,
+                a.error_class,
+                a.http_status,
+                a.message,
+            )
+            for a in attempts
+        ],
+    )

@@ -1,0 +1,607 @@
+"""Read models over the index for ``stampd status``, ``ls`` and ``show``.
+
+Paths in the results are text in the escaped form of :mod:`stampd.store.files.pathnames`, as the
+index stores them and the CLI prints them; paths given as arguments are names as Python has
+them (escaped here).
+
+Every query here runs on a read-only connection (:func:`~.database.open_reader`) and
+is shaped to use an index, so it stays fast with a million versions (bench/bench_index.py).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from stampd.store.files.pathnames import escape
+from stampd.store.index.database import (
+    FILE_STATES,
+    JOB_STATES,
+    PROOF_STATUSES,
+    format_time,
+    subtree_bounds,
+)
+
+
+@dataclass(frozen=True)
+class WatchSummary:
+    path: str
+    files: dict[str, int]
+
+
+@dataclass(frozen=True)
+class StatusSummary:
+    """The index at a glance."""
+
+    watches: tuple[WatchSummary, ...]
+    files: dict[str, int]
+    versions: int
+    proofs: dict[str, dict[str, int]]
+    jobs: dict[str, int]
+    jobs_backing_off: int
+    #: Jobs backing off, by the error class of their last round.
+    backoff_errors: dict[str, int]
+    #: When the first backed-off job is due again.
+    next_retry_at: str | None
+    last_recorded_at: str | None
+
+    @property
+    def empty(self) -> bool:
+        """True while no version has been recorded."""
+        return self.versions == 0
+
+
+@dataclass(frozen=True)
+class FileListing:
+    """One line of ``stampd ls``: a file, its current version and its evidence."""
+
+    path: str
+    #: present, missing, or unreadable (then ``problem_class``/``problem`` say why; a file that
+    #: was never readable has no version, so no size or digest).
+    state: str
+    size: int | None
+    sha256: str | None
+    versions: int
+    proofs: dict[str, str]
+    pending_jobs: int
+    problem_class: str | None
+    problem: str | None
+
+
+@dataclass(frozen=True)
+class AttemptRow:
+    provider: str
+    started_at: str
+    latency_ms: float | None
+    error_class: str | None
+    http_status: int | None
+    message: str | None
+
+
+@dataclass(frozen=True)
+class JobRow:
+    id: int
+    kind: str
+    action: str
+    state: str
+    tries: int
+    next_try_at: str
+    last_error_class: str | None
+    last_error: str | None
+    attempts: tuple[AttemptRow, ...]
+
+
+@dataclass(frozen=True)
+class ProofRow:
+    id: int
+    kind: str
+    provider: str
+    status: str
+    digest_alg: str
+    digest: str
+    gen_time: str | None
+    serial: str | None
+    authority: str | None
+    not_after: str | None
+    sidecar_sha256: str | None
+    parent_id: int | None
+
+
+@dataclass(frozen=True)
+class VersionDetail:
+    id: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    sha256: str
+    sha512: str
+    seen_at: str
+    hashed_at: str
+    current: bool
+    proofs: tuple[ProofRow, ...] = field(default=())
+    jobs: tuple[JobRow, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class FileDetail:
+    """Everything ``stampd show`` tells about one path."""
+
+    path: str
+    watch: str
+    state: str
+    problem_class: str | None
+    problem: str | None
+    first_seen_at: str
+    versions: tuple[VersionDetail, ...]
+
+
+def _counts(conn: sqlite3.Connection, sql: str, *params: Any) -> dict[str, int]:
+    return {str(key): int(count) for key, count in conn.execute(sql, params).fetchall()}
+
+
+def status_summary(conn: sqlite3.Connection, *, now: str) -> StatusSummary:
+    """Counts by state over the whole index (``now`` in the index's time format)."""
+    watches = tuple(
+        WatchSummary(
+            path=row["path"],
+            files=_counts(
+                conn,
+                "SELECT state, COUNT(*) FROM files WHERE watch_id = ? GROUP BY state",
+                row["id"],
+            ),
+        )
+        for row in conn.execute("SELECT id, path FROM watches ORDER BY path")
+    )
+    proofs: dict[str, dict[str, int]] = {}
+    for kind, status, count in conn.execute(
+        "SELECT kind, status, COUNT(*) FROM proofs GROUP BY kind, status"
+    ):
+        proofs.setdefault(kind, {})[status] = count
+    backoff_errors = _counts(
+        conn,
+        "SELECT COALESCE(last_error_class, 'unknown'), COUNT(*) FROM jobs"
+        " WHERE state = 'pending' AND next_try_at > ? AND tries > 0 GROUP BY 1",
+        now,
+    )
+    next_retry = conn.execute(
+        "SELECT MIN(next_try_at) FROM jobs WHERE state = 'pending' AND next_try_at > ?"
+        " AND tries > 0",
+        (now,),
+    ).fetchone()
+    # MAX(id) walks the primary key from its end; MAX(hashed_at) would scan the table.
+    last = conn.execute(
+        "SELECT hashed_at FROM versions WHERE id = (SELECT MAX(id) FROM versions)"
+    ).fetchone()
+    return StatusSummary(
+        watches=watches,
+        files=_counts(conn, "SELECT state, COUNT(*) FROM files GROUP BY state"),
+        versions=conn.execute("SELECT COUNT(*) FROM versions").fetchone()[0],
+        proofs=proofs,
+        jobs=_counts(conn, "SELECT state, COUNT(*) FROM jobs GROUP BY state"),
+        jobs_backing_off=sum(backoff_errors.values()),
+        backoff_errors=backoff_errors,
+        next_retry_at=next_retry[0] if next_retry else None,
+        last_recorded_at=last[0] if last else None,
+    )
+
+
+#: Rows of ``stampd ls`` read per query: each page is its own short read, so a listing piped
+#: into a pager does not hold one snapshot open (and the WAL growing) while it waits.
+LIST_PAGE = 5000
+
+# One statement per page whatever the page holds: the versions count, the proofs and the
+# open jobs of each row come from correlated subqueries on versions_file, proofs_version and
+# jobs_version, run inside SQLite, not from two more queries per row. Keyset pagination on
+# the UNIQUE path index (`path > last`) keeps every page as cheap as the first.
+_SQL_LIST_PAGE = """
+    SELECT f.path, f.state, f.problem_class, f.problem, v.size, v.sha256,
+           (SELECT COUNT(*) FROM versions WHERE file_id = f.id) AS versions,
+           (SELECT group_concat(kind || ':' || status, ' ') FROM proofs
+             WHERE version_id = v.id) AS proofs,
+           (SELECT COUNT(*) FROM jobs WHERE version_id = v.id
+             AND state IN ('pending', 'running')) AS pending
+    FROM files f LEFT JOIN versions v ON v.id = f.current_version_id
+    WHERE f.path {lower} ? AND f.path < ? AND (f.path = ? OR f.path >= ?)
+    ORDER BY f.path LIMIT ?
+"""
+# Above every path: the bounds of "everything" (paths are absolute, so they start with "/").
+_PATH_MAX = "\U0010ffff"
+
+
+def list_files(
+    conn: sqlite3.Connection, prefix: Path | None = None, *, limit: int | None = None
+) -> Iterator[FileListing]:
+    """Files at or under ``prefix`` (all files when None), in path order.
+
+    A fixed number of queries per :data:`LIST_PAGE` rows, whatever each file holds.
+    """
+    if prefix is None:
+        exact, low, high = "", "", _PATH_MAX
+    else:
+        exact, low, high = subtree_bounds(prefix)
+    last, lower = exact, ">="
+    remaining = limit
+    while remaining is None or remaining > 0:
+        page = LIST_PAGE if remaining is None else min(LIST_PAGE, remaining)
+        sql = _SQL_LIST_PAGE.format(lower=lower)  # only ">=" or ">" is interpolated
+        rows = conn.execute(sql, (last, high, exact, low, page)).fetchall()
+        for row in rows:
+            yield _listing(row)
+        if len(rows) < page:
+            return
+        last, lower = rows[-1]["path"], ">"
+        if remaining is not None:
+            remaining -= len(rows)
+
+
+def _listing(row: sqlite3.Row) -> FileListing:
+    proofs: dict[str, str] = {}
+    for entry in (row["proofs"] or "").split():
+        kind, _, status = entry.partition(":")
+        # A complete proof outranks a pending or invalid one of the same kind.
+        if proofs.get(kind) != "complete":
+            proofs[kind] = status
+    return FileListing(
+        path=row["path"],
+        state=row["state"],
+        size=row["size"],
+        sha256=row["sha256"],
+        versions=row["versions"],
+        proofs=proofs,
+        pending_jobs=int(row["pending"]),
+        problem_class=row["problem_class"],
+        problem=row["problem"],
+    )
+
+
+def file_detail(conn: sqlite3.Connection, path: Path) -> FileDetail | None:
+    """Versions (newest first) with their proofs, jobs and attempts; None if never seen."""
+    row = conn.execute(
+        "SELECT f.*, w.path AS watch FROM files f JOIN watches w ON w.id = f.watch_id"
+        " WHERE f.path = ?",
+        (escape(path),),
+    ).fetchone()
+    if row is None:
+        return None
+    versions = tuple(
+        VersionDetail(
+            id=v["id"],
+            size=v["size"],
+            mtime_ns=v["mtime_ns"],
+            ctime_ns=v["ctime_ns"],
+            sha256=v["sha256"],
+            sha512=v["sha512"],
+            seen_at=v["seen_at"],
+            hashed_at=v["hashed_at"],
+            current=v["id"] == row["current_version_id"],
+            proofs=_proofs_of(conn, v["id"]),
+            jobs=_jobs_of(conn, v["id"]),
+        )
+        for v in conn.execute(
+            "SELECT * FROM versions WHERE file_id = ? ORDER BY id DESC", (row["id"],)
+        ).fetchall()
+    )
+    return FileDetail(
+        path=row["path"],
+        watch=row["watch"],
+        state=row["state"],
+        problem_class=row["problem_class"],
+        problem=row["problem"],
+        first_seen_at=row["first_seen_at"],
+        versions=versions,
+    )
+
+
+def _proofs_of(conn: sqlite3.Connection, version_id: int) -> tuple[ProofRow, ...]:
+    return tuple(
+        ProofRow(
+            id=p["id"],
+            kind=p["kind"],
+            provider=p["provider"],
+            status=p["status"],
+            digest_alg=p["digest_alg"],
+            digest=p["digest"],
+            gen_time=p["gen_time"],
+            serial=p["serial"],
+            authority=p["authority"],
+            not_after=p["not_after"],
+            sidecar_sha256=p["sidecar_sha256"],
+            parent_id=p["parent_id"],
+        )
+        for p in conn.execute(
+            "SELECT * FROM proofs WHERE version_id = ? ORDER BY id", (version_id,)
+        ).fetchall()
+    )
+
+
+def _jobs_of(conn: sqlite3.Connection, version_id: int) -> tuple[JobRow, ...]:
+    jobs = []
+    for j in conn.execute(
+        "SELECT * FROM jobs WHERE version_id = ? ORDER BY id", (version_id,)
+    ).fetchall():
+        attempts = tuple(
+            AttemptRow(
+                provider=a["provider"],
+                started_at=a["started_at"],
+                latency_ms=a["latency_ms"],
+                error_class=a["error_class"],
+                http_status=a["http_status"],
+                message=a["message"],
+            )
+            for a in conn.execute(
+                "SELECT * FROM attempts WHERE job_id = ? ORDER BY id", (j["id"],)
+            ).fetchall()
+        )
+        jobs.append(
+            JobRow(
+                id=j["id"],
+                kind=j["kind"],
+                action=j["action"],
+                state=j["state"],
+                tries=j["tries"],
+                next_try_at=j["next_try_at"],
+                last_error_class=j["last_error_class"],
+                last_error=j["last_error"],
+                attempts=attempts,
+            )
+        )
+    return tuple(jobs)
+
+
+@dataclass(frozen=True)
+class ProviderStats:
+    """What the attempts table says of one provider (``stampd providers``)."""
+
+    name: str
+    attempts: int
+    #: Failed attempts by ``error_class``.
+    failures: dict[str, int]
+    last_success_at: str | None
+    last_failure_at: str | None
+    #: Mean latency of successful attempts, in milliseconds.
+    mean_latency_ms: float | None
+
+
+def provider_stats(conn: sqlite3.Connection) -> dict[str, ProviderStats]:
+    """Every provider that was ever tried, by name (one pass over ``attempts_provider``)."""
+    rows: dict[str, dict[str, Any]] = {}
+    for name, error_class, count, last, latency in conn.execute(
+        "SELECT provider, error_class, COUNT(*), MAX(started_at), AVG(latency_ms)"
+        " FROM attempts GROUP BY provider, error_class"
+    ):
+        entry = rows.setdefault(
+            name, {"attempts": 0, "failures": {}, "ok": None, "failed": None, "latency": None}
+        )
+        entry["attempts"] += count
+        if error_class is None:
+            entry["ok"], entry["latency"] = last, latency
+        else:
+            entry["failures"][error_class] = count
+            entry["failed"] = max(filter(None, (entry["failed"], last)))
+    return {
+        name: ProviderStats(
+            name=name,
+            attempts=entry["attempts"],
+            failures=entry["failures"],
+            last_success_at=entry["ok"],
+            last_failure_at=entry["failed"],
+            mean_latency_ms=None if entry["latency"] is None else round(entry["latency"], 1),
+        )
+        for name, entry in rows.items()
+    }
+
+
+#: Restamp windows exported as ``stampd_restamp_due{window}``: a week to act on, and a month
+#: to plan (reference/watching-and-service.md §6 names the label ``window="7d"``).
+RESTAMP_WINDOWS: dict[str, timedelta] = {"7d": timedelta(days=7), "30d": timedelta(days=30)}
+
+#: Job states counted through the jobs_state_due index; ``done`` (nearly every job in a large
+#: index) is derived as total minus these, so no read walks the done jobs.
+_OPEN_JOB_STATES = tuple(state for state in JOB_STATES if state != "done")
+
+
+@dataclass(frozen=True)
+class MetricCursor:
+    """Where the last :func:`metric_counts` stopped in the tables that only grow.
+
+    Rows of ``attempts``, ``jobs`` and ``proofs`` are never deleted (DESIGN rule 6), a job's
+    kind never changes, and a ``tsr`` proof is inserted complete with its ``not_after``
+    (:func:`stampd.store.index.jobs.complete_job`). So totals over them are kept up to date by
+    reading only the rows with a larger id: a range scan of the primary key, instead of
+    walking a million rows at every read.
+    """
+
+    attempt_id: int = 0
+    job_id: int = 0
+    proof_id: int = 0
+    #: Attempts by (provider, error class or ``ok``).
+    attempts: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    #: Jobs ever created, by evidence kind.
+    jobs_by_kind: Mapping[str, int] = field(default_factory=dict)
+    #: The latest ``not_after`` (index time text) over complete ``tsr`` proofs, by provider.
+    tsr_not_after: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MetricCounts:
+    """What the index says for the Prometheus export (``stampd.daemon.service.metrics``).
+
+    Every mapping lists each known state of a kind or watch with zero when no row has it, so a
+    series does not vanish when its count drops to zero (an alert on an absent series is silent).
+    """
+
+    #: Files by (watch root, state).
+    files: dict[tuple[str, str], int]
+    versions: int
+    #: Jobs by (evidence kind, state).
+    jobs: dict[tuple[str, str], int]
+    #: Pending jobs that failed at least once, by evidence kind.
+    jobs_backing_off: dict[str, int]
+    #: Proofs by (evidence kind, status).
+    proofs: dict[tuple[str, str], int]
+    #: Attempts ever made, by (provider, error class); ``ok`` for a success.
+    attempts: dict[tuple[str, str], int]
+    #: Complete proofs whose signing chain expires within each window from now, by window name.
+    restamp_due: dict[str, int]
+    #: The latest notAfter over the complete ``tsr`` proofs of each provider.
+    cert_expiry: dict[str, datetime]
+    #: ``ots`` proofs still waiting for their Bitcoin attestation (status ``pending``).
+    ots_pending_upgrade: int
+    #: Pass it back as ``previous`` to the next :func:`metric_counts` on the same index.
+    cursor: MetricCursor
+
+
+def metric_counts(
+    conn: sqlite3.Connection,
+    *,
+    now: datetime,
+    previous: MetricCursor | None = None,
+    windows: Mapping[str, timedelta] = RESTAMP_WINDOWS,
+) -> MetricCounts:
+    """Counts over the whole index for metrics, read in one snapshot.
+
+    With ``previous`` (the cursor of the last read of the same index), the totals over
+    attempts, jobs by kind and tsr expiry read only the rows added since. The rest walks
+    covering indexes (files_watch_state, proofs_kind_status, versions_file) or searches one
+    (jobs_state_due for the jobs not done, proofs_not_after for renewals due): about 0.1 s
+    with a million versions, against 2 s for plain GROUP BYs over every table.
+    """
+    # One read transaction: the counts agree with each other even while the daemon writes.
+    own_snapshot = not conn.in_transaction
+    if own_snapshot:
+        conn.execute("BEGIN")
+    try:
+        cursor = _advance(conn, previous or MetricCursor())
+        return _metric_counts(conn, now=now, cursor=cursor, windows=windows)
+    finally:
+        if own_snapshot:
+            conn.execute("COMMIT")
+
+
+def _advance(conn: sqlite3.Connection, cursor: MetricCursor) -> MetricCursor:
+    """``cursor`` moved to the end of the growing tables, its totals updated."""
+    ends = conn.execute(
+        "SELECT (SELECT COALESCE(MAX(id), 0) FROM attempts),"
+        " (SELECT COALESCE(MAX(id), 0) FROM jobs), (SELECT COALESCE(MAX(id), 0) FROM proofs)"
+    ).fetchone()
+    attempt_end, job_end, proof_end = (int(end) for end in ends)
+    if attempt_end < cursor.attempt_id or job_end < cursor.job_id or proof_end < cursor.proof_id:
+        # Fewer rows than before: not the index the cursor was read from. Count afresh.
+        cursor = MetricCursor()
+
+    attempts = dict(cursor.attempts)
+    for provider, error_class, count in conn.execute(
+        "SELECT provider, COALESCE(error_class, 'ok'), COUNT(*) FROM attempts"
+        " WHERE id > ? AND id <= ? GROUP BY 1, 2",
+        (cursor.attempt_id, attempt_end),
+    ):
+        key = (str(provider), str(error_class))
+        attempts[key] = attempts.get(key, 0) + int(count)
+
+    jobs_by_kind = dict(cursor.jobs_by_kind)
+    for kind, count in conn.execute(
+        "SELECT kind, COUNT(*) FROM jobs WHERE id > ? AND id <= ? GROUP BY kind",
+        (cursor.job_id, job_end),
+    ):
+        jobs_by_kind[str(kind)] = jobs_by_kind.get(str(kind), 0) + int(count)
+
+    tsr_not_after = dict(cursor.tsr_not_after)
+    for provider, latest in conn.execute(
+        "SELECT provider, MAX(not_after) FROM proofs WHERE id > ? AND id <= ?"
+        " AND kind = 'tsr' AND status = 'complete' AND not_after IS NOT NULL GROUP BY provider",
+        (cursor.proof_id, proof_end),
+    ):
+        # Index times sort as text (stampd.store.index.database.format_time).
+        tsr_not_after[str(provider)] = max(str(latest), tsr_not_after.get(str(provider), ""))
+
+    return MetricCursor(
+        attempt_id=attempt_end,
+        job_id=job_end,
+        proof_id=proof_end,
+        attempts=attempts,
+        jobs_by_kind=jobs_by_kind,
+        tsr_not_after=tsr_not_after,
+    )
+
+
+def _metric_counts(
+    conn: sqlite3.Connection,
+    *,
+    now: datetime,
+    cursor: MetricCursor,
+    windows: Mapping[str, timedelta],
+) -> MetricCounts:
+    roots = dict(conn.execute("SELECT id, path FROM watches").fetchall())
+    files = {(str(root), state): 0 for root in roots.values() for state in FILE_STATES}
+    for watch_id, state, count in conn.execute(
+        "SELECT watch_id, state, COUNT(*) FROM files GROUP BY watch_id, state"
+    ):
+        files[str(roots[watch_id]), str(state)] = int(count)
+
+    jobs = {(kind, state): 0 for kind in cursor.jobs_by_kind for state in JOB_STATES}
+    backing_off = dict.fromkeys(cursor.jobs_by_kind, 0)
+    marks = ", ".join("?" * len(_OPEN_JOB_STATES))
+    # Only the placeholders are interpolated; the states are bound parameters.
+    for kind, state, count, failed in conn.execute(
+        f"SELECT kind, state, COUNT(*), SUM(tries > 0) FROM jobs WHERE state IN ({marks})"  # noqa: S608
+        " GROUP BY kind, state",
+        _OPEN_JOB_STATES,
+    ):
+        jobs[kind, state] = int(count)
+        if state == "pending":
+            backing_off[kind] = int(failed)
+    for kind, total in cursor.jobs_by_kind.items():
+        jobs[kind, "done"] = total - sum(jobs[kind, state] for state in _OPEN_JOB_STATES)
+
+    proofs: dict[tuple[str, str], int] = {}
+    for kind, status, count in conn.execute(
+        "SELECT kind, status, COUNT(*) FROM proofs GROUP BY kind, status"
+    ):
+        if (kind, PROOF_STATUSES[0]) not in proofs:
+            proofs.update({(kind, known): 0 for known in PROOF_STATUSES})
+        proofs[kind, status] = int(count)
+
+    # "status = 'complete'" lets SQLite use the partial index proofs_not_after. The window is
+    # [now, now + window): a proof already past its notAfter can no longer be renewed.
+    start = format_time(now)
+    restamp_due = {
+        name: int(
+            conn.execute(
+                "SELECT COUNT(*) FROM proofs WHERE status = 'complete'"
+                " AND not_after >= ? AND not_after < ?",
+                (start, format_time(now + window)),
+            ).fetchone()[0]
+        )
+        for name, window in windows.items()
+    }
+    cert_expiry: dict[str, datetime] = {}
+    for provider, latest in cursor.tsr_not_after.items():
+        expiry = _parse_time(latest)
+        if expiry is not None:
+            cert_expiry[provider] = expiry
+    return MetricCounts(
+        files=files,
+        versions=int(conn.execute("SELECT COUNT(*) FROM versions").fetchone()[0]),
+        jobs=jobs,
+        jobs_backing_off=backing_off,
+        proofs=proofs,
+        attempts=dict(cursor.attempts),
+        restamp_due=restamp_due,
+        cert_expiry=cert_expiry,
+        ots_pending_upgrade=proofs.get(("ots", "pending"), 0),
+        cursor=cursor,
+    )
+
+
+def _parse_time(text: str) -> datetime | None:
+    """A time in the index's format (:func:`stampd.store.index.database.format_time`) as an aware
+    datetime; None for anything else, so one odd row cannot break a whole export."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else None
