@@ -32,17 +32,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import httpx
-from cryptography import x509
-
 from stampd.daemon import __version__
 from stampd.daemon.config.check import check_config
 from stampd.daemon.config.model import Config, ConfigError, WatchConfig
 from stampd.daemon.evidence.locks import PathLocks
-from stampd.daemon.evidence.pool import ProviderPool
 from stampd.daemon.evidence.repair import RepairCounts, SidecarRepairer
-from stampd.daemon.evidence.stamping import TsrStamper
-from stampd.daemon.evidence.tsa_setup import configured_tsas
+from stampd.daemon.evidence.runners import EvidenceRunners, RunnerSetup
 from stampd.daemon.service.control import ControlRequestError, ControlServer, Handler
 from stampd.daemon.service.health import Health, StallWatch
 from stampd.daemon.service.logs import get_logger
@@ -163,13 +158,8 @@ class Daemon:
         self._unwatched_dirs = 0
         #: Files recorded as unreadable: a permission change (attrib event) retries them.
         self._unreadable: set[Path] = set()
-        self._stamper: TsrStamper | None = None
         #: Held by everything that places sidecars (job runners, repair), per path.
         self._path_locks = PathLocks()
-        self._stamper_task: asyncio.Task[None] | None = None
-        #: The last TSA pool applied; a reload's new pool takes over its providers' state.
-        self._tsa_pool: ProviderPool | None = None
-        self._http: httpx.AsyncClient | None = None
         self._notifier = Notifier.from_environ()
         self._metrics: Metrics | None = None
         self._metrics_server: MetricsServer | None = None
@@ -251,7 +241,7 @@ class Daemon:
             "unwatched_dirs": self._unwatched_dirs,
             "inotify_overflows": self._overflows,
             "metrics": self._status_metrics_url(),
-            "tsr": self._stamper.status() if self._stamper else None,
+            **self._runners.status(),
         }
 
     def _status_metrics_url(self) -> str | None:
@@ -389,8 +379,7 @@ class Daemon:
         if not self.paused:
             self._paused_since = utc_now()
             self._resumed.clear()
-            if self._stamper is not None:
-                self._stamper.paused = True
+            self._runners.pause()
             log.info("daemon_paused", hint="`stampd resume` continues; watching goes on")
         return {"paused": True, "since": self._paused_since}
 
@@ -399,9 +388,7 @@ class Daemon:
         if self.paused:
             self._paused_since = None
             self._resumed.set()
-            if self._stamper is not None:
-                self._stamper.paused = False
-                self._stamper.wake()
+            self._runners.resume()
             log.info("daemon_resumed", paused_since=was)
         return {"paused": False, "was_paused_since": was}
 
@@ -448,7 +435,7 @@ class Daemon:
                     hint="these take effect only at a restart (systemctl restart stampd);"
                     " put the old values back to reload the rest",
                 )
-            tsas = self._configured_tsas(new)
+            runners = self._runners.prepare(new)
             metrics_server = self._rebind_metrics(new) if "metrics" in diff.daemon_changed else None
         except ConfigError as error:
             log.error("reload_refused", trigger=trigger, reason=str(error), config=str(source))
@@ -473,7 +460,7 @@ class Daemon:
             if {"include", "exclude"} & set(keys) and watch.root_dev is not None:
                 self._request_scan(watch)  # files newly included are found by a walk
         self.config = new
-        self._apply_tsas(tsas)
+        self._apply_runners(runners)
         if "metrics" in diff.daemon_changed:
             self._replace_metrics_server(metrics_server)
         for stall in self._stalls.values():
@@ -978,7 +965,7 @@ class Daemon:
         hashing = self._hash_queue.qsize() + self._hashing
         if busy or hashing:
             parts.append(f"{busy:,} settling, {hashing:,} hashing")
-        stamping = self._stamper.status()["in_flight"] if self._stamper else 0
+        stamping = self._runners.in_flight()
         if stamping:
             parts.append(f"{stamping} stamping")
         if self._unwatched_dirs:
@@ -1020,7 +1007,6 @@ class Daemon:
 
     def _live_state(self) -> LiveState:
         """What the metrics need from the running daemon (called on the scrape thread)."""
-        report = self._stamper.status()["providers"] if self._stamper else []
         return LiveState(
             roots=tuple(
                 RootState(
@@ -1040,7 +1026,7 @@ class Daemon:
             hash_queue=self._hash_queue.qsize() + self._hashing,
             record_queue=self._recorder.backlog(),
             paused=self.paused,
-            providers=tuple((p["name"], p["breaker"] == "closed") for p in report),
+            providers=self._runners.providers_up(),
             healthy=self.health.ok,
         )
 
@@ -1079,14 +1065,14 @@ class Daemon:
             self._metrics_server.close()
         self._metrics_server = server
 
-    def _on_attempts(self, attempts: Sequence[Attempt]) -> None:
+    def _on_attempts(self, kind: str, attempts: Sequence[Attempt]) -> None:
         if self._metrics is None:
             return
         for attempt in attempts:
             self._metrics.stamp_requests.labels(
-                provider=attempt.provider, kind="tsr", result=attempt.error_class or "ok"
+                provider=attempt.provider, kind=kind, result=attempt.error_class or "ok"
             ).inc()
-            self._metrics.stamp_duration.labels(provider=attempt.provider, kind="tsr").observe(
+            self._metrics.stamp_duration.labels(provider=attempt.provider, kind=kind).observe(
                 attempt.latency_ms / 1000
             )
 
@@ -1114,15 +1100,26 @@ class Daemon:
         # Until the handler is in place, SIGHUP's default action would kill the daemon.
         self._loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
 
-        tsas = self._configured_tsas(self.config)
         index = Index.open(index_path(state_dir))
         self._recorder = Recorder(index)
+        self._runners = EvidenceRunners(
+            recorder=self._recorder,
+            state_dir=state_dir,
+            locks=self._path_locks,
+            on_attempts=self._on_attempts,
+        )
+        try:
+            runners = self._runners.prepare(self.config)
+        except ConfigError:
+            self._recorder.close()
+            index.close()
+            raise
         self._repairer = SidecarRepairer(
             recorder=self._recorder,
             reader=partial(open_reader, index_path(state_dir)),
             state_dir=state_dir,
             layout_of=self._layout_of,
-            verifier=lambda: self._stamper,
+            verifier=lambda: self._runners,
             locks=self._path_locks,
         )
         self._recorder.on_commit = self._repairer.after_commit
@@ -1155,7 +1152,7 @@ class Daemon:
                     for n in range(HASH_WORKERS)
                 },
             }
-            self._apply_tsas(tsas)
+            self._apply_runners(runners)
             scanner = asyncio.create_task(self._scanner())
             self._components["scanner"] = scanner
             watchdog = asyncio.create_task(self._watchdog())
@@ -1178,73 +1175,14 @@ class Daemon:
         finally:
             await self._shutdown(control, watchdog)
 
-    def _configured_tsas(self, config: Config) -> _TsaSetup | None:
-        """The TSAs as a failover pool, when a watch asks for ``tsr`` evidence.
-
-        Built before anything starts (or changes, on a reload): a trust file without roots or
-        an unreadable secret is a configuration error (exit 2), not a failure of every job.
-        """
-        if not any("tsr" in watch.evidence for watch in config.watches):
-            return None
-        timestamp = config.timestamp
-        if self._http is None:
-            self._http = httpx.AsyncClient()
-        tsas = configured_tsas(timestamp, self._http)
-        pool = ProviderPool(
-            tsas.providers, selection=timestamp.selection, cooldown=timestamp.cooldown
-        )
-        return _TsaSetup(pool, {name: tuple(roots) for name, roots in tsas.anchors.items()})
-
-    def _apply_tsas(self, tsas: _TsaSetup | None) -> None:
-        """Start, reconfigure or stop the ``tsr`` runner. Stopping loses nothing: pending
-        jobs stay in the index and run when a watch asks for ``tsr`` again, and the TSAs'
-        breakers, rests and counters carry over to the pool of the next configuration."""
+    def _apply_runners(self, setup: RunnerSetup) -> None:
+        """Start, reconfigure or stop the evidence runners to match a configuration."""
         # Whatever runner exists when jobs are committed is woken, never one replaced since.
-        self._recorder.on_jobs = self._wake_stamper
-        if tsas is None:
-            if self._stamper_task is not None:
-                self._stamper_task.cancel()
-                self._components.pop("stamping", None)
-                log.info("tsr_runner_stopped", reason="no watch asks for tsr evidence")
-            self._stamper = self._stamper_task = None
-            return
-        if self._tsa_pool is not None:
-            kept = tsas.pool.take_over(self._tsa_pool)
-            reset = [p.name for p in tsas.pool.providers if p.name not in kept]
-            log.info("tsa_state_kept", kept=list(kept), reset=reset)
-        self._tsa_pool = tsas.pool
-        timestamp = self.config.timestamp
+        self._recorder.on_jobs = self._runners.wake
         layouts = {watch.watch_id: watch.config.sidecars for watch in self._watches}
-        if self._stamper is not None:
-            self._stamper.reconfigure(
-                pool=tsas.pool,
-                anchors=tsas.anchors,
-                digest_alg=timestamp.digest,
-                layouts=layouts,
-                retry=timestamp.retry,
-                retry_max=timestamp.retry_max,
-            )
-            return
-        self._stamper = TsrStamper(
-            recorder=self._recorder,
-            pool=tsas.pool,
-            anchors=tsas.anchors,
-            state_dir=self.config.daemon.state_dir,
-            digest_alg=timestamp.digest,
-            layouts=layouts,
-            retry=timestamp.retry,
-            retry_max=timestamp.retry_max,
-            locks=self._path_locks,
-        )
-        self._stamper.paused = self.paused
-        self._stamper.on_attempts = self._on_attempts
-        self._stamper_task = asyncio.create_task(self._stamper.run())
-        self._components["stamping"] = self._stamper_task
-
-    def _wake_stamper(self) -> None:
-        """The recorder's ``on_jobs``: wake the ``tsr`` runner of now, if there is one."""
-        if self._stamper is not None:
-            self._stamper.wake()
+        self._runners.apply(setup, layouts)
+        self._components.pop("stamping", None)
+        self._components.update(self._runners.tasks())
 
     async def _shutdown(self, control: ControlServer, watchdog: asyncio.Task[None] | None) -> None:
         self._stopping.set()
@@ -1271,20 +1209,11 @@ class Daemon:
         await self._recorder.flush()
         self._recorder.close()
         self._recorder.index.close()
-        if self._http is not None:
-            await self._http.aclose()
+        await self._runners.close()
         if self._metrics_server is not None:
             self._metrics_server.close()
         self._notifier.close()
         log.info("daemon_stopped")
-
-
-@dataclass(frozen=True)
-class _TsaSetup:
-    """The configured TSAs, ready to use: the failover pool and each TSA's trust roots."""
-
-    pool: ProviderPool
-    anchors: Mapping[str, Sequence[x509.Certificate]]
 
 
 @dataclass(frozen=True)
