@@ -19,8 +19,7 @@ from stampd.daemon.cli.context import cli_context
 from stampd.daemon.cli.exit_codes import ExitCode
 from stampd.daemon.cli.output import emit_json, json_option, say
 from stampd.daemon.cli.paths import argument_path, shown
-from stampd.daemon.config.model import ConfigError
-from stampd.daemon.config.problems import ConfigProblem
+from stampd.daemon.config.problems import ConfigError, ConfigProblem
 from stampd.daemon.service import control
 from stampd.store.errors import StampdError
 

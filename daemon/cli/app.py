@@ -45,7 +45,7 @@ COMMANDS: dict[str, str] = {
 def exit_code_for(error: StampdError) -> ExitCode:
     """The exit code an error maps to; anything not listed means the work failed."""
     # Imported here, on the error path, to keep them off every command's start-up.
-    from stampd.daemon.config.model import ConfigError  # noqa: PLC0415
+    from stampd.daemon.config.problems import ConfigError  # noqa: PLC0415
     from stampd.daemon.service.control import DaemonUnreachableError  # noqa: PLC0415
 
     if isinstance(error, ConfigError):

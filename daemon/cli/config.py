@@ -13,7 +13,9 @@ import click
 from stampd.daemon.cli.context import cli_context
 from stampd.daemon.cli.exit_codes import ExitCode
 from stampd.daemon.cli.output import emit_json, json_option, say
-from stampd.daemon.config.model import Config, ConfigError, config_path_from, config_to_dict
+from stampd.daemon.config.model import Config
+from stampd.daemon.config.problems import ConfigError
+from stampd.daemon.config.reader import config_path_from, config_to_dict
 from stampd.daemon.service.logs import scrub_url
 
 

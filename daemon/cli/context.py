@@ -35,7 +35,7 @@ class CliContext:
         if self._config is None:
             # Imported on first use: `stampd digest` and `verify --tsr` never read a
             # configuration, and the reader (with structlog) costs every start ~17 ms.
-            from stampd.daemon.config.model import config_path_from, load_config  # noqa: PLC0415
+            from stampd.daemon.config.reader import config_path_from, load_config  # noqa: PLC0415
 
             self._config = load_config(config_path_from(self.config_option, os.environ))
         return self._config

@@ -25,7 +25,8 @@ from stampd.daemon.cli.context import cli_context
 from stampd.daemon.cli.exit_codes import ExitCode
 from stampd.daemon.cli.output import emit_json, json_option, say
 from stampd.daemon.cli.paths import argument_name, argument_path, shown
-from stampd.daemon.config.model import Config, ConfigError
+from stampd.daemon.config.model import Config
+from stampd.daemon.config.problems import ConfigError
 from stampd.store.errors import FileAccessError, StampdError
 from stampd.store.files.digest import FileDigests, digest_path
 from stampd.store.files.sidecar import Layout, read_sidecar, sidecar_path

@@ -1,1 +1,2 @@
-"""Configuration: the model, reading and checking the TOML file, durations."""
+"""Configuration: the model (dataclasses), the reader (file to Config), one parser per table
+(sections) and the typed table accessor they share, problems, the full check, durations."""

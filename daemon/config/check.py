@@ -1,6 +1,6 @@
 """The full check of a configuration file, shared by ``stampd config check`` and ``stampd run``.
 
-Configuration is checked once, fully: the file's settings (:mod:`stampd.daemon.config.model`) and
+Configuration is checked once, fully: the file's settings (:mod:`stampd.daemon.config.reader`) and
 what they name on disk — the trust roots and the secret of every configured TSA
 (:func:`stampd.daemon.evidence.tsa_setup.check_tsas`) — in one pass that reports every
 problem, so ``config check`` says all that ``run`` would refuse, and ``run`` refuses with the
@@ -18,7 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from stampd.daemon.config.model import Config, config_error, parse_settings, read_config_file
+from stampd.daemon.config.model import Config
+from stampd.daemon.config.problems import config_error
+from stampd.daemon.config.reader import parse_settings, read_config_file
 from stampd.daemon.evidence.tsa_setup import SecretWarning, check_tsas
 
 
@@ -33,7 +35,7 @@ class CheckedConfig:
 def check_config(path: Path) -> CheckedConfig:
     """Read, validate and check the configuration file at ``path``.
 
-    Raises one :class:`~stampd.daemon.config.model.ConfigError` listing every problem: the
+    Raises one :class:`~stampd.daemon.config.problems.ConfigError` listing every problem: the
     file's settings and, for each TSA that could be read, its trust file and secret file.
     """
     parsed = parse_settings(read_config_file(path), source=path)

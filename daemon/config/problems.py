@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stampd.store.errors import StampdError
+from stampd.store.errors import ErrorClass, StampdError
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class ConfigError(StampdError):
     that needs a restart, an address in use) counts as one problem without a key.
     """
 
-    error_class = "config"
+    error_class = ErrorClass.CONFIG
 
     def __init__(
         self, message: str, *, hint: str | None = None, problems: Sequence[ConfigProblem] = ()

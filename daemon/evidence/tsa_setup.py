@@ -21,12 +21,8 @@ from pathlib import Path
 import httpx
 from cryptography import x509
 
-from stampd.daemon.config.model import (
-    ConfigProblem,
-    TimestampConfig,
-    TsaConfig,
-    config_error,
-)
+from stampd.daemon.config.model import TimestampConfig, TsaConfig
+from stampd.daemon.config.problems import ConfigProblem, config_error
 from stampd.daemon.evidence.tsa import Rfc3161Provider
 from stampd.daemon.service.logs import get_logger
 from stampd.store.trust import SYSTEM_BUNDLE, TrustError, load_anchors

@@ -34,7 +34,8 @@ from typing import Any
 
 from stampd.daemon import __version__
 from stampd.daemon.config.check import check_config
-from stampd.daemon.config.model import Config, ConfigError, WatchConfig
+from stampd.daemon.config.model import Config, WatchConfig
+from stampd.daemon.config.problems import ConfigError
 from stampd.daemon.evidence.locks import PathLocks
 from stampd.daemon.evidence.repair import RepairCounts, SidecarRepairer
 from stampd.daemon.evidence.runners import EvidenceRunners, RunnerSetup

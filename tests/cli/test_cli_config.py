@@ -11,7 +11,7 @@ from click.testing import CliRunner, Result
 
 import stampd.daemon.config.check  # noqa: F401  (imported before a test drops privileges)
 from stampd.daemon.cli.app import cli
-from stampd.daemon.config.model import config_to_dict, load_config, parse_config
+from stampd.daemon.config.reader import config_to_dict, load_config, parse_config
 from tests.conftest import unprivileged
 from tests.runtime_configs import (
     CASES,

@@ -10,14 +10,15 @@ import pytest
 
 from stampd.daemon.config.check import check_config
 from stampd.daemon.config.model import (
-    DEFAULT_CONFIG_PATH,
     Config,
-    ConfigError,
-    ConfigProblem,
     DaemonSettings,
     TimestampConfig,
     TsaConfig,
     WatchConfig,
+)
+from stampd.daemon.config.problems import ConfigError, ConfigProblem
+from stampd.daemon.config.reader import (
+    DEFAULT_CONFIG_PATH,
     config_path_from,
     config_to_dict,
     load_config,

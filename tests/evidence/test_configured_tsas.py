@@ -11,7 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from stampd.daemon.config.model import ConfigError, TimestampConfig, TsaConfig
+from stampd.daemon.config.model import TimestampConfig, TsaConfig
+from stampd.daemon.config.problems import ConfigError
 from stampd.daemon.evidence import tsa_setup as configured
 from stampd.daemon.evidence.tsa_setup import configured_tsas, read_secret
 from stampd.daemon.service.logs import configure_logging

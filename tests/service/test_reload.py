@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from stampd.daemon.cli.exit_codes import ExitCode
-from stampd.daemon.config.model import load_config
+from stampd.daemon.config.reader import load_config
 from stampd.daemon.evidence.pool import BREAKER_THRESHOLD
 from stampd.daemon.service import control
 from stampd.daemon.service import lifecycle as service

@@ -23,7 +23,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from stampd.daemon.config.model import load_config
+from stampd.daemon.config.reader import load_config
 from stampd.daemon.service import control
 from stampd.daemon.service import lifecycle as service
 from stampd.daemon.watch.hasher import HashOutcome
