@@ -42,7 +42,9 @@ from stampd.daemon.evidence.runners import EvidenceRunners, RunnerSetup
 from stampd.daemon.service.control import ControlRequestError, ControlServer, Handler
 from stampd.daemon.service.health import Health, StallWatch
 from stampd.daemon.service.logs import get_logger
-from stampd.daemon.service.metrics import LiveState, Metrics, MetricsServer, RootState
+from stampd.daemon.service.metrics import Metrics
+from stampd.daemon.service.metrics_families import LiveState, RootState
+from stampd.daemon.service.metrics_http import MetricsServer
 from stampd.daemon.service.notify import Notifier
 from stampd.daemon.service.reload import diff_configs
 from stampd.daemon.watch.filters import WatchFilter

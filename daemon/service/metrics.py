@@ -3,12 +3,16 @@
 Three sources make up one scrape:
 
 - instruments the daemon updates as things happen (:attr:`Metrics.events`,
-  :attr:`Metrics.hash_bytes`, …): counters and histograms that live as long as the process;
+  :attr:`Metrics.hash_bytes`, …): counters and histograms that live as long as the process,
+  defined here;
 - the running daemon's live state (queues, watches, breakers, scans), sampled through the
   ``live`` callable at scrape time, so no gauge is ever stale;
 - the index (files, jobs, proofs, attempts, renewals due), read on a read-only connection at
   scrape time and cached for a few seconds: those counts survive restarts, and a scrape every
   few seconds must not walk a million-row index each time.
+
+The last two are collectors in :mod:`stampd.daemon.service.metrics_families`; the HTTP
+endpoint is :mod:`stampd.daemon.service.metrics_http`. :class:`Metrics` ties them together.
 
 Naming follows prometheus.io/docs/practices/naming as the reference summarises it: the
 ``stampd_`` prefix, base units, ``_total`` for counters, ``*_timestamp_seconds`` for points in
@@ -19,29 +23,14 @@ store dimensions with high cardinality").
 
 from __future__ import annotations
 
-import errno
-import socket
-import sqlite3
-import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, make_wsgi_app
-from prometheus_client.exposition import ThreadingWSGIServer
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from stampd.daemon.service.logs import get_logger
-from stampd.store.errors import IndexUnavailableError, StampdError
-from stampd.store.index import queries
-from stampd.store.index.database import open_reader
-from stampd.store.index.queries import MetricCounts
-
-log = get_logger("stampd.daemon.service.metrics")
+from stampd.daemon.service.metrics_families import IndexCollector, LiveCollector, LiveState
+from stampd.daemon.service.metrics_http import MetricsServer
 
 #: Hashing one file takes from about a millisecond (a small file) to minutes (tens of GiB at
 #: disk speed); the buckets span that range.
@@ -63,66 +52,6 @@ HASH_DURATION_BUCKETS = (
 #: A provider request takes tens of milliseconds (a local TSA) to the request timeout ("10s" by
 #: default, longer when configured).
 STAMP_DURATION_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-#: How long a scrape waits for a locked index before serving the last values it read: a
-#: scrape must answer within Prometheus' timeout (10 s by default), the writer's 10 s is too long.
-INDEX_BUSY_TIMEOUT_MS = 1000
-
-
-class MetricsError(StampdError):
-    """The metrics endpoint could not be served (its address cannot be bound)."""
-
-    error_class = "metrics"
-
-
-def listen_error(host: str, port: int, error: OSError) -> MetricsError:
-    """A one-line error for a failed bind of the metrics endpoint, naming the config key,
-    the address and the reason, with what to do about it."""
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    reason = error.strerror or str(error)
-    if error.errno == errno.EADDRINUSE:
-        hint = "choose another port or stop what uses it"
-    elif error.errno == errno.EACCES:
-        hint = "ports below 1024 need privileges: choose a port above 1023"
-    else:
-        hint = "use an address of this machine, like 127.0.0.1, in daemon.metrics"
-    return MetricsError(f"daemon.metrics: cannot listen on {address}: {reason}", hint=hint)
-
-
-@dataclass(frozen=True)
-class RootState:
-    """One watch root as the running daemon sees it."""
-
-    #: The watch path. A label: watch roots are few, unlike the files below them.
-    root: str
-    #: Whether the inotify watch on the root itself is in place.
-    watched: bool
-    #: Directories counted by the last scan of this root.
-    directories: int
-    scanning: bool
-    #: Unix time the last complete full scan finished; None before the first one ends.
-    last_scan_finished_at: float | None
-    #: How long that scan took, in seconds.
-    last_scan_seconds: float | None
-    #: Why the root records nothing (daemon/watch/roots.py ``RootProblem.kind``), None when fine.
-    problem: str | None = None
-
-
-@dataclass(frozen=True)
-class LiveState:
-    """What only the running daemon knows, sampled at scrape time."""
-
-    roots: tuple[RootState, ...]
-    #: inotify watches held; None when unknown (no inotify backend).
-    inotify_watches: int | None
-    #: Directories without an inotify watch (the limit was reached), covered by rescans only.
-    unwatched_dirs: int
-    settle_queue: int
-    hash_queue: int
-    record_queue: int
-    paused: bool
-    #: (provider name, up) where up means its circuit breaker is closed.
-    providers: tuple[tuple[str, bool], ...]
-    healthy: bool
 
 
 class Metrics:
@@ -197,8 +126,8 @@ class Metrics:
             ["root"],
             registry=registry,
         )
-        self._index = _IndexCollector(index_path, cache_seconds=index_cache_seconds, clock=clock)
-        registry.register(_LiveCollector(version, live))
+        self._index = IndexCollector(index_path, cache_seconds=index_cache_seconds, clock=clock)
+        registry.register(LiveCollector(version, live))
         registry.register(self._index)
 
     def render(self) -> bytes:
@@ -208,361 +137,11 @@ class Metrics:
     def serve(self, host: str, port: int) -> MetricsServer:
         """Serve ``/metrics`` over HTTP on exactly ``host:port`` (port 0 picks a free one).
 
-        Raises :class:`MetricsError` when the address cannot be bound.
+        Raises :class:`~stampd.daemon.service.metrics_http.MetricsError` when the address
+        cannot be bound.
         """
         return MetricsServer(self.registry, host, port)
 
     def close(self) -> None:
         """Close the index connection the scrapes use (a later scrape would reopen it)."""
         self._index.close()
-
-
-class _QuietHandler(WSGIRequestHandler):
-    """Request handler that leaves the access log out: a scrape every few seconds would
-    flood the journal, and it is not stampd's structured log."""
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
-        pass
-
-
-class _Server4(ThreadingWSGIServer):
-    address_family = socket.AF_INET
-
-
-class _Server6(ThreadingWSGIServer):
-    address_family = socket.AF_INET6
-
-
-class MetricsServer:
-    """The HTTP endpoint of one :class:`Metrics`, served from a background thread."""
-
-    #: How often the serving loop checks for :meth:`close` (socketserver polls; the default
-    #: 0.5 s would make every shutdown wait that long).
-    _POLL_SECONDS = 0.05
-
-    def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
-        try:
-            # What prometheus_client's start_http_server does, by hand: its serving thread polls
-            # for shutdown every 0.5 s, so each close() would wait that long. The family follows
-            # the address ("::1" needs AF_INET6), and the socket binds exactly that address.
-            family = socket.getaddrinfo(
-                host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-            )[0][0]
-            server_class = _Server6 if family == socket.AF_INET6 else _Server4
-            self._server = server_class((host, port), _QuietHandler)
-        except OSError as error:
-            raise listen_error(host, port, error) from error
-        self._server.set_app(make_wsgi_app(registry))
-        self.host = host
-        self.port: int = self._server.server_address[1]
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": self._POLL_SECONDS},
-            name="stampd-metrics",
-            daemon=True,
-        )
-        self._thread.start()
-        self._closed = False
-        log.info("metrics_listening", host=host, port=self.port)
-
-    def close(self) -> None:
-        """Stop serving and release the port; safe to call more than once."""
-        if self._closed:
-            return
-        self._closed = True
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
-
-
-class _LiveCollector:
-    """The daemon's live state, sampled at each scrape."""
-
-    def __init__(self, version: str, live: Callable[[], LiveState]) -> None:
-        self._version = version
-        self._live = live
-
-    def describe(self) -> list[Metric]:
-        # The registry learns the names from here (needed for `?name[]=` filtering) without
-        # calling live() at registration time.
-        return _live_families(self._version, None)
-
-    def collect(self) -> list[Metric]:
-        try:
-            state: LiveState | None = self._live()
-        except Exception:
-            # A broken sampler must not break the scrape: stampd_healthy 0 says it instead.
-            log.exception("metrics_live_state_failed")
-            state = None
-        return _live_families(self._version, state)
-
-
-class _IndexCollector:
-    """The index's counts, read on a read-only connection and cached for ``cache_seconds``."""
-
-    def __init__(
-        self,
-        path: Path,
-        *,
-        cache_seconds: float,
-        clock: Callable[[], float],
-    ) -> None:
-        self._path = path
-        self._cache_seconds = cache_seconds
-        self._clock = clock
-        # A count of its own rather than a Counter instrument: the registry collects those
-        # before this collector, so a failure would show only in the next scrape.
-        self._errors = 0
-        # Scrapes arrive on concurrent server threads; one of them reads, the others wait
-        # for its result instead of repeating the work.
-        self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = None
-        self._counts: MetricCounts | None = None
-        self._read_at: float | None = None
-        self._failing = False
-
-    def describe(self) -> list[Metric]:
-        return _index_families(None, 0)
-
-    def collect(self) -> list[Metric]:
-        counts = self.counts()
-        return _index_families(counts, self._errors)
-
-    def counts(self) -> MetricCounts | None:
-        """The cached counts, refreshed when older than the cache period; None until the
-        index has been read once."""
-        with self._lock:
-            now = self._clock()
-            # A clock that went backwards (time.time() is wall time) also refreshes.
-            if self._read_at is not None and 0 <= now - self._read_at < self._cache_seconds:
-                return self._counts
-            # Failures wait for the cache period too: a missing or locked index is not retried
-            # by every scrape.
-            self._read_at = now
-            try:
-                # The cursor only carries over on the same connection: a reopened index may
-                # be another file (moved aside and rebuilt), so it is counted afresh.
-                previous = self._counts.cursor if self._counts and self._conn else None
-                if self._conn is None:
-                    self._conn = open_reader(self._path)
-                    self._conn.execute(f"PRAGMA busy_timeout = {INDEX_BUSY_TIMEOUT_MS}")
-                self._counts = queries.metric_counts(
-                    self._conn, now=datetime.fromtimestamp(now, UTC), previous=previous
-                )
-            except (IndexUnavailableError, sqlite3.Error) as error:
-                self._errors += 1
-                self._close_connection()
-                if not self._failing:  # one line per outage, not one per scrape
-                    log.warning(
-                        "metrics_index_unreadable",
-                        path=str(self._path),
-                        error=str(error),
-                        hint="serving the last values read until the index can be read again",
-                    )
-                self._failing = True
-            else:
-                self._failing = False
-            return self._counts
-
-    def close(self) -> None:
-        with self._lock:
-            self._close_connection()
-
-    def _close_connection(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
-
-def _gauge(
-    name: str, documentation: str, labels: Sequence[str] = (), samples: Iterable[Any] = ()
-) -> GaugeMetricFamily:
-    """A gauge family with ``samples`` of ``(label values, value)``."""
-    family = GaugeMetricFamily(name, documentation, labels=list(labels))
-    for label_values, value in samples:
-        family.add_metric(list(label_values), float(value))
-    return family
-
-
-def _live_families(version: str, state: LiveState | None) -> list[Metric]:
-    """The live part of a scrape; ``state`` None when it could not be sampled (then only
-    build_info, up and healthy 0 carry samples)."""
-    families: list[Metric] = [
-        _gauge(
-            "stampd_build_info",
-            "Always 1; the version label names the running stampd.",
-            ["version"],
-            [((version,), 1)],
-        ),
-        _gauge("stampd_up", "1 while the stampd daemon answers scrapes.", (), [((), 1)]),
-        _gauge(
-            "stampd_healthy",
-            "1 when the daemon's health check passes (the one behind the systemd watchdog).",
-            (),
-            [((), 1 if state is not None and state.healthy else 0)],
-        ),
-    ]
-    s = state
-    roots = s.roots if s is not None else ()
-    families += [
-        _gauge(
-            "stampd_paused",
-            "1 while stamping is paused, 0 otherwise.",
-            (),
-            [((), int(s.paused))] if s else [],
-        ),
-        _gauge(
-            "stampd_watched_roots",
-            "Watch roots that have their inotify watch in place.",
-            (),
-            [((), sum(root.watched for root in roots))] if s else [],
-        ),
-        _gauge(
-            "stampd_watch_root_ok",
-            "1 when the watch root exists, is a readable directory and has its inotify watch;"
-            " 0 when it records nothing: `stampd status` says why and what to do.",
-            ["root"],
-            [((root.root,), int(root.watched and root.problem is None)) for root in roots],
-        ),
-        _gauge(
-            "stampd_watched_dirs",
-            "Directories under the watch root, as counted by its last scan.",
-            ["root"],
-            [((root.root,), root.directories) for root in roots],
-        ),
-        _gauge(
-            "stampd_inotify_watches",
-            "inotify watches held by the daemon (compare with fs.inotify.max_user_watches).",
-            (),
-            [((), s.inotify_watches)] if s and s.inotify_watches is not None else [],
-        ),
-        _gauge(
-            "stampd_unwatched_dirs",
-            "Directories without an inotify watch (limit reached), seen only by rescans.",
-            (),
-            [((), s.unwatched_dirs)] if s else [],
-        ),
-        _gauge(
-            "stampd_settle_queue_length",
-            "Changed files waiting to settle (closed and quiet) before they are hashed.",
-            (),
-            [((), s.settle_queue)] if s else [],
-        ),
-        _gauge(
-            "stampd_hash_queue_length",
-            "Settled files waiting to be hashed.",
-            (),
-            [((), s.hash_queue)] if s else [],
-        ),
-        _gauge(
-            "stampd_record_queue_length",
-            "Hashed files waiting to be recorded in the index.",
-            (),
-            [((), s.record_queue)] if s else [],
-        ),
-        _gauge(
-            "stampd_provider_up",
-            "1 when the provider takes requests, 0 while its circuit breaker rests it.",
-            ["provider"],
-            [((name,), int(up)) for name, up in (s.providers if s else ())],
-        ),
-        _gauge(
-            "stampd_scan_in_progress",
-            "1 while a full scan of the watch root runs.",
-            ["root"],
-            [((root.root,), int(root.scanning)) for root in roots],
-        ),
-        _gauge(
-            "stampd_last_full_scan_success_timestamp_seconds",
-            "Unix time the last complete full scan of the watch root finished.",
-            ["root"],
-            [
-                ((root.root,), root.last_scan_finished_at)
-                for root in roots
-                if root.last_scan_finished_at is not None
-            ],
-        ),
-        _gauge(
-            "stampd_full_scan_duration_seconds",
-            "How long the last complete full scan of the watch root took.",
-            ["root"],
-            [
-                ((root.root,), root.last_scan_seconds)
-                for root in roots
-                if root.last_scan_seconds is not None
-            ],
-        ),
-    ]
-    return families
-
-
-def _index_families(counts: MetricCounts | None, read_errors: int) -> list[Metric]:
-    """The index part of a scrape; no samples before the index was first read."""
-    c = counts
-    errors = CounterMetricFamily(
-        "stampd_index_read_errors",
-        "Failed reads of the index for metrics; the last values read are served meanwhile.",
-        value=read_errors,
-    )
-    attempts = CounterMetricFamily(
-        "stampd_stamp_attempts",
-        "Provider attempts recorded in the index (all time, across restarts), by outcome:"
-        " ok or the error class.",
-        labels=["provider", "error_class"],
-    )
-    for (provider, error_class), count in c.attempts.items() if c else ():
-        attempts.add_metric([provider, error_class], count)
-    return [
-        _gauge(
-            "stampd_files",
-            "Files in the index by watch root and state (present, missing, unreadable).",
-            ["root", "state"],
-            c.files.items() if c else (),
-        ),
-        _gauge(
-            "stampd_versions",
-            "File versions (content states) recorded in the index.",
-            (),
-            [((), c.versions)] if c else [],
-        ),
-        _gauge(
-            "stampd_jobs",
-            "Evidence jobs in the index by evidence kind and state.",
-            ["kind", "state"],
-            c.jobs.items() if c else (),
-        ),
-        _gauge(
-            "stampd_jobs_backing_off",
-            "Pending jobs that failed at least once and wait to be retried, by evidence kind.",
-            ["kind"],
-            [((kind,), count) for kind, count in c.jobs_backing_off.items()] if c else [],
-        ),
-        _gauge(
-            "stampd_proofs",
-            "Proofs in the index by evidence kind and status.",
-            ["kind", "status"],
-            c.proofs.items() if c else (),
-        ),
-        attempts,
-        errors,
-        _gauge(
-            "stampd_restamp_due",
-            "Complete proofs whose signing certificate chain expires within the window:"
-            " renew them before then.",
-            ["window"],
-            [((window,), count) for window, count in c.restamp_due.items()] if c else [],
-        ),
-        _gauge(
-            "stampd_cert_expiry_timestamp_seconds",
-            "Unix time the newest signing chain of the TSA expires (latest notAfter over its"
-            " complete tsr proofs).",
-            ["provider"],
-            [((name,), moment.timestamp()) for name, moment in c.cert_expiry.items()] if c else [],
-        ),
-        _gauge(
-            "stampd_ots_pending_upgrade",
-            "OpenTimestamps proofs still waiting for their Bitcoin attestation (upgrade).",
-            (),
-            [((), c.ots_pending_upgrade)] if c else [],
-        ),
-    ]

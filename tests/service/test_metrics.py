@@ -12,7 +12,9 @@ import pytest
 import structlog
 from prometheus_client.parser import text_string_to_metric_families
 
-from stampd.daemon.service.metrics import LiveState, Metrics, MetricsError, MetricsServer, RootState
+from stampd.daemon.service.metrics import Metrics
+from stampd.daemon.service.metrics_families import LiveState, RootState
+from stampd.daemon.service.metrics_http import MetricsError, MetricsServer
 from stampd.store.index import queries
 from stampd.store.index.database import JOB_STATES, Index, format_time, index_path, open_reader
 from stampd.store.index.jobs import Attempt, NewProof, cancel_job, complete_job, fail_job
