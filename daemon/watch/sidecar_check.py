@@ -23,7 +23,7 @@ from pathlib import Path
 
 from stampd.store.errors import StampdError
 from stampd.store.files.sidecar import SIDECAR_KINDS, Layout, data_name_of, read_sidecar
-from stampd.store.index.database import ScanRow
+from stampd.store.index.scan_rows import ScanRow
 
 
 class SidecarCheck:

@@ -20,8 +20,9 @@ from stampd.store.files.repair import (
     retire_leftovers,
 )
 from stampd.store.files.sidecar import Layout
-from stampd.store.index.database import Index, ScanRow, index_path
+from stampd.store.index.database import Index, index_path
 from stampd.store.index.jobs import NewProof, record_proof
+from stampd.store.index.scan_rows import ScanRow
 from tests.conftest import settled
 
 PROOF = b"0\x82 the TSA's bytes for this content"
