@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 from stampd.store.index import queries
-from stampd.store.index.database import Index, index_path, open_reader, utc_now
+from stampd.store.index.database import Index, index_path, open_reader
+from stampd.store.index.times import utc_now
 
 ROOT = Path("/bench/records")
 # STAMPD_BENCH_RESULTS: elsewhere (tests/test_bench_smoke.py runs tiny sizes, whose figures

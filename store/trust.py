@@ -34,7 +34,7 @@ from cryptography.x509.verification import (
     VerificationError,
 )
 
-from stampd.store.errors import StampdError
+from stampd.store.errors import ErrorClass, StampdError
 
 #: Debian's bundle of the CAs ca-certificates ships: a TSA without ``trust`` chains to these.
 SYSTEM_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
@@ -43,7 +43,7 @@ SYSTEM_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 class TrustError(StampdError):
     """A trust file cannot be read or holds no usable root."""
 
-    error_class = "trust"
+    error_class = ErrorClass.TRUST
 
 
 #: Why a TSA's chain failed, as :attr:`ChainError.problem` (what the caller can advise on).

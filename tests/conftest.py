@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from stampd.store.files.filestat import FileStat
-from stampd.store.index.database import Settled, utc_now
+from stampd.store.index.times import utc_now
+from stampd.store.index.versions import Settled
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

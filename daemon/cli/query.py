@@ -24,7 +24,8 @@ from stampd.daemon.config.model import Config
 from stampd.daemon.service import control
 from stampd.store.errors import StampdError
 from stampd.store.index import queries
-from stampd.store.index.database import index_path, open_reader, utc_now
+from stampd.store.index.database import index_path, open_reader
+from stampd.store.index.times import utc_now
 
 
 @contextmanager

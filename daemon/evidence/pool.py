@@ -42,7 +42,7 @@ from stampd.daemon.evidence.roles import (
     TimestampProvider,
 )
 from stampd.daemon.service.logs import get_logger
-from stampd.store.index.database import utc_now
+from stampd.store.index.times import utc_now
 
 log = get_logger("stampd.pool")
 

@@ -36,8 +36,8 @@ from stampd.store.files.repair import (
     retire_leftovers,
 )
 from stampd.store.files.sidecar import Layout
-from stampd.store.index.database import Recorded
 from stampd.store.index.jobs import NewProof, record_proof
+from stampd.store.index.versions import Recorded
 
 log = get_logger("stampd.repair")
 

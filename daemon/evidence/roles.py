@@ -10,8 +10,9 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Protocol
 
+from stampd.store.errors import ErrorClass
 from stampd.store.formats.tsp import VerifiedToken
-from stampd.store.index.jobs import Attempt, ErrorClass
+from stampd.store.index.jobs import Attempt
 
 __all__ = [
     "NO_RETRY",

@@ -47,7 +47,6 @@ from stampd.daemon.watch.recorder import Recorder
 from stampd.store.errors import FileAccessError, StampdError
 from stampd.store.files.archive import archive_get, archive_put
 from stampd.store.files.sidecar import Layout, read_sidecar, write_sidecar
-from stampd.store.index.database import format_time, utc_now
 from stampd.store.index.jobs import (
     Attempt,
     DueJob,
@@ -59,6 +58,7 @@ from stampd.store.index.jobs import (
     fail_job,
     known_proofs,
 )
+from stampd.store.index.times import format_time, utc_now
 from stampd.store.verify import Verdict, verify_tsr
 
 log = get_logger("stampd.stamping")

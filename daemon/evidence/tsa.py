@@ -23,6 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from stampd.daemon.evidence.roles import ProviderFailure, Stamped
+from stampd.store.errors import ErrorClass
 from stampd.store.formats.tsp import (
     TimestampRejected,
     TokenInvalid,
@@ -129,21 +130,23 @@ class Rfc3161Provider:
                 body = await self._read_capped(response, deadline)
         except httpx.TimeoutException as error:
             raise ProviderFailure(
-                "timeout", f"no answer within {self._timeout:g} s ({type(error).__name__})"
+                ErrorClass.TIMEOUT, f"no answer within {self._timeout:g} s ({type(error).__name__})"
             ) from error
         except httpx.TransportError as error:
-            raise ProviderFailure("network", f"{type(error).__name__}: {error}") from error
+            raise ProviderFailure(ErrorClass.NETWORK, f"{type(error).__name__}: {error}") from error
         received_at = datetime.now(UTC)
         try:
             parsed = parse_response(body)
             check_reply(parsed.token, request, sent_at=sent_at, received_at=received_at)
             verified = verify_token(parsed.token, digest=digest, anchors=self._anchors)
         except TimestampRejected as error:
-            raise ProviderFailure("rejected", error.message) from error
+            raise ProviderFailure(ErrorClass.REJECTED, error.message) from error
         except TspParseError as error:
-            raise ProviderFailure("parse", error.message) from error
+            raise ProviderFailure(ErrorClass.PARSE, error.message) from error
         except TokenInvalid as error:
-            raise ProviderFailure("verify", f"{error.reason}: {self._explain(error)}") from error
+            raise ProviderFailure(
+                ErrorClass.VERIFY, f"{error.reason}: {self._explain(error)}"
+            ) from error
         return Stamped(response=body, verified=verified)
 
     def _explain(self, error: TokenInvalid) -> str:
@@ -176,7 +179,7 @@ class Rfc3161Provider:
             kind = response.headers.get("content-type", "").split(";")[0].strip().lower()
             if kind not in REPLY_TYPES:
                 raise ProviderFailure(
-                    "parse",
+                    ErrorClass.PARSE,
                     f"the reply's Content-Type is {kind or 'missing'!r}, not {REPLY_TYPES[0]}",
                     http_status=status,
                 )
@@ -184,26 +187,26 @@ class Rfc3161Provider:
         retry_after = retry_after_seconds(response.headers.get("retry-after"))
         if status == 429:
             raise ProviderFailure(
-                "rate_limited",
+                ErrorClass.RATE_LIMITED,
                 "HTTP 429 Too Many Requests",
                 http_status=status,
                 retry_after=retry_after,
             )
         if status in (401, 403):
             raise ProviderFailure(
-                "auth",
+                ErrorClass.AUTH,
                 f"HTTP {status}: the TSA refused our credentials (check auth, username and"
                 " secret_file of this TSA)",
                 http_status=status,
             )
         if status == 402:
             raise ProviderFailure(
-                "quota",
+                ErrorClass.QUOTA,
                 "HTTP 402: the TSA's quota or subscription is exhausted",
                 http_status=status,
             )
         raise ProviderFailure(
-            "http_status",
+            ErrorClass.HTTP_STATUS,
             f"HTTP {status} {response.reason_phrase}".strip(),
             http_status=status,
             retry_after=retry_after,
@@ -214,7 +217,7 @@ class Rfc3161Provider:
         declared = response.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > MAX_RESPONSE_BYTES:
             raise ProviderFailure(
-                "parse",
+                ErrorClass.PARSE,
                 f"the reply is {declared} bytes, over the {MAX_RESPONSE_BYTES} cap",
                 http_status=response.status_code,
             )
@@ -223,7 +226,7 @@ class Rfc3161Provider:
             body += chunk
             if len(body) > MAX_RESPONSE_BYTES:
                 raise ProviderFailure(
-                    "parse",
+                    ErrorClass.PARSE,
                     f"the reply exceeds the {MAX_RESPONSE_BYTES}-byte cap",
                     http_status=response.status_code,
                 )

@@ -61,16 +61,11 @@ from stampd.store.errors import FileAccessError, StampdError
 from stampd.store.files.filestat import FileStat
 from stampd.store.files.pathnames import EscapeError, escape, unescape
 from stampd.store.files.sidecar import Layout, data_name_of, is_ours
-from stampd.store.index.database import (
-    Index,
-    Settled,
-    format_time,
-    index_path,
-    open_reader,
-    present_under,
-    utc_now,
-)
+from stampd.store.index.database import Index, index_path, open_reader
 from stampd.store.index.jobs import Attempt
+from stampd.store.index.scan_rows import present_under
+from stampd.store.index.times import format_time, utc_now
+from stampd.store.index.versions import Settled
 
 log = get_logger("stampd.daemon")
 

@@ -27,9 +27,8 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 
 from stampd.daemon.service.logs import get_logger
 from stampd.store.errors import IndexUnavailableError
-from stampd.store.index import queries
+from stampd.store.index.counts import MetricCounts, metric_counts
 from stampd.store.index.database import open_reader
-from stampd.store.index.queries import MetricCounts
 
 log = get_logger("stampd.daemon.service.metrics")
 
@@ -150,7 +149,7 @@ class IndexCollector:
                 if self._conn is None:
                     self._conn = open_reader(self._path)
                     self._conn.execute(f"PRAGMA busy_timeout = {INDEX_BUSY_TIMEOUT_MS}")
-                self._counts = queries.metric_counts(
+                self._counts = metric_counts(
                     self._conn, now=datetime.fromtimestamp(now, UTC), previous=previous
                 )
             except (IndexUnavailableError, sqlite3.Error) as error:

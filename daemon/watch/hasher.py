@@ -19,7 +19,7 @@ from pathlib import Path
 
 from stampd.store.files.digest import FileDigests, Progress, digest_fd
 from stampd.store.files.filestat import FileStat
-from stampd.store.index.database import format_time
+from stampd.store.index.times import format_time
 
 #: A file whose mtime is this close to the moment it was hashed may still change within the
 #: same timestamp tick without changing its stat key ("racy git"); such rows are re-hashed by

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from stampd.daemon.service.logs import get_logger
 from stampd.store.files.filestat import FileStat
-from stampd.store.index.database import Index, Recorded, Settled
+from stampd.store.index.database import Index
+from stampd.store.index.versions import Recorded, Settled
 
 log = get_logger("stampd.recorder")
 

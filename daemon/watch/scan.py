@@ -34,7 +34,7 @@ from typing import Protocol
 
 from stampd.daemon.service.logs import get_logger
 from stampd.store.files.filestat import FileStat
-from stampd.store.index.database import (
+from stampd.store.index.scan_rows import (
     LIVE_STATES,
     ScanRow,
     live_directories_below,

@@ -21,9 +21,10 @@ import hashlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from stampd.store import kinds
 from stampd.store.errors import StampdError
-from stampd.store.files.sidecar import SIDECAR_KINDS, Layout, data_name_of, read_sidecar
-from stampd.store.index.database import ScanRow
+from stampd.store.files.sidecar import Layout, data_name_of, read_sidecar
+from stampd.store.index.scan_rows import ScanRow
 
 
 class SidecarCheck:
@@ -76,7 +77,7 @@ class SidecarCheck:
 
     def _in_place(self, directory: str, row: ScanRow, sidecar_names: set[str]) -> bool:
         for kind, hashes in row.sidecars.items():
-            name = f"{row.name}.{SIDECAR_KINDS[kind]}"
+            name = f"{row.name}.{kinds.sidecar_extension(kind)}"
             if name not in sidecar_names:
                 return False
             if self._deep and not self._holds(Path(directory, row.name), kind, hashes):

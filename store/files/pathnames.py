@@ -20,7 +20,7 @@ anywhere can be fed back to ``stampd``.
 The codes form a prefix code in which ``/`` stands for itself, so ``escape`` commutes with
 joining and splitting paths: ``escape(a / b) == escape(a) + "/" + escape(b)``. Directory
 and subtree queries on the escaped column therefore work as on the names themselves
-(:func:`stampd.store.index.database.subtree_bounds`).
+(:func:`stampd.store.index.scan_rows.subtree_bounds`).
 """
 
 from __future__ import annotations

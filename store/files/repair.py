@@ -25,17 +25,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stampd.store import kinds
 from stampd.store.errors import StampdError
 from stampd.store.files.archive import archive_get, archive_put
 from stampd.store.files.atomic import remove_if_holds
 from stampd.store.files.pathnames import escape, unescape_path
-from stampd.store.files.sidecar import (
-    SIDECAR_KINDS,
-    Layout,
-    read_sidecar,
-    sidecar_path,
-    write_sidecar,
-)
+from stampd.store.files.sidecar import Layout, read_sidecar, sidecar_path, write_sidecar
 
 # The sidecar bytes of the complete proofs of a file's current version, newest first: any of
 # them may sit in the sidecar; the newest is the one written when none does.
@@ -84,9 +79,10 @@ def repair_target(conn: sqlite3.Connection, file_id: int) -> RepairTarget | None
 def current_proofs(conn: sqlite3.Connection, file_id: int) -> dict[str, tuple[str, ...]]:
     """Evidence kind → SHA-256 (hex) of each complete proof of the file's current version,
     newest first; kinds without a sidecar (``attest``) are left out."""
+    with_sidecars = {spec.name for spec in kinds.with_sidecars()}
     found: dict[str, list[str]] = {}
     for kind, sha256 in conn.execute(_SQL_CURRENT_PROOFS, (file_id,)):
-        if kind in SIDECAR_KINDS:
+        if kind in with_sidecars:
             found.setdefault(str(kind), []).append(str(sha256))
     return {kind: tuple(hashes) for kind, hashes in found.items()}
 
@@ -162,7 +158,7 @@ def _repair_one(
         if hashlib.sha256(existing).hexdigest() in hashes:
             return
         if adopt(kind, existing):
-            archive_put(state_dir, existing, SIDECAR_KINDS[kind])
+            archive_put(state_dir, existing, kinds.sidecar_extension(kind))
             repair.adopted.append(kind)
             return
     data = _archived(state_dir, kind, hashes)
@@ -173,7 +169,7 @@ def _repair_one(
         return
     if existing is not None:
         # Another file's proof, an older version's, or not a proof: history all the same.
-        archive_put(state_dir, existing, SIDECAR_KINDS[kind])
+        archive_put(state_dir, existing, kinds.sidecar_extension(kind))
         repair.archived.append(kind)
     write_sidecar(
         path, kind, data, layout=layout, state_dir=state_dir, replace=existing is not None
@@ -184,7 +180,7 @@ def _repair_one(
 def _archived(state_dir: Path, kind: str, hashes: Sequence[str]) -> bytes | None:
     for sha256 in hashes:
         try:
-            data = archive_get(state_dir, sha256, SIDECAR_KINDS[kind])
+            data = archive_get(state_dir, sha256, kinds.sidecar_extension(kind))
         except StampdError:
             continue  # a corrupted copy: try the next proof
         if data is not None:
@@ -211,14 +207,15 @@ def retire_leftovers(
     if os.path.lexists(path):
         return []
     retired = []
-    for kind, ext in SIDECAR_KINDS.items():
+    for spec in kinds.with_sidecars():
+        kind = spec.name
         try:
             data = read_sidecar(path, kind, layout=layout, state_dir=state_dir)
         except StampdError:
             continue  # a symlink or a directory at a sidecar's name is not ours to remove
         if data is None or not is_leftover(kind, hashlib.sha256(data).hexdigest()):
             continue
-        archive_put(state_dir, data, ext)
+        archive_put(state_dir, data, kinds.sidecar_extension(kind))
         where = sidecar_path(path, kind, layout=layout, state_dir=state_dir)
         if remove_if_holds(where, data):
             retired.append(kind)

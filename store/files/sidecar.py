@@ -3,23 +3,20 @@
 Proofs live next to the data as ``FILE.tsr``, ``FILE.ots``, ``FILE.p7s`` and ``FILE.ers``
 (DESIGN §1, §5), the names the OpenTimestamps client uses too, so backup tools carry them
 along (reference §5.3). The ``mirror`` layout puts the same names under the state directory
-for trees stampd may not write to.
+for trees stampd may not write to. Which kinds have a sidecar, and its extension, is the
+registry's to say (:mod:`stampd.store.kinds`): a kind registered later (or by a test) gets
+its sidecars named and recognised like the built-in ones.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from pathlib import Path, PurePath
-from types import MappingProxyType
 from typing import Literal
 
+from stampd.store import kinds
 from stampd.store.files.atomic import directory, read_path, write_atomic
-
-SIDECAR_KINDS: Mapping[str, str] = MappingProxyType(
-    {"tsr": "tsr", "ots": "ots", "p7s": "p7s", "ers": "ers"}
-)
-"""Evidence kind → sidecar extension. ``attest`` receipts live in the index (DESIGN §5)."""
+from stampd.store.kinds import EvidenceKind, KindSpec
 
 Layout = Literal["adjacent", "mirror"]
 """``adjacent``: next to the data file; ``mirror``: under ``STATE/mirror/<absolute path>``."""
@@ -28,11 +25,37 @@ MAX_SIDECAR_BYTES = 16 * 1024 * 1024
 """Read cap for a sidecar: real proofs are kilobytes; evidence records with long renewal
 chains stay far below this, and a larger file is not one stampd wrote."""
 
-_SIDECAR_SUFFIXES = tuple(f".{ext}" for ext in SIDECAR_KINDS.values())
 # What write_atomic creates: `.{name}.stampd-{16 hex}.tmp` (name possibly shortened).
 _TEMP_NAME = re.compile(r"\..*\.stampd-[0-9a-f]{16}\.tmp", re.DOTALL)
 # `ots upgrade` keeps the previous proof as FILE.ots.bak (reference §5.3).
-_OTS_BACKUP_SUFFIX = ".ots.bak"
+_OTS_BACKUP_SUFFIX = f".{kinds.sidecar_extension(EvidenceKind.OTS)}.bak"
+
+
+class _Suffixes:
+    """The sidecar suffixes of the registered kinds, worked out again only when the registry
+    changes.
+
+    Asked for on the hot path — every watcher event (:func:`is_ours`) and every name a scan
+    lists (:func:`data_name_of`) — so the check is a comparison of the registry's tuple with
+    the one last seen: a fraction of a microsecond, as its items are the same objects.
+    """
+
+    def __init__(self) -> None:
+        self._seen: tuple[tuple[KindSpec, ...], tuple[str, ...], tuple[str, ...]] = ((), (), ())
+
+    def get(self, *, backups: bool) -> tuple[str, ...]:
+        """``.tsr``, ``.ots``, … (and ``.ots.bak`` with ``backups``)."""
+        known = kinds.known()
+        seen, plain, with_backups = self._seen
+        if known != seen:
+            plain = tuple(f".{kind.sidecar}" for kind in known if kind.sidecar is not None)
+            with_backups = (*plain, _OTS_BACKUP_SUFFIX)
+            # One assignment: a thread reading meanwhile sees the old triple or the new one.
+            self._seen = (known, plain, with_backups)
+        return with_backups if backups else plain
+
+
+_suffixes = _Suffixes()
 
 
 def sidecar_path(data_path: Path, kind: str, *, layout: Layout, state_dir: Path) -> Path:
@@ -40,15 +63,15 @@ def sidecar_path(data_path: Path, kind: str, *, layout: Layout, state_dir: Path)
 
     ``adjacent``: ``/dir/FILE.tsr``. ``mirror``: ``state_dir/mirror/dir/FILE.tsr``, the data
     file's absolute path below ``mirror/`` so an operator can find it by eye. Raises
-    ValueError for a relative or non-canonical ``data_path`` or an unknown kind or layout.
+    ValueError for a relative or non-canonical ``data_path``, an unknown layout, or a kind
+    without a sidecar (``attest`` receipts live in the index, DESIGN §5).
     """
-    if kind not in SIDECAR_KINDS:
-        raise ValueError(f"no sidecar for evidence kind {kind!r}; expected one of {_kinds()}")
+    extension = kinds.sidecar_extension(kind)
     if not data_path.is_absolute():
         raise ValueError(f"data path must be absolute: {data_path}")
     if data_path.name in {"", ".."} or ".." in data_path.parts:
         raise ValueError(f"data path must name a file without '..': {data_path}")
-    name = f"{data_path.name}.{SIDECAR_KINDS[kind]}"
+    name = f"{data_path.name}.{extension}"
     if layout == "adjacent":
         return data_path.parent / name
     if layout == "mirror":
@@ -76,8 +99,7 @@ def data_name_of(name: str, *, backups: bool = False) -> str | None:
     ``a.txt``), or None when ``name`` is not a sidecar's. ``backups``: ``a.txt.ots.bak``, the
     previous proof ``ots upgrade`` keeps, counts too. By name only, like :func:`is_ours`.
     """
-    suffixes = (*_SIDECAR_SUFFIXES, _OTS_BACKUP_SUFFIX) if backups else _SIDECAR_SUFFIXES
-    for suffix in suffixes:
+    for suffix in _suffixes.get(backups=backups):
         # A sidecar belongs to a data file, so something must precede the suffix.
         if name.endswith(suffix) and len(name) > len(suffix):
             return name[: -len(suffix)]
@@ -123,7 +145,3 @@ def read_sidecar(
     """
     path = sidecar_path(data_path, kind, layout=layout, state_dir=state_dir)
     return read_path(path, max_bytes=max_bytes)
-
-
-def _kinds() -> str:
-    return ", ".join(SIDECAR_KINDS)

@@ -5,7 +5,9 @@ checklist of reference/rfc3161.md §2, item by item; each failure raises :class:
 with a stable ``reason`` so the daemon can store it on the attempt and ``stampd verify`` can
 print it. Items that need the request (nonce, requested imprint and policy, the time window)
 are in :func:`check_reply`; the rest, which hold for a stored token years later, are in
-:func:`verify_token`.
+:func:`verify_token`. The token's SignerInfo is checked by :mod:`.cms` (items 7-10, what a
+CAdES seal shares); what is RFC 3161's own — status, TSTInfo, the timeStamping EKU and the
+TSA name — is here.
 
 Bytes are never re-encoded: the response is kept exactly as received (DESIGN rule 5), and the
 signature is checked over the signed attributes exactly as received (RFC 5652 §5.4; the
@@ -16,38 +18,28 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
-import re
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from asn1crypto import algos, cms, core, tsp
+from asn1crypto import cms, core, tsp
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, padding, rsa
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from stampd.store.errors import StampdError
+from stampd.store.errors import ErrorClass, StampdError
+from stampd.store.formats import cms as cms_checks
+from stampd.store.formats.cms import HASHES, SignatureInvalid, SignedObject
+from stampd.store.formats.der import present, short
+from stampd.store.formats.tstinfo import TokenFacts, token_facts
 from stampd.store.trust import ChainError, validate_tsa_chain
 
 #: Imprint algorithms stampd requests and accepts (reference §1.1: never SHA-1).
 IMPRINT_ALGORITHMS = ("sha256", "sha384", "sha512")
-
-_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
-    "sha1": hashes.SHA1,  # only where a standard fixes it: ESSCertID v1 (RFC 2634 §5.4.1)
-    "sha224": hashes.SHA224,
-    "sha256": hashes.SHA256,
-    "sha384": hashes.SHA384,
-    "sha512": hashes.SHA512,
-}
-#: Digest algorithms accepted for the TSA's signature (SignerInfo digestAlgorithm).
-_SIGNATURE_DIGESTS = ("sha224", "sha256", "sha384", "sha512")
 
 _STATUS_NAMES = {
     "granted": 0,
@@ -62,13 +54,13 @@ _STATUS_NAMES = {
 class TspParseError(StampdError):
     """Bytes that are not a timestamp response or token."""
 
-    error_class = "parse"
+    error_class = ErrorClass.PARSE
 
 
 class TimestampRejected(StampdError):
     """The TSA answered with a PKIStatus of 2 or more and no token (RFC 3161 §2.4.2)."""
 
-    error_class = "rejected"
+    error_class = ErrorClass.REJECTED
 
     def __init__(self, status: str, fail_info: tuple[str, ...], status_string: str | None) -> None:
         detail = status
@@ -82,20 +74,27 @@ class TimestampRejected(StampdError):
         self.status_string = status_string
 
 
-class TokenInvalid(StampdError):
+class TokenInvalid(SignatureInvalid):
     """A timestamp token that does not prove what it claims; ``reason`` is a stable code."""
 
-    error_class = "verify"
+    error_class = ErrorClass.VERIFY
 
     def __init__(self, reason: str, message: str, *, chain: ChainError | None = None) -> None:
-        super().__init__(message)
-        self.reason = reason
+        super().__init__(reason, message)
         #: For ``reason == "chain"``: the path validation's failure, whose sentence a caller
         #: can complete with where the roots came from and what to do (ChainError.describe).
         self.chain = chain
 
-    def to_dict(self) -> dict[str, str]:
-        return {**super().to_dict(), "reason": self.reason}
+
+#: A token as the SignerInfo checks (:mod:`.cms`) name it: §2 items 7-10 raise TokenInvalid.
+_TOKEN = SignedObject(
+    subject="the token",
+    signer="the TSA",
+    content_type="tst_info",
+    content="TSTInfo",
+    ess_rule="RFC 3161 §2.4.2",
+    error=TokenInvalid,
+)
 
 
 # --- the request ---------------------------------------------------------------------------
@@ -122,7 +121,7 @@ def build_request(
     """
     if algorithm not in IMPRINT_ALGORITHMS:
         raise ValueError(f"unsupported imprint algorithm {algorithm!r}")
-    size = _HASHES[algorithm]().digest_size
+    size = HASHES[algorithm]().digest_size
     if len(digest) != size:
         raise ValueError(f"a {algorithm} digest has {size} bytes")
     nonce = secrets.randbits(64) if nonce is None else nonce
@@ -148,22 +147,6 @@ class _TimeStampResp(tsp.TimeStampResp):  # type: ignore[misc]  # asn1crypto is 
         ("status", tsp.PKIStatusInfo),
         ("time_stamp_token", cms.ContentInfo, {"optional": True}),
     ]
-
-
-@dataclass(frozen=True)
-class TokenFacts:
-    """What a token says (TSTInfo), for the index, ``show`` and ``verify`` (§1.3, §2 item 14)."""
-
-    gen_time: datetime
-    serial: int
-    policy: str
-    algorithm: str
-    hashed_message: bytes
-    nonce: int | None
-    accuracy: timedelta | None
-    ordering: bool
-    #: The ``tsa`` field as text (RFC 4514 for a directory name), if present.
-    tsa_name: str | None
 
 
 @dataclass(frozen=True, eq=False)
@@ -196,9 +179,9 @@ def parse_response(data: bytes) -> TimestampResponse:
         info = response["status"]
         status_name = info["status"].native
         token_value = response["time_stamp_token"]
-        has_token = _present(token_value)
+        has_token = present(token_value)
     except (ValueError, TypeError, KeyError) as error:
-        raise TspParseError(f"not a timestamp response: {_short(error)}") from error
+        raise TspParseError(f"not a timestamp response: {short(error)}") from error
     status = _STATUS_NAMES.get(status_name) if isinstance(status_name, str) else None
     if status is None:
         raise TspParseError(f"not a timestamp response: unknown status {status_name!r}")
@@ -214,7 +197,7 @@ def parse_token(data: bytes) -> TimestampToken:
     try:
         content_info = cms.ContentInfo.load(data, strict=True)
     except (ValueError, TypeError) as error:
-        raise TspParseError(f"not a timestamp token: {_short(error)}") from error
+        raise TspParseError(f"not a timestamp token: {short(error)}") from error
     return _parse_token(content_info)
 
 
@@ -233,7 +216,7 @@ def load_timestamp(data: bytes) -> TimestampToken:
         first = core.Sequence.load(der, strict=True)
         first_child = first[0] if len(first) else None
     except (ValueError, TypeError) as error:
-        raise TspParseError(f"not a timestamp response or token: {_short(error)}") from error
+        raise TspParseError(f"not a timestamp response or token: {short(error)}") from error
     if isinstance(first_child, core.Sequence) or (
         first_child is not None and getattr(first_child, "tag", None) == 16
     ):
@@ -245,9 +228,9 @@ def _failure_details(info: tsp.PKIStatusInfo) -> tuple[tuple[str, ...], str | No
     fail_info: tuple[str, ...] = ()
     status_string: str | None = None
     try:
-        if _present(info["fail_info"]):
+        if present(info["fail_info"]):
             fail_info = tuple(sorted(str(name) for name in info["fail_info"].native))
-        if _present(info["status_string"]):
+        if present(info["status_string"]):
             status_string = "; ".join(str(text) for text in info["status_string"].native)
     except (ValueError, TypeError):
         pass  # a malformed detail does not hide the rejection itself
@@ -271,81 +254,22 @@ def _parse_token(content_info: cms.ContentInfo) -> TimestampToken:
         tst = tsp.TSTInfo.load(_econtent(encap), strict=True)
         if tst["version"].native != "v1":
             raise TspParseError(f"unsupported TSTInfo version {tst['version'].native!r}")
-        facts = _facts(tst)
-        certificates = _certificates(signed)
+        facts = token_facts(tst)
+        certificates = cms_checks.certificates(signed)
     except TspParseError:
         raise
     # InvalidVersion is not a ValueError: a damaged certificate version byte raised it as is.
     except (ValueError, TypeError, KeyError, AttributeError, x509.InvalidVersion) as error:
-        raise TspParseError(f"malformed timestamp token: {_short(error)}") from error
+        raise TspParseError(f"malformed timestamp token: {short(error)}") from error
     return TimestampToken(content_info=content_info, facts=facts, certificates=certificates)
 
 
 def _econtent(encap: cms.EncapsulatedContentInfo) -> bytes:
     """The eContent OCTET STRING's value octets (what messageDigest is computed over)."""
     content = encap["content"]
-    if not _present(content):
+    if not present(content):
         raise TspParseError("the token carries no TSTInfo (detached content)")
     return bytes(content)
-
-
-def _facts(tst: tsp.TSTInfo) -> TokenFacts:
-    imprint = tst["message_imprint"]
-    accuracy = tst["accuracy"]
-    accuracy_delta: timedelta | None = None
-    if _present(accuracy):
-        parts = accuracy.native
-        accuracy_delta = timedelta(
-            seconds=parts.get("seconds") or 0,
-            milliseconds=parts.get("millis") or 0,
-            microseconds=parts.get("micros") or 0,
-        )
-    nonce = tst["nonce"].native if _present(tst["nonce"]) else None
-    tsa = tst["tsa"]
-    return TokenFacts(
-        gen_time=tst["gen_time"].native.astimezone(UTC),
-        serial=int(tst["serial_number"].native),
-        policy=tst["policy"].dotted,
-        algorithm=imprint["hash_algorithm"]["algorithm"].native,
-        hashed_message=imprint["hashed_message"].native,
-        nonce=nonce,
-        accuracy=accuracy_delta,
-        ordering=bool(tst["ordering"].native),
-        tsa_name=_general_name_text(tsa) if _present(tsa) else None,
-    )
-
-
-def _general_name_text(name: asn1_x509.GeneralName) -> str:
-    if name.name == "directory_name":
-        return str(name.chosen.human_friendly)
-    return f"{name.name}:{name.native}"
-
-
-def _certificates(signed: cms.SignedData) -> tuple[x509.Certificate, ...]:
-    found = []
-    if not _present(signed["certificates"]):
-        return ()
-    for choice in signed["certificates"]:
-        if choice.name == "certificate":
-            # dump() of an unmodified value is the received bytes: the certificate as signed.
-            found.append(x509.load_der_x509_certificate(choice.chosen.dump()))
-    return tuple(found)
-
-
-def _present(value: object) -> bool:
-    """Whether an OPTIONAL field is there (asn1crypto gives an absent one as ``Void``)."""
-    return not isinstance(value, core.Void)
-
-
-#: A run of digits this long in a parser's message is a length or an integer decoded from
-#: damaged bytes ("Insufficient data - 1768…(172 digits) bytes requested"): noise to a reader.
-_LONG_NUMBER = re.compile(r"\d{16,}")
-
-
-def _short(error: BaseException) -> str:
-    text = str(error).splitlines()[0] if str(error) else type(error).__name__
-    text = _LONG_NUMBER.sub(lambda m: f"{m.group()[:4]}…({len(m.group())} digits)", text)
-    return text[:200]
 
 
 # --- verification --------------------------------------------------------------------------
@@ -402,7 +326,7 @@ def verify_token(
     ) as error:
         # Hostile or damaged bytes that parsed but fall apart on a closer look (a mangled key,
         # an attribute of the wrong shape): never valid, and never a crash.
-        raise TokenInvalid("malformed", f"malformed timestamp token: {_short(error)}") from error
+        raise TokenInvalid("malformed", f"malformed timestamp token: {short(error)}") from error
 
 
 def _verify(
@@ -427,14 +351,18 @@ def _verify(
     signed = token.content_info["content"]
     signer_info = signed["signer_infos"][0]
     known = (*token.certificates, *extra_certificates)
-    signer = _signer_certificate(signer_info, known)
-    digest_name = _signature_digest(signer_info)
-    attributes = _signed_attributes(signer_info)
-    _check_content_type(attributes)
-    _check_message_digest(attributes, signed, digest_name)
-    _check_algorithm_protection(attributes, signer_info)
-    _check_signature(signer_info, signer, digest_name)
-    _check_ess(attributes, signer)
+    # §2 item 7: the certificate named by the SignerInfo ``sid``.
+    signer = cms_checks.signer_certificate(signer_info, known)
+    if signer is None:
+        raise TokenInvalid(
+            "signer_unavailable",
+            "signer certificate not available: the token does not carry the TSA's certificate"
+            " (it was requested without certReq), so its signature cannot be checked without it",
+        )
+    # §2 items 8-10: signed attributes, signature, ESSCertID(v2) (RFC 5652, RFC 5035).
+    cms_checks.verify_signer_info(
+        signer_info, signer, _econtent(signed["encap_content_info"]), _TOKEN
+    )
     _check_eku(signer)
     moment = at or facts.gen_time
     intermediates = [cert for cert in known if cert != signer]
@@ -488,189 +416,6 @@ def _when(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _signer_certificate(
-    signer_info: cms.SignerInfo, certificates: Sequence[x509.Certificate]
-) -> x509.Certificate:
-    """§2 item 7: the certificate named by the SignerInfo ``sid``."""
-    sid = signer_info["sid"]
-    for certificate in certificates:
-        parsed = asn1_x509.Certificate.load(certificate.public_bytes(Encoding.DER))
-        if sid.name == "issuer_and_serial_number":
-            wanted = sid.chosen
-            if (
-                parsed.serial_number == wanted["serial_number"].native
-                and parsed.issuer == wanted["issuer"]
-            ):
-                return certificate
-        elif sid.name == "subject_key_identifier" and parsed.key_identifier == sid.chosen.native:
-            return certificate
-    raise TokenInvalid(
-        "signer_unavailable",
-        "signer certificate not available: the token does not carry the TSA's certificate"
-        " (it was requested without certReq), so its signature cannot be checked without it",
-    )
-
-
-def _signature_digest(signer_info: cms.SignerInfo) -> str:
-    name = signer_info["digest_algorithm"]["algorithm"].native
-    if name not in _SIGNATURE_DIGESTS:
-        raise TokenInvalid(
-            "unsupported_algorithm", f"the TSA signed with digest {name}, which is not accepted"
-        )
-    return str(name)
-
-
-def _signed_attributes(signer_info: cms.SignerInfo) -> Mapping[str, Any]:
-    """§2 item 8: signed attributes present; each type once, by name (or dotted OID)."""
-    attributes = signer_info["signed_attrs"]
-    if not _present(attributes) or len(attributes) == 0:
-        raise TokenInvalid("signed_attributes", "the token has no signed attributes")
-    found: dict[str, Any] = {}
-    for attribute in attributes:
-        name = attribute["type"].native
-        values = attribute["values"]
-        if name in found or len(values) != 1:
-            # RFC 5652 §5.3: each of these attributes has exactly one value, once.
-            raise TokenInvalid(
-                "signed_attributes", f"the signed attribute {name} is repeated or multi-valued"
-            )
-        found[name] = values[0]
-    return found
-
-
-def _check_content_type(attributes: Mapping[str, Any]) -> None:
-    value = attributes.get("content_type")
-    if value is None or value.native != "tst_info":
-        raise TokenInvalid(
-            "signed_attributes", "the signed contentType attribute is missing or not TSTInfo"
-        )
-
-
-def _check_message_digest(
-    attributes: Mapping[str, Any], signed: cms.SignedData, digest_name: str
-) -> None:
-    # RFC 5652 §5.4: messageDigest is the SignerInfo digest of the eContent value octets —
-    # not the imprint algorithm (the sigstage SHA-384/512 tokens are signed with SHA-256).
-    value = attributes.get("message_digest")
-    if value is None:
-        raise TokenInvalid("signed_attributes", "the signed messageDigest attribute is missing")
-    content = _econtent(signed["encap_content_info"])
-    if hashlib.new(digest_name, content).digest() != value.native:
-        raise TokenInvalid(
-            "message_digest", "the signed messageDigest does not match the token's TSTInfo"
-        )
-
-
-def _check_algorithm_protection(attributes: Mapping[str, Any], signer_info: cms.SignerInfo) -> None:
-    # RFC 6211 §2: if present, its algorithms must be the SignerInfo's.
-    protection = attributes.get("cms_algorithm_protection")
-    if protection is None:
-        return
-    digest_ok = (
-        protection["digest_algorithm"]["algorithm"].dotted
-        == signer_info["digest_algorithm"]["algorithm"].dotted
-    )
-    signature = protection["signature_algorithm"]
-    signature_ok = (
-        not _present(signature)
-        or signature["algorithm"].dotted == signer_info["signature_algorithm"]["algorithm"].dotted
-    )
-    if not (digest_ok and signature_ok):
-        raise TokenInvalid(
-            "algorithm_protection",
-            "the CMSAlgorithmProtection attribute names other algorithms than the signature",
-        )
-
-
-def _check_signature(signer_info: cms.SignerInfo, signer: x509.Certificate, digest: str) -> None:
-    """§2 item 9: the signature over the signed attributes exactly as received."""
-    received = signer_info["signed_attrs"].dump()
-    # RFC 5652 §5.4: the signature covers the DER of "SET OF", not the [0] IMPLICIT tag.
-    signed_bytes = b"\x31" + received[1:]
-    signature = signer_info["signature"].native
-    algorithm = signer_info["signature_algorithm"]
-    hash_algorithm = _HASHES[digest]()
-    key = signer.public_key()
-    try:
-        kind = algorithm.signature_algo
-    except ValueError as error:
-        raise TokenInvalid(
-            "unsupported_algorithm", f"unsupported signature algorithm: {_short(error)}"
-        ) from error
-    try:
-        if kind == "rsassa_pkcs1v15" and isinstance(key, rsa.RSAPublicKey):
-            key.verify(signature, signed_bytes, padding.PKCS1v15(), hash_algorithm)
-        elif kind == "rsassa_pss" and isinstance(key, rsa.RSAPublicKey):
-            key.verify(signature, signed_bytes, _pss_padding(algorithm), hash_algorithm)
-        elif kind == "ecdsa" and isinstance(key, ec.EllipticCurvePublicKey):
-            key.verify(signature, signed_bytes, ec.ECDSA(hash_algorithm))
-        elif kind == "dsa" and isinstance(key, dsa.DSAPublicKey):
-            key.verify(signature, signed_bytes, hash_algorithm)
-        elif kind in ("ed25519", "ed448") and isinstance(
-            key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey
-        ):
-            key.verify(signature, signed_bytes)
-        else:
-            raise TokenInvalid(
-                "unsupported_algorithm",
-                f"signature algorithm {kind} does not fit the TSA certificate's key",
-            )
-    except InvalidSignature as error:
-        raise TokenInvalid(
-            "signature", "the TSA's signature does not verify with its certificate"
-        ) from error
-
-
-def _pss_padding(algorithm: algos.SignedDigestAlgorithm) -> padding.PSS:
-    params = algorithm["parameters"]
-    mgf_hash = params["mask_gen_algorithm"]["parameters"]["algorithm"].native
-    if mgf_hash not in _HASHES:
-        raise TokenInvalid("unsupported_algorithm", f"unsupported PSS mask hash {mgf_hash}")
-    return padding.PSS(
-        mgf=padding.MGF1(_HASHES[mgf_hash]()), salt_length=int(params["salt_length"].native)
-    )
-
-
-def _check_ess(attributes: Mapping[str, Any], signer: x509.Certificate) -> None:
-    """§2 item 10: the signing-certificate attribute names the signer (RFC 2634, RFC 5035)."""
-    der = signer.public_bytes(Encoding.DER)
-    if "signing_certificate_v2" in attributes:
-        first = attributes["signing_certificate_v2"]["certs"][0]
-        algorithm = first["hash_algorithm"]["algorithm"].native  # DEFAULT sha256
-        if algorithm not in _HASHES or algorithm == "sha1":
-            raise TokenInvalid(
-                "ess_mismatch", f"ESSCertIDv2 uses {algorithm}, which is not accepted"
-            )
-        expected = hashlib.new(algorithm, der).digest()
-    elif "signing_certificate" in attributes:
-        first = attributes["signing_certificate"]["certs"][0]
-        # ESSCertID v1 is SHA-1 by definition (RFC 2634 §5.4.1); it identifies, not secures.
-        expected = hashlib.sha1(der, usedforsecurity=False).digest()
-    else:
-        raise TokenInvalid(
-            "ess_missing",
-            "the token has no signing-certificate attribute (ESSCertID), which RFC 3161"
-            " §2.4.2 requires: the signer certificate is not bound to the signature",
-        )
-    if first["cert_hash"].native != expected:
-        raise TokenInvalid(
-            "ess_mismatch",
-            "the signing-certificate attribute (ESSCertID) names another certificate than"
-            " the signer's",
-        )
-    issuer_serial = first["issuer_serial"]
-    if not _present(issuer_serial):
-        return
-    parsed = asn1_x509.Certificate.load(der)
-    names = [name.chosen for name in issuer_serial["issuer"] if name.name == "directory_name"]
-    if issuer_serial["serial_number"].native != parsed.serial_number or not any(
-        name == parsed.issuer for name in names
-    ):
-        raise TokenInvalid(
-            "ess_mismatch", "the ESSCertID issuerSerial does not name the signer certificate"
-        )
-
-
 def _check_eku(signer: x509.Certificate) -> None:
     """§2 item 11 (RFC 3161 §2.3): one extended key usage, id-kp-timeStamping, critical.
 
@@ -696,7 +441,7 @@ def _check_tsa_name(token: TimestampToken, signer: x509.Certificate) -> None:
     """§2 item 13: the ``tsa`` field, if present, names the signer."""
     tst = tsp.TSTInfo.load(_econtent(token.content_info["content"]["encap_content_info"]))
     tsa = tst["tsa"]
-    if not _present(tsa):
+    if not present(tsa):
         return
     parsed = asn1_x509.Certificate.load(signer.public_bytes(Encoding.DER))
     if tsa.name == "directory_name":

@@ -1,1 +1,11 @@
-"""The SQLite index: schema and migrations, versions, jobs and proofs, queries."""
+"""The SQLite index (DESIGN §7): one writer, read-only readers, every table under migrations.
+
+- ``schema``: tables, allowed values and the migrations; the evidence-kind check.
+- ``database``: connections — the writer's :class:`~.database.Index` and read-only readers.
+- ``times``: the index's time format.
+- ``versions``: recording settled files — versions, renames, unreadable and missing files.
+- ``jobs``: evidence jobs — due work and how each round ends (proofs, attempts).
+- ``scan_rows``: the rows the reconciliation scan compares with the disk.
+- ``queries``: what ``status``, ``ls``, ``show`` and ``providers`` read.
+- ``counts``: what the metrics export reads.
+"""

@@ -1,6 +1,6 @@
 """Evidence jobs in the index: which are due, and how each one ends (DESIGN §3, rule 1).
 
-A job is created with its version (:meth:`~.database.Index.record_settled`) and stays
+A job is created with its version (:func:`~.versions.record_settled`) and stays
 ``pending`` until its proof is durable. The runner asks :func:`due_jobs` for work, and ends
 each round with exactly one write transaction: :func:`complete_job` (proof row, attempts, job
 done), :func:`fail_job` (attempts, back-off) or :func:`cancel_job` (attempts, nothing more can
@@ -14,24 +14,12 @@ import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
+from stampd.store.errors import ErrorClass
 from stampd.store.files.pathnames import unescape_path
-from stampd.store.index.database import Index, _rowid, utc_now
-
-ErrorClass = Literal[
-    "network",
-    "timeout",
-    "http_status",
-    "rate_limited",
-    "quota",
-    "auth",
-    "parse",
-    "rejected",
-    "verify",
-    "unknown",
-]
-"""How one provider call failed (DESIGN §6): stable strings, stored, logged and counted."""
+from stampd.store.index.database import Index
+from stampd.store.index.schema import inserted_id, require_kind
+from stampd.store.index.times import utc_now
 
 
 @dataclass(frozen=True)
@@ -41,6 +29,7 @@ class Attempt:
     provider: str
     started_at: str
     latency_ms: float
+    #: How the try failed (DESIGN §6: ``network`` … ``unknown``); None for a success.
     error_class: ErrorClass | None = None
     http_status: int | None = None
     message: str | None = None
@@ -180,7 +169,7 @@ def record_proof(index: Index, *, version_id: int, proof: NewProof) -> int:
     now = utc_now()
     with index.write() as conn:
         cursor = conn.execute(_SQL_INSERT_PROOF, (version_id, *_proof_values(proof), now, now))
-        return _rowid(cursor)
+        return inserted_id(cursor)
 
 
 def complete_job(
@@ -231,7 +220,8 @@ def cancel_job(
 
 def _proof_values(proof: NewProof) -> tuple[str | None, ...]:
     return (
-        proof.kind,
+        # The registry, not a CHECK, says which kinds exist (schema 0004).
+        require_kind(proof.kind),
         proof.provider,
         proof.digest_alg,
         proof.digest,

@@ -31,7 +31,9 @@ from stampd.store.files.archive import archive_path
 from stampd.store.files.filestat import FileStat
 from stampd.store.formats.tsp import build_request, load_timestamp
 from stampd.store.index import queries
-from stampd.store.index.database import Index, Settled, index_path, open_reader, utc_now
+from stampd.store.index.database import Index, index_path, open_reader
+from stampd.store.index.times import utc_now
+from stampd.store.index.versions import Settled
 from stampd.store.trust import load_anchors
 from tests.conftest import require_tool
 from tests.fake_tsa import FakeTsa, OpenSslTsa

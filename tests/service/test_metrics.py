@@ -15,9 +15,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from stampd.daemon.service.metrics import Metrics
 from stampd.daemon.service.metrics_families import LiveState, RootState
 from stampd.daemon.service.metrics_http import MetricsError, MetricsServer
-from stampd.store.index import queries
-from stampd.store.index.database import JOB_STATES, Index, format_time, index_path, open_reader
+from stampd.store.index.counts import metric_counts
+from stampd.store.index.database import Index, index_path, open_reader
 from stampd.store.index.jobs import Attempt, NewProof, cancel_job, complete_job, fail_job
+from stampd.store.index.schema import JOB_STATES
+from stampd.store.index.times import format_time
 from tests.conftest import settled
 
 ROOT = "/srv/records"
@@ -494,9 +496,9 @@ def test_a_cursor_from_a_larger_index_is_not_trusted(tmp_path: Path) -> None:
         index.record_settled([settled(watch, Path(FILES["a"]), sha256="a" * 64, sha512="0")])
     readers = [open_reader(big), open_reader(small)]
     try:
-        stale = queries.metric_counts(readers[0], now=NOW).cursor
-        counted = queries.metric_counts(readers[1], now=NOW, previous=stale)
-        assert counted == queries.metric_counts(readers[1], now=NOW)
+        stale = metric_counts(readers[0], now=NOW).cursor
+        counted = metric_counts(readers[1], now=NOW, previous=stale)
+        assert counted == metric_counts(readers[1], now=NOW)
         assert counted.attempts == {}
         assert counted.jobs == {("tsr", state): int(state == "pending") for state in JOB_STATES}
     finally:

@@ -15,19 +15,12 @@ from sqlite_utils import Database
 
 from stampd.store.errors import IndexUnavailableError
 from stampd.store.files.filestat import FileStat
-from stampd.store.index import database as index_module
-from stampd.store.index import queries
-from stampd.store.index.database import (
-    Index,
-    Settled,
-    index_path,
-    live_directories_below,
-    migrations,
-    open_reader,
-    present_under,
-    rows_in_directory,
-    utc_now,
-)
+from stampd.store.index import queries, scan_rows, versions
+from stampd.store.index.database import Index, index_path, open_reader
+from stampd.store.index.scan_rows import live_directories_below, present_under, rows_in_directory
+from stampd.store.index.schema import UnknownKindError, migrations
+from stampd.store.index.times import utc_now
+from stampd.store.index.versions import Settled
 from tests.conftest import settled
 
 A64, B128 = "a" * 64, "b" * 128
@@ -46,7 +39,12 @@ def test_migrations_create_every_table_from_empty(tmp_path: Path) -> None:
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         applied = conn.execute("SELECT name FROM _sqlite_migrations").fetchall()
-    assert applied == [("0001_initial",), ("0002_escaped_paths",), ("0003_proofs_by_sidecar",)]
+    assert applied == [
+        ("0001_initial",),
+        ("0002_escaped_paths",),
+        ("0003_proofs_by_sidecar",),
+        ("0004_kinds_from_registry",),
+    ]
 
 
 def test_reopening_applies_nothing_twice_and_keeps_data(tmp_path: Path) -> None:
@@ -57,9 +55,9 @@ def test_reopening_applies_nothing_twice_and_keeps_data(tmp_path: Path) -> None:
     with Index.open(path) as index:
         assert index.ensure_watch(Path("/srv/a")) == watch
         count = index.conn.execute("SELECT COUNT(*) FROM _sqlite_migrations").fetchone()[0]
-        versions = index.conn.execute("SELECT COUNT(*) FROM versions").fetchone()[0]
-    assert count == 3
-    assert versions == 1
+        version_count = index.conn.execute("SELECT COUNT(*) FROM versions").fetchone()[0]
+    assert count == 4
+    assert version_count == 1
 
 
 def test_close_checkpoints_the_wal(tmp_path: Path) -> None:
@@ -127,8 +125,8 @@ def test_a_new_version_commits_one_job_per_kind(tmp_path: Path) -> None:
 def test_a_failed_write_leaves_no_partial_record(tmp_path: Path) -> None:
     with Index.open(index_path(tmp_path)) as index:
         watch = index.ensure_watch(Path("/srv"))
-        with pytest.raises(sqlite3.IntegrityError):
-            # "nope" violates the CHECK on jobs.kind after the file and version rows went in.
+        with pytest.raises(UnknownKindError, match="unknown evidence kind 'nope'"):
+            # "nope" is refused after the file and version rows went in.
             index.record_settled(
                 [settled(watch, Path("/srv/f"), sha256=A64, sha512=B128, evidence=["tsr", "nope"])]
             )
@@ -210,7 +208,8 @@ def test_user_queries_use_an_index(tmp_path: Path, sql: str, params: tuple[objec
     assert "SCAN" not in plan, plan
 
 
-#: Each statement of the writer and the scan helpers, and the index its plan must use.
+#: Each statement of the writer (versions.py) and the scan helpers (scan_rows.py), and the
+#: index its plan must use.
 WRITER_PLANS = {
     "_SQL_FILE_AT_PATH": "sqlite_autoindex_files_1 (path=?)",
     "_SQL_RENAME_SOURCES": "files_dev_ino (dev=? AND ino=?)",
@@ -226,8 +225,15 @@ WRITER_PLANS = {
 }
 
 
+def _statement(name: str) -> str:
+    sql = getattr(versions, name, None) or getattr(scan_rows, name)
+    assert isinstance(sql, str)
+    return sql
+
+
 def test_every_writer_statement_has_its_plan_checked() -> None:
-    assert sorted(WRITER_PLANS) == sorted(n for n in vars(index_module) if n.startswith("_SQL_"))
+    named = [n for module in (versions, scan_rows) for n in vars(module) if n.startswith("_SQL_")]
+    assert sorted(WRITER_PLANS) == sorted(named)
 
 
 @pytest.mark.parametrize(("name", "expected"), sorted(WRITER_PLANS.items()))
@@ -236,7 +242,7 @@ def test_writer_and_scan_queries_use_the_right_index(
 ) -> None:
     """The statements the writer and the scan run, as they run them: each is a SEARCH on the
     index meant for it (files_state would also be a SEARCH, but one that selects every row)."""
-    sql = getattr(index_module, name)
+    sql = _statement(name)
     with Index.open(index_path(tmp_path)) as index:
         plan = " | ".join(
             row[3] for row in index.conn.execute(f"EXPLAIN QUERY PLAN {sql}", (1,) * sql.count("?"))
@@ -506,9 +512,9 @@ def test_a_batch_is_one_transaction(index: Index, tree: Path) -> None:
     batch = [
         _settled(watch, kept),
         _settled(watch, tree / "new.pdf"),
-        _settled(watch, tree / "bad.pdf", evidence=("tsr", "nope")),  # violates jobs.kind CHECK
+        _settled(watch, tree / "bad.pdf", evidence=("tsr", "nope")),  # no such kind
     ]
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(UnknownKindError):
         index.record_settled(batch)
     assert _count(index, "files") == 1
     assert _count(index, "versions") == 1

@@ -13,16 +13,10 @@ from hypothesis import strategies as st
 
 from stampd.store.files.pathnames import EscapeError, escape, unescape
 from stampd.store.index import queries
-from stampd.store.index.database import (
-    Index,
-    index_path,
-    migrations,
-    open_reader,
-    present_under,
-    rows_in_directory,
-    subtree_bounds,
-)
+from stampd.store.index.database import Index, index_path, open_reader
 from stampd.store.index.jobs import due_jobs
+from stampd.store.index.scan_rows import present_under, rows_in_directory, subtree_bounds
+from stampd.store.index.schema import migrations
 from tests.conftest import settled
 
 A64, B128 = "a" * 64, "b" * 128

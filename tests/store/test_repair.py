@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from stampd.daemon.watch.sidecar_check import SidecarCheck
+from stampd.store import kinds
 from stampd.store.files import repair as repair_module
 from stampd.store.files.archive import archive_get, archive_put
 from stampd.store.files.atomic import remove_if_holds
@@ -20,8 +21,10 @@ from stampd.store.files.repair import (
     retire_leftovers,
 )
 from stampd.store.files.sidecar import Layout
-from stampd.store.index.database import Index, ScanRow, index_path
+from stampd.store.index.database import Index, index_path
 from stampd.store.index.jobs import NewProof, record_proof
+from stampd.store.index.scan_rows import ScanRow
+from stampd.store.kinds import JobAction, KindSpec
 from tests.conftest import settled
 
 PROOF = b"0\x82 the TSA's bytes for this content"
@@ -289,3 +292,41 @@ def test_current_proofs_and_held_elsewhere_read_the_index(tmp_path: Path) -> Non
         index.mark_missing([Path("/srv/a")])
         # A deleted file's proof is held by no present file: its sidecar stays.
         assert not held_elsewhere(index.conn, sha256=SHA, kind="tsr", path=Path("/srv/old"))
+
+
+#: A kind only this module knows (a test's own kind, as docs/adding-an-evidence-kind.md has it).
+TEST_KIND = KindSpec(
+    "xyz",
+    "test evidence",
+    sidecar="xyzproof",
+    actions=frozenset({JobAction.OBTAIN}),
+    config_section=None,
+    available=True,
+)
+
+
+def test_a_registered_kind_is_repaired_and_retired_like_the_built_in_ones(
+    tmp_path: Path, data: Path, state: Path
+) -> None:
+    """Its proof rows are stored (no CHECK on kinds since schema 0004), its sidecar is written
+    from the archive under its own extension, and a copy left at an old name is retired."""
+    archive_put(state, PROOF, "xyzproof")
+    with kinds.registered(TEST_KIND), Index.open(index_path(tmp_path)) as index:
+        watch = index.ensure_watch(data.parent)
+        [first] = index.record_settled(
+            [settled(watch, data, sha256="1" * 64, sha512="1" * 128, evidence=["xyz"])]
+        )
+        proof = NewProof("xyz", "t", "sha256", "1" * 64, None, None, None, None, SHA)
+        record_proof(index, version_id=first.version_id, proof=proof)
+        proofs = current_proofs(index.conn, first.file_id)
+        assert proofs == {"xyz": (SHA,)}
+        repair = repair_sidecars(data, proofs, layout="adjacent", state_dir=state, adopt=_never)
+        assert repair.written == ["xyz"] and not repair.problems
+        assert Path(f"{data}.xyzproof").read_bytes() == PROOF
+
+        old = data.with_name("a.txt")
+        Path(f"{old}.xyzproof").write_bytes(PROOF)
+        retired = retire_leftovers(
+            old, layout="adjacent", state_dir=state, is_leftover=lambda _kind, _sha: True
+        )
+        assert retired == ["xyz"] and not Path(f"{old}.xyzproof").exists()

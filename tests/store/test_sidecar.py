@@ -11,16 +11,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from stampd.store import kinds
 from stampd.store.errors import FileAccessError, SidecarExistsError, UnsafePathError
 from stampd.store.files import atomic
 from stampd.store.files.sidecar import (
-    SIDECAR_KINDS,
     Layout,
+    data_name_of,
     is_ours,
     read_sidecar,
     sidecar_path,
     write_sidecar,
 )
+from stampd.store.kinds import JobAction, KindSpec
 
 STATE = Path("/var/lib/stampd")
 STAT_FIELDS = (
@@ -55,7 +57,39 @@ def snapshot(path: Path) -> dict[str, int]:
 
 
 def test_kinds_and_extensions() -> None:
-    assert dict(SIDECAR_KINDS) == {"tsr": "tsr", "ots": "ots", "p7s": "p7s", "ers": "ers"}
+    """The registry says which kinds keep a sidecar; attest receipts stay in the index."""
+    extensions = {kind.name: kind.sidecar for kind in kinds.with_sidecars()}
+    assert extensions == {"tsr": "tsr", "ots": "ots", "p7s": "p7s", "ers": "ers"}
+
+
+#: A kind only this module knows: registered, its sidecars are named and recognised too.
+TEST_KIND = KindSpec(
+    "xyz",
+    "test evidence",
+    sidecar="xyzproof",
+    actions=frozenset({JobAction.OBTAIN}),
+    config_section=None,
+    available=True,
+)
+
+
+def test_a_registered_kind_gets_its_sidecars_named_and_recognised() -> None:
+    data = Path("/srv/records/b.pdf")
+    assert not is_ours("b.pdf.xyzproof")  # before: someone else's file, stamped like any
+    with pytest.raises(ValueError):
+        sidecar_path(data, "xyz", layout="adjacent", state_dir=STATE)
+    with kinds.registered(TEST_KIND):
+        path = sidecar_path(data, "xyz", layout="adjacent", state_dir=STATE)
+        assert path == Path("/srv/records/b.pdf.xyzproof")
+        assert sidecar_path(data, "xyz", layout="mirror", state_dir=STATE) == Path(
+            "/var/lib/stampd/mirror/srv/records/b.pdf.xyzproof"
+        )
+        assert is_ours(path)
+        assert data_name_of(path.name) == "b.pdf"
+        assert is_ours("b.pdf.tsr")  # the built-in kinds still are
+    # Unregistered again: the cache follows the registry back.
+    assert not is_ours("b.pdf.xyzproof")
+    assert data_name_of("b.pdf.xyzproof") is None
 
 
 @pytest.mark.parametrize("kind", ["tsr", "ots", "p7s", "ers"])
@@ -144,12 +178,12 @@ file_names = (
 ).filter(lambda name: name not in {".", ".."})
 
 
-@given(name=file_names, kind=st.sampled_from(sorted(SIDECAR_KINDS)))
+@given(name=file_names, kind=st.sampled_from(sorted(kind.name for kind in kinds.with_sidecars())))
 def test_any_file_name_gets_an_adjacent_sidecar_that_is_ours(name: str, kind: str) -> None:
     data_path = Path("/srv/records") / name
     path = sidecar_path(data_path, kind, layout="adjacent", state_dir=STATE)
     assert path.parent == data_path.parent
-    assert path.name == f"{name}.{SIDECAR_KINDS[kind]}"
+    assert path.name == f"{name}.{kinds.sidecar_extension(kind)}"
     assert is_ours(path)
     assert is_ours(str(path))
 

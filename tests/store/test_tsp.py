@@ -2,7 +2,7 @@
 
 Each vector must reach the outcome its README gives; the checks that need a misbehaving TSA
 (bad signature, missing or wrong ESSCertID, EKU, expired or foreign certificates) are in
-tests/test_tsp_fake.py, against tokens a local fake TSA makes on demand.
+tests/evidence/test_fake_tsa.py, against tokens a local fake TSA makes on demand.
 """
 
 from __future__ import annotations

@@ -7,7 +7,9 @@ from pathlib import Path
 
 from stampd.daemon.watch.recorder import Recorder
 from stampd.store.files.filestat import FileStat
-from stampd.store.index.database import Index, Settled, index_path, utc_now
+from stampd.store.index.database import Index, index_path
+from stampd.store.index.times import utc_now
+from stampd.store.index.versions import Settled
 
 
 def _settled(watch_id: int, name: str, evidence: tuple[str, ...] = ("ots",)) -> Settled:

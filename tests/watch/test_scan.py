@@ -18,7 +18,9 @@ import pytest
 from stampd.daemon.watch import scan as scan_module
 from stampd.daemon.watch.scan import ScanReport, scan_watch
 from stampd.store.files.filestat import FileStat
-from stampd.store.index.database import Index, Settled, index_path, open_reader, utc_now
+from stampd.store.index.database import Index, index_path, open_reader
+from stampd.store.index.times import utc_now
+from stampd.store.index.versions import Settled
 from tests.conftest import unprivileged
 
 

@@ -1,0 +1,294 @@
+"""The index's tables, their allowed values, and the migrations that build them (DESIGN §7).
+
+The schema is plain SQL under sqlite-utils' ``Migrations``: each step is applied once, in name
+order, inside the writer's open transaction (:meth:`~.database.Index.open`). A migration is
+history: it builds the schema as it was on the day it shipped, so its SQL never reads values
+that may change later (the evidence kinds, say); a later step changes what must change.
+
+Evidence kinds are not in the schema since ``0004_kinds_from_registry``: the registry
+(:mod:`stampd.store.kinds`) is the one list, and :func:`require_kind` checks a kind where a
+job or a proof row is inserted.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+
+from stampd.store import kinds
+from stampd.store.errors import ErrorClass, StampdError
+from stampd.store.files.pathnames import escape
+
+FILE_STATES = ("present", "missing", "unreadable")
+PROOF_STATUSES = ("pending", "complete", "invalid")
+#: The CHECK on ``jobs.action``: the values of :class:`stampd.store.kinds.JobAction`
+#: (tests/store/test_index.py keeps the two equal).
+JOB_ACTIONS = ("obtain", "upgrade", "renew")
+JOB_STATES = ("pending", "running", "done", "cancelled")
+
+#: The evidence kinds 0001 wrote into CHECK constraints: that day's list, kept as it was so
+#: that the migration builds the same schema it always built (0004 drops the constraints).
+_KINDS_OF_0001 = ("tsr", "ots", "p7s", "ers", "attest")
+
+migrations = Migrations("stampd")
+
+
+def _check(column: str, values: Sequence[str]) -> str:
+    quoted = ", ".join(f"'{value}'" for value in values)
+    return f"CHECK ({column} IN ({quoted}))"
+
+
+@migrations(name="0001_initial")
+def _initial_schema(db: Database) -> None:
+    # Plain SQL rather than sqlite-utils' table builders: CHECK constraints, partial indexes
+    # and foreign keys are the schema's documentation, and they must be exact.
+    statements = [
+        """CREATE TABLE watches (
+            id INTEGER PRIMARY KEY,
+            path TEXT NOT NULL UNIQUE,
+            added_at TEXT NOT NULL
+        )""",
+        # One row per path ever recorded; rows are never deleted (DESIGN rule 6: proofs are
+        # history). dev..ctime_ns are the scan key (reference/watching-and-service.md §3.4): the
+        # last stat seen at this path — for a readable file its current version's stat, for an
+        # unreadable one the stat it had when reading failed — so the scan rehashes a file only
+        # when the key changes, or while `racy` says the key cannot be trusted yet.
+        f"""CREATE TABLE files (
+            id INTEGER PRIMARY KEY,
+            watch_id INTEGER NOT NULL REFERENCES watches(id),
+            path TEXT NOT NULL UNIQUE,
+            dir TEXT NOT NULL,
+            dev INTEGER,
+            ino INTEGER,
+            size INTEGER,
+            mtime_ns INTEGER,
+            ctime_ns INTEGER,
+            racy INTEGER NOT NULL DEFAULT 0 CHECK (racy IN (0, 1)),
+            state TEXT NOT NULL DEFAULT 'present' {_check("state", FILE_STATES)},
+            current_version_id INTEGER REFERENCES versions(id),
+            problem_class TEXT,
+            problem TEXT,
+            first_seen_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        )""",
+        "CREATE INDEX files_watch_state ON files(watch_id, state)",
+        "CREATE INDEX files_state ON files(state)",
+        # The scan lists one directory's rows at a time, and after its walk the directories
+        # under a root that still have live rows; (dir, state) covers both.
+        "CREATE INDEX files_dir_state ON files(dir, state)",
+        # Rename detection looks a vanished file up by (dev, ino) (watching-and-service.md §3).
+        "CREATE INDEX files_dev_ino ON files(dev, ino)",
+        """CREATE TABLE versions (
+            id INTEGER PRIMARY KEY,
+            file_id INTEGER NOT NULL REFERENCES files(id),
+            size INTEGER NOT NULL,
+            mtime_ns INTEGER NOT NULL,
+            ctime_ns INTEGER NOT NULL,
+            dev INTEGER NOT NULL,
+            ino INTEGER NOT NULL,
+            sha256 TEXT NOT NULL,
+            sha512 TEXT NOT NULL,
+            seen_at TEXT NOT NULL,
+            hashed_at TEXT NOT NULL
+        )""",
+        "CREATE INDEX versions_file ON versions(file_id, id)",
+        "CREATE INDEX versions_sha256 ON versions(sha256)",
+        f"""CREATE TABLE proofs (
+            id INTEGER PRIMARY KEY,
+            version_id INTEGER NOT NULL REFERENCES versions(id),
+            kind TEXT NOT NULL {_check("kind", _KINDS_OF_0001)},
+            provider TEXT NOT NULL,
+            status TEXT NOT NULL {_check("status", PROOF_STATUSES)},
+            digest_alg TEXT NOT NULL,
+            digest TEXT NOT NULL,
+            gen_time TEXT,
+            serial TEXT,
+            authority TEXT,
+            not_after TEXT,
+            sidecar_sha256 TEXT,
+            parent_id INTEGER REFERENCES proofs(id),
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        )""",
+        "CREATE INDEX proofs_version ON proofs(version_id, kind)",
+        # Reuse: "does this digest already have a valid token?" (issue 4).
+        "CREATE INDEX proofs_digest ON proofs(digest, kind, status)",
+        "CREATE INDEX proofs_kind_status ON proofs(kind, status)",
+        # Renewal scheduling scans complete proofs by the expiry of their signing chain.
+        "CREATE INDEX proofs_not_after ON proofs(not_after) WHERE status = 'complete'",
+        f"""CREATE TABLE jobs (
+            id INTEGER PRIMARY KEY,
+            kind TEXT NOT NULL {_check("kind", _KINDS_OF_0001)},
+            action TEXT NOT NULL {_check("action", JOB_ACTIONS)},
+            version_id INTEGER REFERENCES versions(id),
+            proof_id INTEGER REFERENCES proofs(id),
+            state TEXT NOT NULL {_check("state", JOB_STATES)},
+            tries INTEGER NOT NULL DEFAULT 0,
+            next_try_at TEXT NOT NULL,
+            last_error_class TEXT,
+            last_error TEXT,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        )""",
+        "CREATE INDEX jobs_state_due ON jobs(state, next_try_at)",
+        "CREATE INDEX jobs_version ON jobs(version_id)",
+        """CREATE TABLE attempts (
+            id INTEGER PRIMARY KEY,
+            job_id INTEGER NOT NULL REFERENCES jobs(id),
+            provider TEXT NOT NULL,
+            started_at TEXT NOT NULL,
+            latency_ms REAL,
+            error_class TEXT,
+            http_status INTEGER,
+            message TEXT
+        )""",
+        "CREATE INDEX attempts_job ON attempts(job_id, id)",
+        "CREATE INDEX attempts_provider ON attempts(provider, started_at)",
+    ]
+    for statement in statements:
+        db.execute(statement)
+
+
+@migrations(name="0002_escaped_paths")
+def _escaped_paths(db: Database) -> None:
+    # Paths were stored as raw text before names that are not UTF-8 were accepted; the
+    # escaped form (store/files/pathnames.py) rewrites only names with a backslash or a control
+    # character, so almost every row keeps its text and no index entry moves.
+    conn = db.conn
+    for table, columns in (("watches", ("path",)), ("files", ("path", "dir"))):
+        listed = ", ".join(columns)
+        changed = [
+            (*(escape(value) for value in values), row_id)
+            for row_id, *values in conn.execute(f"SELECT id, {listed} FROM {table}")  # noqa: S608
+            if any(escape(value) != value for value in values)
+        ]
+        # Two steps: an escaped name may equal another row's old text ("a\\b" and "a\b"),
+        # and `path` is UNIQUE. "//" never occurs in a stored (normalised) path.
+        conn.executemany(
+            f"UPDATE {table} SET path = '//stampd-migrating/' || id WHERE id = ?",  # noqa: S608
+            [(row[-1],) for row in changed],
+        )
+        assignments = ", ".join(f"{column} = ?" for column in columns)
+        conn.executemany(f"UPDATE {table} SET {assignments} WHERE id = ?", changed)  # noqa: S608
+
+
+@migrations(name="0003_proofs_by_sidecar")
+def _proofs_by_sidecar(db: Database) -> None:
+    # Sidecar repair asks "are these bytes a proof of a file present elsewhere?" for what a
+    # rename left at the old name (store/files/repair.py): answered by the proof's bytes' SHA-256.
+    db.execute("CREATE INDEX proofs_sidecar ON proofs(sidecar_sha256)")
+
+
+# The two tables as 0004 rebuilds them: those of 0001 without the CHECK on ``kind``, column
+# for column in the same order. ``{name}`` is the new table's name until the swap.
+_PROOFS_0004 = f"""CREATE TABLE {{name}} (
+    id INTEGER PRIMARY KEY,
+    version_id INTEGER NOT NULL REFERENCES versions(id),
+    kind TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    status TEXT NOT NULL {_check("status", PROOF_STATUSES)},
+    digest_alg TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    gen_time TEXT,
+    serial TEXT,
+    authority TEXT,
+    not_after TEXT,
+    sidecar_sha256 TEXT,
+    parent_id INTEGER REFERENCES proofs(id),
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+)"""
+_JOBS_0004 = f"""CREATE TABLE {{name}} (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    action TEXT NOT NULL {_check("action", JOB_ACTIONS)},
+    version_id INTEGER REFERENCES versions(id),
+    proof_id INTEGER REFERENCES proofs(id),
+    state TEXT NOT NULL {_check("state", JOB_STATES)},
+    tries INTEGER NOT NULL DEFAULT 0,
+    next_try_at TEXT NOT NULL,
+    last_error_class TEXT,
+    last_error TEXT,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+)"""
+
+
+@migrations(name="0004_kinds_from_registry")
+def _kinds_from_registry(db: Database) -> None:
+    # 0001's CHECK (kind IN (...)) froze that day's kinds into `proofs` and `jobs`: a kind
+    # added since, or one a test registers, could not be stored. The registry is the list now
+    # (require_kind). SQLite cannot drop a constraint, so both tables are rebuilt with the
+    # "12 steps" of sqlite.org/lang_altertable.html §7; Index.open turns foreign keys off
+    # around the migration (step 1: the pragma is a no-op inside a transaction).
+    conn = db.conn
+    for table, definition in (("proofs", _PROOFS_0004), ("jobs", _JOBS_0004)):
+        _rebuild(conn, table, definition)
+    # Step 10: every reference still lands on a row (attempts → jobs, jobs → proofs, ...).
+    broken = conn.execute("PRAGMA foreign_key_check").fetchall()
+    if broken:
+        raise sqlite3.IntegrityError(
+            f"foreign keys broken by the rebuild of proofs and jobs: {broken[:5]}"
+        )
+
+
+def _rebuild(conn: sqlite3.Connection, table: str, definition: str) -> None:
+    """Steps 3-8 of the table rebuild: ``table`` gets ``definition``, its rows and indexes."""
+    # Step 3: its indexes (and triggers, should a later step add some) exactly as declared.
+    kept = [
+        sql
+        for (sql,) in conn.execute(
+            "SELECT sql FROM sqlite_master WHERE tbl_name = ? AND type IN ('index', 'trigger')"
+            " AND sql IS NOT NULL ORDER BY rowid",
+            (table,),
+        )
+    ]
+    columns = ", ".join(row[1] for row in conn.execute(f"PRAGMA table_info({table})"))
+    staged = f"new_{table}"
+    # Only names of this module's own tables are interpolated.
+    conn.execute(definition.format(name=staged))  # step 4
+    conn.execute(f"INSERT INTO {staged} ({columns}) SELECT {columns} FROM {table}")  # noqa: S608
+    conn.execute(f"DROP TABLE {table}")  # step 6
+    conn.execute(f"ALTER TABLE {staged} RENAME TO {table}")  # step 7
+    for sql in kept:  # step 8
+        conn.execute(sql)
+
+
+class UnknownKindError(StampdError):
+    """A job or proof row for an evidence kind the registry does not know."""
+
+    error_class = ErrorClass.INDEX
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(
+            f"unknown evidence kind {kind!r}: the index stores only registered kinds"
+            f" ({', '.join(kinds.names())})",
+            hint="list only these in a watch's `evidence`; a new kind needs its entry in"
+            " store/kinds.py",
+        )
+        self.kind = kind
+
+
+def require_kind(kind: str) -> str:
+    """``kind`` when the registry knows it; :class:`UnknownKindError` otherwise.
+
+    Checked where ``jobs`` and ``proofs`` rows are inserted, in place of the CHECK constraint
+    0004 dropped: one dict lookup, so it costs nothing on the recording path.
+    """
+    try:
+        kinds.spec(kind)
+    except KeyError:
+        raise UnknownKindError(kind) from None
+    return kind
+
+
+def inserted_id(cursor: sqlite3.Cursor) -> int:
+    """The id of the row an INSERT made: every table's ``id INTEGER PRIMARY KEY`` is its
+    rowid (sqlite.org/lang_createtable.html#rowid)."""
+    rowid = cursor.lastrowid
+    if rowid is None:  # pragma: no cover - sqlite3 always sets it after INSERT
+        raise RuntimeError("INSERT returned no rowid")
+    return rowid
