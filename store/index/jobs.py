@@ -14,24 +14,11 @@ import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
+from stampd.store.errors import ErrorClass
 from stampd.store.files.pathnames import unescape_path
 from stampd.store.index.database import Index, _rowid, utc_now
-
-ErrorClass = Literal[
-    "network",
-    "timeout",
-    "http_status",
-    "rate_limited",
-    "quota",
-    "auth",
-    "parse",
-    "rejected",
-    "verify",
-    "unknown",
-]
-"""How one provider call failed (DESIGN §6): stable strings, stored, logged and counted."""
+from stampd.store.kinds import JobAction
 
 
 @dataclass(frozen=True)
@@ -48,7 +35,7 @@ class Attempt:
 
 @dataclass(frozen=True)
 class DueJob:
-    """A pending ``obtain`` job whose time has come, with what the runner needs to do it."""
+    """A pending job whose time has come, with what the runner needs to do it."""
 
     job_id: int
     kind: str
@@ -99,7 +86,7 @@ _SQL_DUE = (
     "SELECT j.id, j.kind, j.tries, v.id, v.sha256, v.sha512, f.id, f.path, f.watch_id,"
     " f.state, f.current_version_id = v.id"
     " FROM jobs j JOIN versions v ON v.id = j.version_id JOIN files f ON f.id = v.file_id"
-    " WHERE j.state = 'pending' AND j.next_try_at <= ? AND j.kind = ? AND j.action = 'obtain'"
+    " WHERE j.state = 'pending' AND j.next_try_at <= ? AND j.kind = ? AND j.action = ?"
     " ORDER BY j.next_try_at, j.id LIMIT ?"
 )
 _SQL_KNOWN_PROOFS = (
@@ -133,8 +120,15 @@ _SQL_JOB_CANCELLED = (
 )
 
 
-def due_jobs(conn: sqlite3.Connection, kind: str, *, now: str, limit: int) -> list[DueJob]:
-    """Up to ``limit`` pending ``obtain`` jobs of ``kind`` due at ``now``, oldest due first."""
+def due_jobs(
+    conn: sqlite3.Connection,
+    kind: str,
+    *,
+    now: str,
+    limit: int,
+    action: JobAction = JobAction.OBTAIN,
+) -> list[DueJob]:
+    """Up to ``limit`` pending ``action`` jobs of ``kind`` due at ``now``, oldest due first."""
     return [
         DueJob(
             job_id=int(row[0]),
@@ -149,7 +143,7 @@ def due_jobs(conn: sqlite3.Connection, kind: str, *, now: str, limit: int) -> li
             file_state=str(row[9]),
             current=bool(row[10]),
         )
-        for row in conn.execute(_SQL_DUE, (now, kind, limit))
+        for row in conn.execute(_SQL_DUE, (now, kind, action, limit))
     ]
 
 

@@ -9,21 +9,27 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Hashable, Iterator
+from collections.abc import Awaitable, Hashable, Iterator
 from typing import Any
 
 import httpx
 import pytest
 
 from stampd.daemon.evidence.pool import BREAKER_THRESHOLD, COOLDOWN_GROWTH, ProviderPool
-from stampd.daemon.evidence.roles import Attempt, Stamped
+from stampd.daemon.evidence.roles import Stamped, TimestampProvider
 from stampd.daemon.evidence.tsa import Rfc3161Provider
+from stampd.store.index.jobs import Attempt
 from stampd.store.trust import load_anchors
 from tests.fake_tsa import FakeTsa
 from tests.tsa_pki import Pki, make_pki
 
 DIGEST = hashlib.sha256(b"a record\n").digest()
 IN_FLIGHT = 10
+
+
+def _stamp(tsa: TimestampProvider) -> Awaitable[Stamped]:
+    """The request every test sends: a token for DIGEST."""
+    return tsa.timestamp(DIGEST, "sha256")
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +77,7 @@ STUCK_S = 20
 
 async def _together(pool: ProviderPool, count: int) -> list[tuple[Stamped | None, list[Attempt]]]:
     async with asyncio.timeout(STUCK_S):
-        return list(await asyncio.gather(*(pool.timestamp(DIGEST, "sha256") for _ in range(count))))
+        return list(await asyncio.gather(*(pool.first(_stamp) for _ in range(count))))
 
 
 def _tried(results: list[tuple[Any, list[Attempt]]]) -> list[list[str]]:
@@ -130,7 +136,7 @@ def test_an_auth_failure_rests_the_tsa_for_the_longest_rest_after_one_request(
 
 async def _open(pool: ProviderPool) -> None:
     for _ in range(BREAKER_THRESHOLD):
-        await pool.timestamp(DIGEST, "sha256")
+        await pool.first(_stamp)
 
 
 def test_half_open_lets_one_probe_through_and_its_success_closes_the_breaker(
@@ -154,7 +160,7 @@ def test_half_open_lets_one_probe_through_and_its_success_closes_the_breaker(
                 flaky.mode = "ok"
                 gated.gate.clear()
                 gated.waiting.clear()
-                probe = asyncio.create_task(pool.timestamp(DIGEST, "sha256"))
+                probe = asyncio.create_task(pool.first(_stamp))
                 await gated.waiting.wait()
                 # While the probe is out, every other request fails over at once.
                 others = await _together(pool, IN_FLIGHT)
@@ -165,7 +171,7 @@ def test_half_open_lets_one_probe_through_and_its_success_closes_the_breaker(
                 health = pool.health["flaky"]
                 assert health.breaker(clock[0]) == "closed"
                 assert (health.cooldown_s, health.consecutive_failures) == (0.0, 0)
-                _, attempts = await pool.timestamp(DIGEST, "sha256")
+                _, attempts = await pool.first(_stamp)
                 assert [a.provider for a in attempts] == ["flaky"]  # in use again
 
         asyncio.run(run())
@@ -192,11 +198,9 @@ def test_a_failed_probe_doubles_the_rest_once(pki: Pki, good: FakeTsa) -> None:
                     clock[0] = health.open_until + 1
                     gated.gate.clear()
                     gated.waiting.clear()
-                    probe = asyncio.create_task(pool.timestamp(DIGEST, "sha256"))
+                    probe = asyncio.create_task(pool.first(_stamp))
                     await gated.waiting.wait()
-                    others = asyncio.gather(
-                        *(pool.timestamp(DIGEST, "sha256") for _ in range(IN_FLIGHT))
-                    )
+                    others = asyncio.gather(*(pool.first(_stamp) for _ in range(IN_FLIGHT)))
                     await asyncio.sleep(0.05)  # the others are under way, queued or done
                     gated.gate.set()
                     async with asyncio.timeout(STUCK_S):
@@ -212,7 +216,7 @@ def test_a_failed_probe_doubles_the_rest_once(pki: Pki, good: FakeTsa) -> None:
                 # Capped at cooldown * COOLDOWN_GROWTH.
                 for _ in range(6):
                     clock[0] = health.open_until + 1
-                    await pool.timestamp(DIGEST, "sha256")
+                    await pool.first(_stamp)
                 assert health.cooldown_s == 10.0 * COOLDOWN_GROWTH
 
         asyncio.run(run())
@@ -239,10 +243,10 @@ def test_a_new_pool_takes_over_the_state_of_unchanged_tsas_only(pki: Pki, good: 
                 assert new.take_over(old) == ("bad", "good")
                 assert new.report() == old.report()
                 assert new.report()[0]["breaker"] == "open"
-                _, attempts = await new.timestamp(DIGEST, "sha256")
+                _, attempts = await new.first(_stamp)
                 assert [a.provider for a in attempts] == ["good"]
                 # A round still running on the old pool counts in the new one.
-                await old.timestamp(DIGEST, "sha256")
+                await old.first(_stamp)
                 assert new.health["good"].attempts == BREAKER_THRESHOLD + 2
 
                 moved = Rfc3161Provider(
@@ -275,18 +279,18 @@ def test_the_round_robin_cursor_carries_over_when_the_tsas_are_the_same(pki: Pki
                     )
 
                 old = pool()
-                _, attempts = await old.timestamp(DIGEST, "sha256")
+                _, attempts = await old.first(_stamp)
                 assert [a.provider for a in attempts] == ["a"]
                 new = pool()
                 new.take_over(old)
-                _, attempts = await new.timestamp(DIGEST, "sha256")
+                _, attempts = await new.first(_stamp)
                 assert [a.provider for a in attempts] == ["b"]
                 # Another list (here: the order changed) starts at its first TSA again.
                 swapped = ProviderPool(
                     [_provider(second, pki, client, "b"), _provider(first, pki, client, "a")]
                 )
                 swapped.take_over(new)
-                _, attempts = await swapped.timestamp(DIGEST, "sha256")
+                _, attempts = await swapped.first(_stamp)
                 assert [a.provider for a in attempts] == ["b"]
 
         asyncio.run(run())
