@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections.abc import Awaitable, Hashable, Iterator
 from typing import Any
 
@@ -16,8 +17,9 @@ import httpx
 import pytest
 
 from stampd.daemon.evidence.pool import BREAKER_THRESHOLD, COOLDOWN_GROWTH, ProviderPool
-from stampd.daemon.evidence.roles import Stamped, TimestampProvider
+from stampd.daemon.evidence.roles import ProviderFailure, Stamped, TimestampProvider
 from stampd.daemon.evidence.tsa import Rfc3161Provider
+from stampd.store.errors import ErrorClass
 from stampd.store.index.jobs import Attempt
 from stampd.store.trust import load_anchors
 from tests.fake_tsa import FakeTsa
@@ -294,3 +296,97 @@ def test_the_round_robin_cursor_carries_over_when_the_tsas_are_the_same(pki: Pki
                 assert [a.provider for a in attempts] == ["b"]
 
         asyncio.run(run())
+
+
+# --- quorum: every provider at once, under one deadline --------------------------------------
+
+
+class Notary:
+    """A provider of the tests' own role: answers, fails, or never answers in time."""
+
+    def __init__(self, name: str, behaviour: str) -> None:
+        self.name = name
+        self.min_interval = 0.0
+        self.behaviour = behaviour
+        self.cancelled = False
+
+    @property
+    def identity(self) -> Hashable:
+        return self.name
+
+    async def attest(self) -> str:
+        if self.behaviour == "fail":
+            raise ProviderFailure(ErrorClass.HTTP_STATUS, "HTTP 500", http_status=500)
+        if self.behaviour == "slow":
+            try:
+                await asyncio.Event().wait()  # past any deadline
+            except asyncio.CancelledError:
+                self.cancelled = True
+                raise
+        return f"receipt from {self.name}"
+
+
+def _notaries() -> tuple[ProviderPool[Notary], Notary]:
+    """Two that answer, one that fails, one that is still busy when the deadline passes."""
+    slow = Notary("slow", "slow")
+    notaries = [Notary("alpha", "ok"), Notary("broken", "fail"), slow, Notary("beta", "ok")]
+    return ProviderPool(notaries, selection="priority"), slow
+
+
+def test_a_quorum_of_two_is_met_despite_a_failing_and_a_slow_provider() -> None:
+    async def run() -> None:
+        pool, slow = _notaries()
+        async with asyncio.timeout(STUCK_S):
+            quorum = await pool.quorum(2, Notary.attest, timeout=0.3)
+        assert quorum.met
+        assert [(r.provider, r.value) for r in quorum.replies] == [
+            ("alpha", "receipt from alpha"),
+            ("beta", "receipt from beta"),
+        ]
+        # Every provider was asked at once, and every attempt is there, in the pool's order.
+        assert [(a.provider, a.error_class) for a in quorum.attempts] == [
+            ("alpha", None),
+            ("broken", "http_status"),
+            ("slow", "timeout"),
+            ("beta", None),
+        ]
+        assert slow.cancelled
+
+    asyncio.run(run())
+
+
+def test_a_quorum_of_three_fails_with_every_attempt_and_the_slow_one_timed_out() -> None:
+    async def run() -> None:
+        pool, slow = _notaries()
+        async with asyncio.timeout(STUCK_S):
+            quorum = await pool.quorum(3, Notary.attest, timeout=0.3)
+        assert not quorum.met
+        assert [r.provider for r in quorum.replies] == ["alpha", "beta"]
+        assert [(a.provider, a.error_class, a.http_status) for a in quorum.attempts] == [
+            ("alpha", None, 200),
+            ("broken", "http_status", 500),
+            ("slow", "timeout", None),
+            ("beta", None, 200),
+        ]
+        assert slow.cancelled  # nothing is left running after the deadline
+        # A provider too slow for the round is a failure like any other for its breaker.
+        assert pool.health["slow"].consecutive_failures == 1
+        assert pool.health["broken"].consecutive_failures == 1
+        assert pool.health["alpha"].consecutive_failures == 0
+
+    asyncio.run(run())
+
+
+def test_a_quorum_skips_resting_providers_without_an_attempt() -> None:
+    async def run() -> None:
+        pool = ProviderPool([Notary("good", "ok"), Notary("broken", "fail")])
+        for _ in range(BREAKER_THRESHOLD):
+            await pool.quorum(1, Notary.attest, timeout=5)
+        assert pool.health["broken"].breaker(time.monotonic()) == "open"
+        quorum = await pool.quorum(2, Notary.attest, timeout=5)
+        assert not quorum.met
+        assert [a.provider for a in quorum.attempts] == ["good"]
+        with pytest.raises(ValueError, match="at least one reply"):
+            await pool.quorum(0, Notary.attest, timeout=5)
+
+    asyncio.run(run())
