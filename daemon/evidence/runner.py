@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -42,13 +41,13 @@ from stampd.daemon.evidence.batcher import Batcher
 from stampd.daemon.evidence.digests import ContentGone, digests_of, job_digest, recorded
 from stampd.daemon.evidence.index_reader import IndexReader
 from stampd.daemon.evidence.locks import PathLocks
+from stampd.daemon.evidence.proof_files import ProofFiles, proof_row, reusable, usable
 from stampd.daemon.evidence.strategy import NotObtained, Obtained, Outcome, ProofRequest, Strategy
 from stampd.daemon.service.logs import get_logger
 from stampd.daemon.watch.recorder import Recorder
 from stampd.store import kinds
 from stampd.store.errors import ErrorClass, StampdError
-from stampd.store.files.archive import archive_get, archive_put
-from stampd.store.files.sidecar import Layout, read_sidecar, write_sidecar
+from stampd.store.files.sidecar import Layout
 from stampd.store.index.database import format_time, utc_now
 from stampd.store.index.jobs import (
     Attempt,
@@ -62,7 +61,7 @@ from stampd.store.index.jobs import (
     known_proofs,
 )
 from stampd.store.kinds import JobAction
-from stampd.store.verify import DigestOf, Verdict
+from stampd.store.verify import DigestOf
 
 log = get_logger("stampd.runner")
 
@@ -71,27 +70,6 @@ log = get_logger("stampd.runner")
 CONCURRENCY = 8
 #: How often due jobs are looked for when nothing wakes the runner (backed-off jobs).
 POLL_S = 1.0
-
-
-def proof_row(kind: str, data: bytes, verdict: Verdict, digest: bytes) -> NewProof:
-    """The index row of a valid proof of ``kind`` over ``digest`` (under the verdict's
-    algorithm), made by the provider the verdict names."""
-    return NewProof(
-        kind=kind,
-        provider=verdict.provider or "",
-        digest_alg=verdict.algorithm or "",
-        digest=digest.hex(),
-        gen_time=None if verdict.gen_time is None else format_time(verdict.gen_time),
-        serial=None if verdict.detail is None else verdict.detail.serial,
-        authority=verdict.authority,
-        not_after=None if verdict.chain_not_after is None else format_time(verdict.chain_not_after),
-        sidecar_sha256=hashlib.sha256(data).hexdigest(),
-    )
-
-
-def _usable(verdict: Verdict, algorithm: str) -> bool:
-    """Valid, made by a configured provider, over the digest the job wants."""
-    return verdict.valid and verdict.provider is not None and verdict.algorithm == algorithm
 
 
 class JobRunner:
@@ -111,8 +89,8 @@ class JobRunner:
         self._recorder = recorder
         self._index = recorder.index
         self._read = IndexReader(recorder.index.path)
-        self._state_dir = state_dir
         self._kind = kinds.spec(strategy.kind)
+        self._at_rest = ProofFiles(self._kind, state_dir)
         self._strategy = strategy
         self._layouts = dict(layouts)
         self._batcher = self._batcher_for(strategy)
@@ -249,16 +227,11 @@ class JobRunner:
                 return
             found, source = outcome, "provider"
         try:
-            await asyncio.to_thread(archive_put, self._state_dir, found.data, self._extension)
+            await asyncio.to_thread(self._at_rest.archive, found.data)
         except StampdError as error:
             await self._fail(strategy, job, found.attempts, error.error_class, f"archive: {error}")
             return
         await self._finish(strategy, job, digest, found, source=source, layout=layout)
-
-    @property
-    def _extension(self) -> str:
-        """The archive's extension for this kind: its sidecar's, else its name."""
-        return self._kind.sidecar or self._kind.name
 
     async def _ask(self, strategy: Strategy, request: ProofRequest) -> Outcome:
         if request.action != JobAction.OBTAIN:
@@ -295,7 +268,7 @@ class JobRunner:
         verdict = self._strategy.verifier.verify(
             data, source="sidecar", digest_of=digests_of(known)
         )
-        if verdict.algorithm not in known or not _usable(verdict, verdict.algorithm):
+        if verdict.algorithm not in known or not usable(verdict, verdict.algorithm):
             return None
         return proof_row(self._kind.name, data, verdict, known[verdict.algorithm])
 
@@ -303,20 +276,17 @@ class JobRunner:
         self, strategy: Strategy, job: DueJob, digest: bytes, versions: DigestOf, layout: Layout
     ) -> bool:
         """Record a sidecar that is already there and verifies for this version."""
-        kind = self._kind.name
         async with self._lock(job.path):
             try:
-                existing = await asyncio.to_thread(
-                    read_sidecar, job.path, kind, layout=layout, state_dir=self._state_dir
-                )
+                existing = await asyncio.to_thread(self._at_rest.read_sidecar, job.path, layout)
             except StampdError:
                 return False  # reported when the sidecar is written
             if existing is None:
                 return False
             verdict = strategy.verifier.verify(existing, source="sidecar", digest_of=versions)
-            if not _usable(verdict, strategy.digest_alg):
+            if not usable(verdict, strategy.digest_alg):
                 return False  # an older version's proof, or not a proof: archived on write
-            await asyncio.to_thread(archive_put, self._state_dir, existing, self._extension)
+            await asyncio.to_thread(self._at_rest.archive, existing)
             found = Obtained(existing, verdict, ())
             await self._complete(job, digest, found, source="sidecar", sidecar=True)
         return True
@@ -333,30 +303,9 @@ class JobRunner:
                 digest=digest.hex(),
             )
         )
-        for known in candidates:
-            try:
-                data = await asyncio.to_thread(
-                    archive_get, self._state_dir, known.sidecar_sha256, self._extension
-                )
-            except StampdError as error:
-                log.warning("archived_proof_unusable", proof_id=known.proof_id, reason=str(error))
-                continue
-            if data is None:
-                log.warning(
-                    "archived_proof_missing",
-                    proof_id=known.proof_id,
-                    sha256=known.sidecar_sha256,
-                    hint="restore STATE/archive from a backup; a new proof is requested",
-                )
-                continue
-            verdict = strategy.verifier.verify(
-                data, source="archive", digest_of=versions, prefer=known.provider
-            )
-            # A proof whose chain has expired since still proves its time, but a new version
-            # deserves evidence that needs no renewal yet.
-            if _usable(verdict, strategy.digest_alg) and not verdict.renewal_overdue:
-                return Obtained(data, verdict, ())
-        return None
+        return await asyncio.to_thread(
+            reusable, self._at_rest, candidates, strategy.verifier, strategy.digest_alg, versions
+        )
 
     async def _finish(
         self,
@@ -382,7 +331,7 @@ class JobRunner:
         async with self._lock(path or job.path):
             if layout is not None and path is not None:
                 try:
-                    await asyncio.to_thread(self._place_sidecar, path, layout, found.data)
+                    await asyncio.to_thread(self._at_rest.place_sidecar, path, layout, found.data)
                 except StampdError as error:
                     await self._fail(
                         strategy,
@@ -395,25 +344,6 @@ class JobRunner:
                     return
                 sidecar = True
             await self._complete(job, digest, found, source=source, sidecar=sidecar)
-
-    def _place_sidecar(self, path: Path, layout: Layout, data: bytes) -> None:
-        """Write ``data`` as the sidecar; whatever was there before goes to the archive."""
-        kind = self._kind.name
-        existing = read_sidecar(path, kind, layout=layout, state_dir=self._state_dir)
-        if existing == data:
-            return
-        if existing is not None:
-            # An earlier version's proof (or something an operator put there): history.
-            archived = archive_put(self._state_dir, existing, self._extension)
-            log.info("sidecar_archived", path=str(path), archive=str(archived.path))
-        write_sidecar(
-            path,
-            kind,
-            data,
-            layout=layout,
-            state_dir=self._state_dir,
-            replace=existing is not None,
-        )
 
     async def _complete(
         self, job: DueJob, digest: bytes, found: Obtained, *, source: str, sidecar: bool
