@@ -26,7 +26,6 @@ from stampd.daemon.cli.output import emit_json, json_option, say
 from stampd.daemon.cli.paths import argument_name, argument_path, shown
 from stampd.daemon.config.model import Config, ConfigError
 from stampd.daemon.evidence.entries import VerifyOptions, verifier_factory
-from stampd.daemon.watch.hasher import rehash
 from stampd.store import kinds
 from stampd.store.errors import StampdError
 from stampd.store.files.digest import FileDigests, digest_path
@@ -63,8 +62,11 @@ class _FileHash:
         if self._other is None:
             self._other = {}
         if algorithm not in self._other:
-            # The file is read again through the hasher's guards (daemon/watch/hasher.py),
-            # following a symbolic link the user named, as digest_path does.
+            # The file is read again through the hasher's guards, following a symbolic link
+            # the user named, as digest_path does. Imported here: the hasher brings the index
+            # module along (~70 ms), which only a SHA-384 token needs.
+            from stampd.daemon.watch.hasher import rehash  # noqa: PLC0415
+
             self._other |= rehash(self.path, (algorithm,), follow_symlinks=True)
         return self._other[algorithm]
 
