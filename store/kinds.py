@@ -3,8 +3,8 @@
 Config, index, sidecar naming, ``verify``, ``show``, ``status``, metrics and the CLI read this
 registry instead of keeping their own lists. Adding a kind is one :class:`EvidenceKind` member
 and one :class:`KindSpec` entry in :data:`BUILT_IN` here, plus the kind's own modules (a format
-and verifier in ``store/formats``, a strategy and provider in ``daemon/evidence``): see
-``docs/adding-an-evidence-kind.md``.
+in ``store/formats`` and a verifier in ``store``, a strategy and provider in
+``daemon/evidence``, which the entry names): see ``docs/adding-an-evidence-kind.md``.
 
 Tests register a kind of their own with :func:`registered` (a fake kind that goes through the
 whole pipeline), so the registry is a mapping keyed by name; the enum is the exhaustive list of
