@@ -8,7 +8,6 @@ match on it. The message says what failed and where; ``hint`` says what to do.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import ClassVar
 
 
 class ErrorClass(StrEnum):
@@ -70,7 +69,9 @@ NO_RETRY: frozenset[ErrorClass] = frozenset({ErrorClass.AUTH, ErrorClass.QUOTA})
 class StampdError(Exception):
     """Root of every error stampd raises on purpose."""
 
-    error_class: ClassVar[str] = ErrorClass.UNKNOWN
+    #: Set by each subclass; an instance may carry its own (a provider's failure says which
+    #: of the attempt classes it is), so this is not a ClassVar.
+    error_class: str = ErrorClass.UNKNOWN
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)

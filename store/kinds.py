@@ -3,8 +3,8 @@
 Config, index, sidecar naming, ``verify``, ``show``, ``status``, metrics and the CLI read this
 registry instead of keeping their own lists. Adding a kind is one :class:`EvidenceKind` member
 and one :class:`KindSpec` entry in :data:`BUILT_IN` here, plus the kind's own modules (a format
-and verifier in ``store/formats``, a strategy and provider in ``daemon/evidence``): see
-``docs/adding-an-evidence-kind.md``.
+in ``store/formats`` and a verifier in ``store``, a strategy and provider in
+``daemon/evidence``, which the entry names): see ``docs/adding-an-evidence-kind.md``.
 
 Tests register a kind of their own with :func:`registered` (a fake kind that goes through the
 whole pipeline), so the registry is a mapping keyed by name; the enum is the exhaustive list of
@@ -59,6 +59,13 @@ class KindSpec:
     watchable: bool = True
     #: Whether ``stampd verify`` checks it (offline, from the sidecar).
     verifiable: bool = False
+    #: The factory of its offline verifier for ``stampd verify``, as ``"module:attribute"``
+    #: (a ``VerifierFactory``, daemon/evidence/entries.py). A name, not an import: ``store``
+    #: never imports ``daemon``, and the CLI imports a kind's modules only when it verifies.
+    verifier: str | None = None
+    #: The factory of its job strategy for the daemon's runner, as ``"module:attribute"`` (a
+    #: ``StrategyFactory``, daemon/evidence/entries.py); None while nothing runs its jobs.
+    strategy: str | None = None
 
 
 BUILT_IN: Mapping[str, KindSpec] = {
@@ -72,6 +79,8 @@ BUILT_IN: Mapping[str, KindSpec] = {
             config_section="timestamp",
             available=True,
             verifiable=True,
+            verifier="stampd.daemon.evidence.tsr_anchors:verifier_from_options",
+            strategy="stampd.daemon.evidence.tsr:strategy_from_config",
         ),
         KindSpec(
             EvidenceKind.OTS,

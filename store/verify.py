@@ -1,36 +1,57 @@
-"""Offline verification of the evidence for one file: what ``stampd verify`` reports.
+"""What offline verification of one piece of evidence says, whatever its kind: the verdict.
 
 One :class:`Verdict` per piece of evidence, with a status a person and a script can act on:
 
-- ``valid``: every check passed, the TSA chain validated at genTime. ``renewal_overdue`` says
-  the chain has expired since (reference/rfc3161.md §5): the token still proves what it
-  proved, but from now on only a renewed evidence record (RFC 4998) keeps it standing.
+- ``valid``: every check passed, the authority's chain validated when the proof was made.
+  ``renewal_overdue`` says the chain has expired since (reference/rfc3161.md §5): the proof
+  still proves what it proved, but from now on only a renewed evidence record (RFC 4998)
+  keeps it standing.
 - ``invalid``: a check failed; ``reason`` is the stable code, ``message`` the explanation.
 - ``unverifiable``: nothing is wrong that we can see, but the proof cannot be checked (a
   token without the TSA's certificate). Never reported as valid.
+
+The fields every kind has live on the verdict; what only one kind knows (an RFC 3161 serial
+and policy) is its :class:`VerdictDetail`. Each kind's verifier (a :class:`Verifier`, named by
+the kind's registry entry, store/kinds.py) produces these; the job runner, sidecar adoption,
+reuse of archived proofs and ``stampd verify`` all read the same shape.
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
-
-from cryptography import x509
+from typing import Any, Literal, Protocol
 
 from stampd.store.errors import StampdError
-from stampd.store.formats.tsp import (
-    TimestampRejected,
-    TokenInvalid,
-    TspParseError,
-    VerifiedToken,
-    load_timestamp,
-    verify_token,
-)
 
 Status = Literal["valid", "invalid", "unverifiable"]
+
+#: The data's digest under a named algorithm (computed on first use by the caller). Raises
+#: ValueError for an algorithm whose digest it cannot give.
+DigestOf = Callable[[str], bytes]
+
+
+class VerdictDetail(Protocol):
+    """What one kind's verdict adds to the kind-neutral fields."""
+
+    @property
+    def serial(self) -> str | None:
+        """The proof's serial number as the index records it, if the kind has one."""
+        ...
+
+    @property
+    def chain_holder(self) -> str:
+        """Whose chain ``chain_not_after`` is about, as the operator calls it ("TSA")."""
+        ...
+
+    def note(self) -> str:
+        """Text after the authority on ``stampd verify``'s line (`` (serial 1f)``), or ''."""
+        ...
+
+    def to_dict(self) -> dict[str, Any]:
+        """The detail's JSON keys; every verdict of the kind carries all of them."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -38,115 +59,66 @@ class Verdict:
     """The outcome for one piece of evidence."""
 
     kind: str
-    #: Where the evidence came from (a sidecar path, or the file given with ``--tsr``).
+    #: Where the evidence came from (a sidecar path, the archive, the file given with ``--tsr``).
     source: str
     status: Status
     reason: str | None = None
     message: str | None = None
+    #: When the evidence says the data existed (an RFC 3161 genTime).
     gen_time: datetime | None = None
+    #: Who vouches for it, as people name it (the TSA's common name).
     authority: str | None = None
+    #: The configured provider whose trust anchors it verified against; None when it is not
+    #: valid, or when the anchors were not a provider's (``stampd verify --trust``).
+    provider: str | None = None
+    #: The digest algorithm the evidence covers.
     algorithm: str | None = None
-    serial: int | None = None
-    policy: str | None = None
-    #: The earliest notAfter of the validated TSA chain.
+    #: The earliest notAfter of the validated chain.
     chain_not_after: datetime | None = None
     renewal_overdue: bool = False
+    detail: VerdictDetail | None = None
+
+    @property
+    def valid(self) -> bool:
+        """Whether every check passed."""
+        return self.status == "valid"
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready mapping (times as ISO 8601 UTC, the serial as text: up to 160 bits)."""
-        return {
+        """A JSON-ready mapping (times as ISO 8601 UTC); the detail's keys follow algorithm."""
+        data: dict[str, Any] = {
             "kind": self.kind,
             "source": self.source,
             "status": self.status,
             "reason": self.reason,
             "message": self.message,
-            "gen_time": _iso(self.gen_time),
+            "gen_time": iso_time(self.gen_time),
             "authority": self.authority,
+            "provider": self.provider,
             "algorithm": self.algorithm,
-            "serial": None if self.serial is None else str(self.serial),
-            "policy": self.policy,
-            "chain_not_after": _iso(self.chain_not_after),
-            "renewal_overdue": self.renewal_overdue,
         }
+        if self.detail is not None:
+            data.update(self.detail.to_dict())
+        data["chain_not_after"] = iso_time(self.chain_not_after)
+        data["renewal_overdue"] = self.renewal_overdue
+        return data
 
 
-def _iso(moment: datetime | None) -> str | None:
+class Verifier(Protocol):
+    """One kind's offline verifier: sidecar bytes and the data's digests in, a verdict out."""
+
+    def verify(
+        self, data: bytes, *, source: str, digest_of: DigestOf, prefer: str | None = None
+    ) -> Verdict:
+        """Check ``data`` completely; anchors of provider ``prefer`` are tried first.
+
+        Never raises for bad evidence: that is an ``invalid`` verdict.
+        """
+        ...
+
+
+def iso_time(moment: datetime | None) -> str | None:
+    """A verdict time as ISO 8601 UTC to the second, as ``stampd verify`` prints it."""
     return None if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-#: The data's digest under a named algorithm (computed on first use by the caller).
-DigestOf = Callable[[str], bytes]
-
-
-def digest_of_bytes(data: bytes) -> DigestOf:
-    """A :data:`DigestOf` for data in memory."""
-    return lambda algorithm: hashlib.new(algorithm, data).digest()
-
-
-def verify_tsr(
-    data: bytes,
-    *,
-    source: str,
-    digest_of: DigestOf,
-    trust: Sequence[Sequence[x509.Certificate]],
-    extra_certificates: Sequence[x509.Certificate] = (),
-    now: datetime | None = None,
-    roots: str | None = None,
-    root_remedy: str | None = None,
-) -> Verdict:
-    """Verify RFC 3161 evidence (a TimeStampResp or a bare token) for the data.
-
-    ``trust`` holds one anchor set per configured TSA; the token is valid when it chains to
-    one of them (the roots configured for a TSA, never a root the token brings along).
-    When the TSA's root is not among them, the message names ``roots`` (where they came
-    from) and says ``root_remedy`` (what to do); both are the caller's to phrase.
-    """
-    try:
-        token = load_timestamp(data)
-    except (TspParseError, TimestampRejected) as error:
-        return Verdict("tsr", source, "invalid", error.error_class, error.message)
-    facts = token.facts
-    known = Verdict(
-        "tsr",
-        source,
-        "invalid",
-        gen_time=facts.gen_time,
-        algorithm=facts.algorithm,
-        serial=facts.serial,
-        policy=facts.policy,
-    )
-    try:
-        digest = digest_of(facts.algorithm)
-    except ValueError:
-        digest = None  # an algorithm hashlib lacks: verify_token names it
-    verified: VerifiedToken | None = None
-    failure: TokenInvalid | None = None
-    for anchors in trust or [()]:
-        try:
-            verified = verify_token(
-                token, digest=digest, anchors=anchors, extra_certificates=extra_certificates
-            )
-            break
-        except TokenInvalid as error:
-            # A chain failure may pass with the next TSA's roots; anything else will not.
-            failure = error
-            if error.reason not in ("chain", "eku"):
-                break
-    if verified is None:
-        assert failure is not None
-        status: Status = "unverifiable" if failure.reason == "signer_unavailable" else "invalid"
-        message = failure.message
-        if failure.chain is not None:
-            message = failure.chain.describe(roots=roots, remedy=root_remedy)
-        return replace(known, status=status, reason=failure.reason, message=message)
-    moment = now or datetime.now(UTC)
-    return replace(
-        known,
-        status="valid",
-        authority=verified.authority,
-        chain_not_after=verified.chain_not_after,
-        renewal_overdue=verified.chain_not_after <= moment,
-    )
 
 
 def unreadable(kind: str, source: str, error: StampdError) -> Verdict:

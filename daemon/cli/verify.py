@@ -1,10 +1,11 @@
 """``stampd verify PATH…``: what the evidence next to a file proves, checked offline.
 
-Each PATH is hashed once; each sidecar found for it is verified completely (store/verify.py)
-and reported on one line: kind, status, genTime, authority, and until when the TSA chain
-stays valid, or the exact reason it is not valid. With ``--tsr FILE`` the token is given
-explicitly and, together with ``--trust``, no configuration file is needed at all: anyone
-handed a file and its token can check them.
+Each PATH is hashed once; each sidecar found for it — one per kind the registry says is
+verifiable (store/kinds.py) — is verified completely by that kind's verifier
+(daemon/evidence/entries.py) and reported on one line: kind, status, time, authority, and
+until when the authority's chain stays valid, or the exact reason it is not valid. With
+``--tsr FILE`` the token is given explicitly and, together with ``--trust``, no configuration
+file is needed at all: anyone handed a file and its token can check them.
 
 Exit status: 0 only when at least one proof exists for every PATH and all of them are valid;
 1 otherwise (DESIGN §8).
@@ -12,14 +13,12 @@ Exit status: 0 only when at least one proof exists for every PATH and all of the
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
-from cryptography import x509
 
 from stampd.daemon.cli.context import cli_context
 from stampd.daemon.cli.exit_codes import ExitCode
@@ -27,14 +26,20 @@ from stampd.daemon.cli.output import emit_json, json_option, say
 from stampd.daemon.cli.paths import argument_name, argument_path, shown
 from stampd.daemon.config.model import Config
 from stampd.daemon.config.problems import ConfigError
-from stampd.store.errors import FileAccessError, StampdError
+from stampd.daemon.evidence.entries import VerifyOptions, verifier_factory
+from stampd.store import kinds
+from stampd.store.errors import StampdError
 from stampd.store.files.digest import FileDigests, digest_path
 from stampd.store.files.sidecar import Layout, read_sidecar, sidecar_path
-from stampd.store.trust import SYSTEM_BUNDLE, load_anchors, load_certificates
-from stampd.store.verify import Verdict, unreadable, verify_tsr
+from stampd.store.kinds import EvidenceKind, KindSpec
+from stampd.store.verify import Verdict, Verifier, iso_time, unreadable
 
-#: Evidence kinds this version of ``verify`` checks (the others come with their issues).
-CHECKED_KINDS = ("tsr",)
+
+def _verifiable() -> tuple[KindSpec, ...]:
+    """The kinds ``verify`` checks: a sidecar, and an offline verifier in the registry."""
+    return tuple(
+        kind for kind in kinds.with_sidecars() if kind.verifiable and kind.verifier is not None
+    )
 
 
 @dataclass
@@ -43,7 +48,7 @@ class _FileHash:
 
     path: Path
     _both: FileDigests | None = None
-    _other: dict[str, bytes] = field(default_factory=dict)
+    _other: dict[str, bytes] | None = None
 
     def both(self) -> FileDigests:
         if self._both is None:
@@ -55,15 +60,15 @@ class _FileHash:
             return self.both().sha256
         if algorithm == "sha512":
             return self.both().sha512
+        if self._other is None:
+            self._other = {}
         if algorithm not in self._other:
-            hasher = hashlib.new(algorithm)
-            try:
-                with self.path.open("rb") as handle:
-                    while chunk := handle.read(1 << 20):
-                        hasher.update(chunk)
-            except OSError as error:
-                raise FileAccessError(f"{self.path}: {error.strerror or error}") from error
-            self._other[algorithm] = hasher.digest()
+            # The file is read again through the hasher's guards, following a symbolic link
+            # the user named, as digest_path does. Imported here: the hasher brings the index
+            # module along (~70 ms), which only a SHA-384 token needs.
+            from stampd.daemon.watch.hasher import rehash  # noqa: PLC0415
+
+            self._other |= rehash(self.path, (algorithm,), follow_symlinks=True)
         return self._other[algorithm]
 
 
@@ -82,50 +87,6 @@ def _where(path: Path, config: Config | None) -> _Where:
         if path == watch.path or watch.path in path.parents:
             return _Where(watch.sidecars, config.daemon.state_dir)
     return _Where("adjacent", config.daemon.state_dir)
-
-
-@dataclass(frozen=True)
-class _Roots:
-    """The anchor sets a token may chain to, and how to name them in a message."""
-
-    sets: list[tuple[x509.Certificate, ...]]
-    #: Where they came from: the --trust files, or each TSA's ``trust`` key.
-    described: str
-    #: What to do when a TSA's root is not among them.
-    remedy: str
-
-
-def _trust_from(trust: Sequence[str], config: Config | None) -> _Roots:
-    if trust:
-        return _Roots(
-            [load_anchors(Path(file)) for file in trust],
-            "--trust " + ", ".join(trust),
-            "give its root certificate with --trust ROOT.pem",
-        )
-    tsas = config.timestamp.tsa if config is not None else ()
-    described = "; ".join(
-        f'timestamp.tsa[{number}] "{tsa.name}": '
-        + (f"trust = {tsa.trust}" if tsa.trust else f"trust unset, so {SYSTEM_BUNDLE}")
-        for number, tsa in enumerate(tsas)
-    )
-    return _Roots(
-        [load_anchors(tsa.trust or SYSTEM_BUNDLE) for tsa in tsas],
-        described or "no [[timestamp.tsa]] is configured",
-        "add its root certificate to trust (or --trust ROOT.pem)",
-    )
-
-
-def _advise(verdict: Verdict, untrusted: str | None) -> Verdict:
-    """Say what to do about a token without its TSA's certificate (made without certReq)."""
-    if verdict.reason != "signer_unavailable":
-        return verdict
-    if untrusted is None:
-        tip = "give the TSA's certificate with --untrusted CERTS.pem"
-    else:
-        tip = (
-            f"{untrusted} does not hold it either: give the TSA's own certificate with --untrusted"
-        )
-    return replace(verdict, message=f"{verdict.message}: {tip}")
 
 
 def _problem(name: str, path: Path, error: StampdError | OSError) -> str:
@@ -151,12 +112,16 @@ def _line(path: str, verdict: Verdict) -> str:
     head = f"{path}: {verdict.kind} {verdict.status}"
     if verdict.status != "valid":
         return f"{head}: {verdict.reason}: {verdict.message}"
-    gen_time = verdict.to_dict()["gen_time"]
-    until = verdict.to_dict()["chain_not_after"][:10]
-    text = f"{head} {gen_time} {verdict.authority} (serial {verdict.serial:x})"
+    detail = verdict.detail
+    note = "" if detail is None else detail.note()
+    text = f"{head} {iso_time(verdict.gen_time)} {verdict.authority}{note}"
+    until = iso_time(verdict.chain_not_after)
+    if until is None:
+        return text
+    chain = "chain" if detail is None else f"{detail.chain_holder} chain"
     if verdict.renewal_overdue:
-        return f"{text}; TSA chain expired {until}: renewal overdue (restamp)"
-    return f"{text}; TSA chain valid until {until}"
+        return f"{text}; {chain} expired {until[:10]}: renewal overdue (restamp)"
+    return f"{text}; {chain} valid until {until[:10]}"
 
 
 @click.command("verify")
@@ -198,8 +163,14 @@ def verify_command(
     if tsr_file is not None and len(paths) != 1:
         raise click.UsageError("--tsr verifies one token against exactly one PATH")
     config = None if (tsr_file is not None and trust) else _config_or_none(required=not trust)
-    roots = _trust_from(trust, config)
-    extra = load_certificates(Path(untrusted)) if untrusted else ()
+    options = VerifyOptions(
+        config,
+        trust=tuple(Path(file) for file in trust),
+        untrusted=Path(untrusted) if untrusted else None,
+    )
+    checked = _verifiable()
+    # Built before any file is read: a bad --trust or --untrusted file is one error up front.
+    verifiers = {kind.name: verifier_factory(kind)(options) for kind in checked}
     files: list[dict[str, Any]] = []
     proven_all = True
     for argument in paths:
@@ -207,34 +178,24 @@ def verify_command(
         # Shown as given (relative stays relative), every byte visible (store/files/pathnames.py).
         name = shown(argument_name(argument))
         hashed = _FileHash(path)
-        verdicts: list[Verdict] = []
         try:
             hashed.both()
+            sources: list[tuple[str, Path, bytes]]
             if tsr_file is not None:
-                sources = [(Path(tsr_file), Path(tsr_file).read_bytes())]
+                # --tsr names the kind of the file it gives.
+                sources = [(EvidenceKind.TSR, Path(tsr_file), Path(tsr_file).read_bytes())]
             else:
-                sources = _sidecars(path, _where(path, config))
+                sources = _sidecars(path, _where(path, config), checked)
         except (StampdError, OSError) as error:
             message = _problem(argument, path, error)
             say(f"stampd: {name}: {message}")
             files.append({"path": name, "error": message, "evidence": [], "proven": False})
             proven_all = False
             continue
-        for source, data in sources:
-            try:
-                verdict = verify_tsr(
-                    data,
-                    source=str(source),
-                    digest_of=hashed,
-                    trust=roots.sets,
-                    extra_certificates=extra,
-                    roots=roots.described,
-                    root_remedy=roots.remedy,
-                )
-            except StampdError as error:
-                verdict = unreadable("tsr", str(source), error)
-            verdicts.append(_advise(verdict, untrusted))
-        proven = bool(verdicts) and all(v.status == "valid" for v in verdicts)
+        verdicts = [
+            _verdict(verifiers[kind], kind, source, data, hashed) for kind, source, data in sources
+        ]
+        proven = bool(verdicts) and all(v.valid for v in verdicts)
         proven_all = proven_all and proven
         files.append(
             {
@@ -246,7 +207,8 @@ def verify_command(
         )
         if not as_json:
             if not verdicts:
-                click.echo(f"{name}: no evidence found (looked for {_looked_for(path, config)})")
+                looked_for = _looked_for(path, config, checked)
+                click.echo(f"{name}: no evidence found (looked for {looked_for})")
             for verdict in verdicts:
                 click.echo(_line(name, verdict))
     if as_json:
@@ -255,20 +217,30 @@ def verify_command(
         raise click.exceptions.Exit(ExitCode.FAILURE)
 
 
-def _sidecars(path: Path, where: _Where) -> list[tuple[Path, bytes]]:
+def _verdict(
+    verifier: Verifier, kind: str, source: Path, data: bytes, hashed: _FileHash
+) -> Verdict:
+    try:
+        return verifier.verify(data, source=str(source), digest_of=hashed)
+    except StampdError as error:
+        return unreadable(kind, str(source), error)
+
+
+def _sidecars(
+    path: Path, where: _Where, checked: Sequence[KindSpec]
+) -> list[tuple[str, Path, bytes]]:
     found = []
-    for kind in CHECKED_KINDS:
-        data = read_sidecar(path, kind, layout=where.layout, state_dir=where.state_dir)
+    for kind in checked:
+        data = read_sidecar(path, kind.name, layout=where.layout, state_dir=where.state_dir)
         if data is not None:
-            found.append(
-                (sidecar_path(path, kind, layout=where.layout, state_dir=where.state_dir), data)
-            )
+            at = sidecar_path(path, kind.name, layout=where.layout, state_dir=where.state_dir)
+            found.append((kind.name, at, data))
     return found
 
 
-def _looked_for(path: Path, config: Config | None) -> str:
+def _looked_for(path: Path, config: Config | None, checked: Sequence[KindSpec]) -> str:
     where = _where(path, config)
     return ", ".join(
-        shown(sidecar_path(path, kind, layout=where.layout, state_dir=where.state_dir))
-        for kind in CHECKED_KINDS
+        shown(sidecar_path(path, kind.name, layout=where.layout, state_dir=where.state_dir))
+        for kind in checked
     )

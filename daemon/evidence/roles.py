@@ -1,7 +1,18 @@
-"""What every provider call reports: the attempt, and how it failed (DESIGN §6).
+"""The provider roles: one ``Protocol`` per kind of party that produces evidence (DESIGN §1, §6).
 
-An attempt's ``error_class`` is one of a fixed set of stable strings; it is stored on the
-attempt row, logged, and counted in metrics, so dashboards and scripts can rely on it.
+Every provider, whatever its role, is a :class:`Provider` to the pool (daemon/evidence/pool.py):
+a name, a pacing interval and an identity that says whether a reload changed it. Each role adds
+the calls its evidence kind needs:
+
+- :class:`TimestampProvider` — an RFC 3161 TSA (``tsr``; daemon/evidence/tsa.py);
+- :class:`Calendar` — an OpenTimestamps calendar (``ots``, reference/opentimestamps.md §2);
+- :class:`Signer` — a local key or a CSC signing service (``p7s``, reference/cades-csc.md);
+- :class:`AttestationService` — a REST attestation service (``attest``,
+  reference/attestation-services.md).
+
+A failed call raises :class:`ProviderFailure`, whose ``error_class`` is one of the attempt
+classes of :class:`~stampd.store.errors.ErrorClass`: stored on the attempt row, logged, and
+counted in metrics, so dashboards and scripts can rely on it.
 """
 
 from __future__ import annotations
@@ -10,25 +21,14 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Protocol
 
-from stampd.store.errors import ErrorClass
-from stampd.store.formats.tsp import VerifiedToken
-from stampd.store.index.jobs import Attempt
-
-__all__ = [
-    "NO_RETRY",
-    "Attempt",
-    "ErrorClass",
-    "ProviderFailure",
-    "Stamped",
-    "TimestampProvider",
-]
-
-#: Failures that more tries will not fix without an operator: credentials, paid quota.
-NO_RETRY: frozenset[str] = frozenset({"auth", "quota"})
+from stampd.store.errors import ErrorClass, StampdError
+from stampd.store.verify import Verdict
 
 
-class ProviderFailure(Exception):
-    """One failed try at one provider."""
+class ProviderFailure(StampdError):
+    """One failed try at one provider; its ``error_class`` says how it failed."""
+
+    error_class: ErrorClass
 
     def __init__(
         self,
@@ -39,23 +39,14 @@ class ProviderFailure(Exception):
         retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
-        self.error_class: ErrorClass = error_class
-        self.message = message
+        self.error_class = error_class
         self.http_status = http_status
         #: Seconds the provider asked us to wait (``Retry-After``), if it did.
         self.retry_after = retry_after
 
 
-@dataclass(frozen=True, eq=False)
-class Stamped:
-    """A verified timestamp: the TSA's response bytes, unmodified, and what they prove."""
-
-    response: bytes
-    verified: VerifiedToken
-
-
-class TimestampProvider(Protocol):
-    """An RFC 3161 time-stamping authority as the pool sees it."""
+class Provider(Protocol):
+    """What the pool needs of every provider, whatever its role."""
 
     name: str
     #: Seconds to leave between two requests (some public TSAs ask for it).
@@ -63,13 +54,57 @@ class TimestampProvider(Protocol):
 
     @property
     def identity(self) -> Hashable:
-        """Equal for two provider objects that are the same TSA asked the same way.
+        """Equal for two provider objects that are the same party asked the same way.
 
         A reload rebuilds every provider; one whose identity is unchanged keeps what the pool
         learnt about it (breaker, rest, counters). Pacing (``min_interval``) is not part of it.
         """
         ...
 
+
+@dataclass(frozen=True, eq=False)
+class Stamped:
+    """A verified timestamp: the TSA's response bytes, unmodified, and the verdict on them."""
+
+    response: bytes
+    verdict: Verdict
+
+
+class TimestampProvider(Provider, Protocol):
+    """An RFC 3161 time-stamping authority."""
+
     async def timestamp(self, digest: bytes, algorithm: str) -> Stamped:
         """A verified token for ``digest``, or :class:`ProviderFailure`."""
+        ...
+
+
+class Calendar(Provider, Protocol):
+    """An OpenTimestamps calendar: takes a digest, later hands out its Bitcoin attestation."""
+
+    async def submit(self, digest: bytes) -> bytes:
+        """The serialized timestamp tree the calendar returns for ``digest`` (pending)."""
+        ...
+
+    async def upgrade(self, commitment: bytes) -> bytes | None:
+        """The tree from ``commitment`` to a Bitcoin attestation; None while still pending."""
+        ...
+
+
+class Signer(Provider, Protocol):
+    """A signing key (local, or behind a CSC service) that seals digests."""
+
+    async def certificates(self) -> tuple[bytes, ...]:
+        """The signing certificate first, then its chain, DER-encoded."""
+        ...
+
+    async def sign(self, digest: bytes, algorithm: str) -> bytes:
+        """The signature value over ``digest`` (the hash of the signed attributes)."""
+        ...
+
+
+class AttestationService(Provider, Protocol):
+    """A REST attestation service that records a digest and returns its receipt."""
+
+    async def attest(self, digest: bytes, algorithm: str) -> bytes:
+        """The service's receipt for ``digest``, its bytes as received."""
         ...

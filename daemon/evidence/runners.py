@@ -1,14 +1,16 @@
-"""The evidence runners of the configured kinds: the service's one door into this wing.
+"""The job runners of the configured kinds: the service's one door into this wing.
 
 The daemon builds an :class:`EvidenceRunners` once and hands it what a configuration asks for;
-it starts, reconfigures and stops the job runners to match (DESIGN §3: "job runner"). Building
-(:meth:`EvidenceRunners.prepare`) is separate from applying (:meth:`EvidenceRunners.apply`) so
-that a reload checks everything — trust files, secrets — before anything changes, and a refused
-reload leaves the running configuration untouched.
+it starts, reconfigures and stops one :class:`~stampd.daemon.evidence.runner.JobRunner` per
+evidence kind to match (DESIGN §3: "job runner"), each with the strategy its registry entry
+names (store/kinds.py, daemon/evidence/entries.py). Building (:meth:`EvidenceRunners.prepare`)
+is separate from applying (:meth:`EvidenceRunners.apply`) so that a reload checks everything —
+trust files, secrets — before anything changes, and a refused reload leaves the running
+configuration untouched.
 
 Stopping a runner loses nothing: its pending jobs stay in the index and run when a watch asks
-for the kind again, and the providers' breakers, rests and counters carry over to the pool of
-the next configuration (:meth:`~stampd.daemon.evidence.pool.ProviderPool.take_over`).
+for the kind again, and the providers' breakers, rests and counters carry over to the
+strategy of the next configuration (:meth:`~stampd.daemon.evidence.strategy.Strategy.take_over`).
 """
 
 from __future__ import annotations
@@ -20,17 +22,17 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from cryptography import x509
 
 from stampd.daemon.config.model import Config
+from stampd.daemon.evidence.entries import strategy_factory
 from stampd.daemon.evidence.locks import PathLocks
-from stampd.daemon.evidence.pool import ProviderPool
-from stampd.daemon.evidence.stamping import TsrStamper
-from stampd.daemon.evidence.tsa_setup import configured_tsas
+from stampd.daemon.evidence.runner import JobRunner
+from stampd.daemon.evidence.strategy import Strategy
 from stampd.daemon.service.logs import get_logger
 from stampd.daemon.watch.recorder import Recorder
+from stampd.store import kinds
+from stampd.store.files.sidecar import Layout
 from stampd.store.index.jobs import Attempt, NewProof
-from stampd.store.kinds import EvidenceKind
 
 log = get_logger("stampd.evidence")
 
@@ -43,14 +45,14 @@ class RunnerSetup:
     """What :meth:`EvidenceRunners.prepare` built from one configuration, not yet in use."""
 
     config: Config
-    #: The TSAs as a failover pool and each TSA's trust roots, when a watch asks for ``tsr``.
-    tsas: _TsaSetup | None
+    #: One strategy per available kind a watch asks for, by kind, in the watches' order.
+    strategies: Mapping[str, Strategy]
 
 
-@dataclass(frozen=True)
-class _TsaSetup:
-    pool: ProviderPool
-    anchors: Mapping[str, Sequence[x509.Certificate]]
+@dataclass
+class _Running:
+    runner: JobRunner
+    task: asyncio.Task[None]
 
 
 class EvidenceRunners:
@@ -69,10 +71,10 @@ class EvidenceRunners:
         self._locks = locks
         self._on_attempts = on_attempts
         self._http: httpx.AsyncClient | None = None
-        self._stamper: TsrStamper | None = None
-        self._task: asyncio.Task[None] | None = None
-        #: The last TSA pool applied; a reload's new pool takes over its providers' state.
-        self._tsa_pool: ProviderPool | None = None
+        self._running: dict[str, _Running] = {}
+        #: The last strategy applied per kind, kept after its runner stops: the next one
+        #: takes over its providers' state.
+        self._last: dict[str, Strategy] = {}
         self._paused = False
 
     # --- configuration --------------------------------------------------------------------
@@ -83,109 +85,112 @@ class EvidenceRunners:
         A trust file without roots or an unreadable secret is a configuration error (raised
         here: exit 2 at start, a refused reload later), not a failure of every job.
         """
-        if not any(EvidenceKind.TSR in watch.evidence for watch in config.watches):
-            return RunnerSetup(config, None)
-        timestamp = config.timestamp
-        if self._http is None:
-            self._http = httpx.AsyncClient()
-        tsas = configured_tsas(timestamp, self._http)
-        pool = ProviderPool(
-            tsas.providers, selection=timestamp.selection, cooldown=timestamp.cooldown
-        )
-        anchors = {name: tuple(roots) for name, roots in tsas.anchors.items()}
-        return RunnerSetup(config, _TsaSetup(pool, anchors))
+        wanted = dict.fromkeys(kind for watch in config.watches for kind in watch.evidence)
+        strategies: dict[str, Strategy] = {}
+        for name in wanted:
+            kind = kinds.spec(name)
+            if not kind.available or kind.strategy is None:
+                continue  # the configuration refuses these; nothing would run their jobs
+            if self._http is None:
+                self._http = httpx.AsyncClient()
+            strategies[name] = strategy_factory(kind)(config, http=self._http)
+        return RunnerSetup(config, strategies)
 
-    def apply(self, setup: RunnerSetup, layouts: Mapping[int, Any]) -> None:
+    def apply(self, setup: RunnerSetup, layouts: Mapping[int, Layout]) -> None:
         """Start, reconfigure or stop the runners to match ``setup``; ``layouts`` maps each
         watch id to its sidecar layout. Must run on the loop."""
-        tsas = setup.tsas
-        if tsas is None:
-            if self._task is not None:
-                self._task.cancel()
-                log.info("tsr_runner_stopped", reason="no watch asks for tsr evidence")
-            self._stamper = self._task = None
-            return
-        if self._tsa_pool is not None:
-            kept = tsas.pool.take_over(self._tsa_pool)
-            reset = [p.name for p in tsas.pool.providers if p.name not in kept]
-            log.info("tsa_state_kept", kept=list(kept), reset=reset)
-        self._tsa_pool = tsas.pool
-        timestamp = setup.config.timestamp
-        if self._stamper is not None:
-            self._stamper.reconfigure(
-                pool=tsas.pool,
-                anchors=tsas.anchors,
-                digest_alg=timestamp.digest,
+        for name in [name for name in self._running if name not in setup.strategies]:
+            self._running.pop(name).task.cancel()
+            log.info(f"{name}_runner_stopped", reason=f"no watch asks for {name} evidence")
+        for name, strategy in setup.strategies.items():
+            last = self._last.get(name)
+            if last is not None:
+                strategy.take_over(last)
+            self._last[name] = strategy
+            running = self._running.get(name)
+            if running is not None:
+                running.runner.reconfigure(strategy=strategy, layouts=layouts)
+                continue
+            runner = JobRunner(
+                recorder=self._recorder,
+                strategy=strategy,
+                state_dir=self._state_dir,
                 layouts=layouts,
-                retry=timestamp.retry,
-                retry_max=timestamp.retry_max,
+                locks=self._locks,
             )
-            return
-        self._stamper = TsrStamper(
-            recorder=self._recorder,
-            pool=tsas.pool,
-            anchors=tsas.anchors,
-            state_dir=self._state_dir,
-            digest_alg=timestamp.digest,
-            layouts=layouts,
-            retry=timestamp.retry,
-            retry_max=timestamp.retry_max,
-            locks=self._locks,
-        )
-        self._stamper.paused = self._paused
-        hook = self._on_attempts
-        if hook is not None:
-            self._stamper.on_attempts = lambda attempts: hook(EvidenceKind.TSR, attempts)
-        self._task = asyncio.create_task(self._stamper.run())
+            runner.paused = self._paused
+            if self._on_attempts is not None:
+                runner.on_attempts = _for_kind(self._on_attempts, name)
+            self._running[name] = _Running(runner, asyncio.create_task(runner.run()))
 
     # --- while running ----------------------------------------------------------------------
 
+    def runner(self, kind: str) -> JobRunner | None:
+        """The runner of ``kind``, if one runs."""
+        running = self._running.get(kind)
+        return None if running is None else running.runner
+
     def wake(self) -> None:
         """New jobs were committed: every runner of now looks for due jobs at once."""
-        if self._stamper is not None:
-            self._stamper.wake()
+        for running in self._running.values():
+            running.runner.wake()
 
     def pause(self) -> None:
         """``stampd pause``: no new round starts; rounds in progress finish."""
         self._paused = True
-        if self._stamper is not None:
-            self._stamper.paused = True
+        for running in self._running.values():
+            running.runner.paused = True
 
     def resume(self) -> None:
+        """``stampd resume``: rounds start again, due jobs at once."""
         self._paused = False
-        if self._stamper is not None:
-            self._stamper.paused = False
-            self._stamper.wake()
+        for running in self._running.values():
+            running.runner.paused = False
+            running.runner.wake()
 
     def tasks(self) -> dict[str, asyncio.Task[None]]:
         """The running runners' tasks by component name (the health check watches them)."""
-        return {"stamping": self._task} if self._task is not None else {}
+        return {r.runner.strategy.component: r.task for r in self._running.values()}
 
     def status(self) -> dict[str, dict[str, Any] | None]:
         """Each available kind's runner status for the control ``status`` (None: not running)."""
-        return {EvidenceKind.TSR: self._stamper.status() if self._stamper else None}
+        return {
+            kind.name: None if (runner := self.runner(kind.name)) is None else runner.status()
+            for kind in kinds.available()
+        }
 
     def in_flight(self) -> int:
         """Jobs in progress across every runner."""
-        return self._stamper.status()["in_flight"] if self._stamper else 0
+        return sum(r.runner.status()["in_flight"] for r in self._running.values())
 
     def providers_up(self) -> tuple[tuple[str, bool], ...]:
         """Each provider's name and whether its breaker is closed (the metrics)."""
-        report = self._stamper.status()["providers"] if self._stamper else []
-        return tuple((p["name"], p["breaker"] == "closed") for p in report)
+        return tuple(
+            (provider["name"], provider["breaker"] == "closed")
+            for running in self._running.values()
+            for provider in running.runner.strategy.report()
+        )
 
     def adoptable(self, kind: str, data: bytes, *, sha256: str, sha512: str) -> NewProof | None:
         """The proof row for sidecar bytes that verify for this content, else None (repair)."""
-        if self._stamper is None:
+        runner = self.runner(kind)
+        if runner is None:
             return None
-        return self._stamper.adoptable(kind, data, sha256=sha256, sha512=sha512)
+        return runner.adoptable(data, sha256=sha256, sha512=sha512)
 
     async def close(self) -> None:
         """Stop every runner (pending jobs stay in the index) and close the HTTP client."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        self._stamper = self._task = None
+        running, self._running = list(self._running.values()), {}
+        for each in running:
+            each.task.cancel()
+        await asyncio.gather(*(each.task for each in running), return_exceptions=True)
         if self._http is not None:
             await self._http.aclose()
             self._http = None
+
+
+def _for_kind(hook: AttemptsHook, kind: str) -> Callable[[Sequence[Attempt]], None]:
+    def report(attempts: Sequence[Attempt]) -> None:
+        hook(kind, attempts)
+
+    return report

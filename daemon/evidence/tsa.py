@@ -2,8 +2,9 @@
 
 One request per call: POST the TimeStampReq, read at most :data:`MAX_RESPONSE_BYTES`, check
 status and Content-Type, parse, and verify the reply completely — against the request (nonce,
-imprint, policy, time window) and as a stored token would be (signature, ESSCertID, EKU,
-chain to this TSA's roots). Only then is it returned (DESIGN rule 3). Every failure is a
+imprint, policy, time window) and as a stored token would be, by the same
+:class:`~stampd.store.tsr_verifier.TsrVerifier` that checks sidecars (signature, ESSCertID,
+EKU, chain to this TSA's roots). Only then is it returned (DESIGN rule 3). Every failure is a
 :class:`ProviderFailure` with its stable ``error_class``.
 """
 
@@ -31,9 +32,10 @@ from stampd.store.formats.tsp import (
     build_request,
     check_reply,
     parse_response,
-    verify_token,
 )
 from stampd.store.trust import SYSTEM_BUNDLE
+from stampd.store.tsr_verifier import AnchorSet, TsrVerifier
+from stampd.store.verify import Verdict
 
 #: Real replies are a few kilobytes (a token with four certificates is under 8 KiB).
 MAX_RESPONSE_BYTES = 1 << 20
@@ -87,6 +89,10 @@ class Rfc3161Provider:
         self.min_interval = min_interval
         self._client = client
         self._anchors = tuple(anchors)
+        roots, remedy = self._roots_described()
+        self._verifier = TsrVerifier(
+            [AnchorSet(name, self._anchors)], roots=roots, root_remedy=remedy
+        )
         self._timeout = timeout
         self._policy = policy
         self._authorization = authorization
@@ -130,7 +136,8 @@ class Rfc3161Provider:
                 body = await self._read_capped(response, deadline)
         except httpx.TimeoutException as error:
             raise ProviderFailure(
-                ErrorClass.TIMEOUT, f"no answer within {self._timeout:g} s ({type(error).__name__})"
+                ErrorClass.TIMEOUT,
+                f"no answer within {self._timeout:g} s ({type(error).__name__})",
             ) from error
         except httpx.TransportError as error:
             raise ProviderFailure(ErrorClass.NETWORK, f"{type(error).__name__}: {error}") from error
@@ -138,40 +145,44 @@ class Rfc3161Provider:
         try:
             parsed = parse_response(body)
             check_reply(parsed.token, request, sent_at=sent_at, received_at=received_at)
-            verified = verify_token(parsed.token, digest=digest, anchors=self._anchors)
         except TimestampRejected as error:
             raise ProviderFailure(ErrorClass.REJECTED, error.message) from error
         except TspParseError as error:
             raise ProviderFailure(ErrorClass.PARSE, error.message) from error
         except TokenInvalid as error:
-            raise ProviderFailure(
-                ErrorClass.VERIFY, f"{error.reason}: {self._explain(error)}"
-            ) from error
-        return Stamped(response=body, verified=verified)
+            raise ProviderFailure(ErrorClass.VERIFY, f"{error.reason}: {error.message}") from error
+        verdict = self._verifier.check(parsed.token, source=self.url, digest=digest)
+        if not verdict.valid:
+            raise ProviderFailure(ErrorClass.VERIFY, f"{verdict.reason}: {self._explain(verdict)}")
+        return Stamped(response=body, verdict=verdict)
 
-    def _explain(self, error: TokenInvalid) -> str:
-        """The token's failure, with this TSA's configuration where the operator can act."""
-        if error.chain is not None:
-            where = f'{self.key or "[[timestamp.tsa]]"} "{self.name}"'
-            setting = f"{self.key}.trust" if self.key else "its trust"
-            if self.trust_file is None:
-                roots = f"{where}: trust unset, so {SYSTEM_BUNDLE}"
-                remedy = f"set {setting} to a PEM file holding the TSA's root certificate"
-            else:
-                roots = f"{where}: trust = {self.trust_file}"
-                remedy = (
-                    f"add the TSA's root certificate to {self.trust_file}, or point"
-                    f" {setting} at a file that holds it"
-                )
-            return error.chain.describe(roots=roots, remedy=remedy)
-        if error.reason == "signer_unavailable":
+    def _roots_described(self) -> tuple[str, str]:
+        """Where this TSA's roots come from and what to do when a token does not chain to
+        them, naming the configuration the operator can change."""
+        where = f'{self.key or "[[timestamp.tsa]]"} "{self.name}"'
+        setting = f"{self.key}.trust" if self.key else "its trust"
+        if self.trust_file is None:
+            return (
+                f"{where}: trust unset, so {SYSTEM_BUNDLE}",
+                f"set {setting} to a PEM file holding the TSA's root certificate",
+            )
+        return (
+            f"{where}: trust = {self.trust_file}",
+            f"add the TSA's root certificate to {self.trust_file}, or point"
+            f" {setting} at a file that holds it",
+        )
+
+    @staticmethod
+    def _explain(verdict: Verdict) -> str:
+        """The token's failure; the TSA's own fault named as such."""
+        if verdict.reason == "signer_unavailable":
             # RFC 3161 §2.4.1: with certReq TRUE (stampd always sets it) the TSA MUST
             # include its certificate.
             return (
-                f"{error.message}; the TSA left it out although the request asked for it"
+                f"{verdict.message}; the TSA left it out although the request asked for it"
                 " (certReq): report it to the TSA's operator"
             )
-        return error.message
+        return verdict.message or ""
 
     def _check_status(self, response: httpx.Response) -> None:
         status = response.status_code

@@ -5,19 +5,25 @@ regular file that is still where it was (same ``(dev, ino)`` as when it settled)
 root's filesystem, and not reached through a symlinked directory. ``fstat`` before and after
 the read must agree, or the file changed while it was read and is retried later. The data file
 is only ever read (DESIGN rule 4).
+
+:func:`rehash` is the one way to read a recorded file again, with the same guards: for a
+digest the index does not keep (the job runner's SHA-384, ``stampd verify``'s).
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import stat
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from stampd.store.files.digest import FileDigests, Progress, digest_fd
+from stampd.store.errors import FileAccessError
+from stampd.store.files.digest import CHUNK_SIZE, FileDigests, Progress, digest_fd
 from stampd.store.files.filestat import FileStat
 from stampd.store.index.times import format_time
 
@@ -132,3 +138,40 @@ def _hash_open_file(  # noqa: PLR0911 - one return per outcome
         hashed_at=format_time(datetime.fromtimestamp(hashed_at_ns / 1e9, UTC)),
         racy=after.mtime_ns >= hashed_at_ns - RACY_WINDOW_NS,
     )
+
+
+def rehash(
+    path: Path, algorithms: Sequence[str], *, follow_symlinks: bool = False
+) -> dict[str, bytes]:
+    """The digests of ``path`` under each of ``algorithms``, in one read.
+
+    The guards of :func:`hash_file`: opened without blocking (a FIFO planted under the name
+    never hangs the reader), it must be a regular file, and ``fstat`` before and after the
+    read must agree, so the digests are of one content. A final symbolic link is refused
+    (DESIGN rule 4) unless ``follow_symlinks`` (the CLI, for a path a user names). Raises
+    :class:`~stampd.store.errors.FileAccessError` naming the path; ValueError for an
+    algorithm hashlib does not know.
+    """
+    hashers = {name: hashlib.new(name) for name in algorithms}
+    flags = _OPEN_FLAGS & ~os.O_NOFOLLOW if follow_symlinks else _OPEN_FLAGS
+    try:
+        fd = os.open(path, flags)
+    except OSError as error:
+        raise FileAccessError(f"{path}: cannot open: {error.strerror}") from error
+    try:
+        before = os.fstat(fd)
+        if not stat.S_ISREG(before.st_mode):
+            raise FileAccessError(f"{path}: not a regular file")
+        size = 0
+        while chunk := os.read(fd, CHUNK_SIZE):
+            size += len(chunk)
+            for hasher in hashers.values():
+                hasher.update(chunk)
+        after = os.fstat(fd)
+    except OSError as error:
+        raise FileAccessError(f"{path}: read failed: {error.strerror}") from error
+    finally:
+        os.close(fd)
+    if FileStat.of(after) != FileStat.of(before) or size != after.st_size:
+        raise FileAccessError(f"{path}: changed while it was read")
+    return {name: hasher.digest() for name, hasher in hashers.items()}

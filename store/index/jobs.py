@@ -20,6 +20,7 @@ from stampd.store.files.pathnames import unescape_path
 from stampd.store.index.database import Index
 from stampd.store.index.schema import inserted_id, require_kind
 from stampd.store.index.times import utc_now
+from stampd.store.kinds import JobAction
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class Attempt:
 
 @dataclass(frozen=True)
 class DueJob:
-    """A pending ``obtain`` job whose time has come, with what the runner needs to do it."""
+    """A pending job whose time has come, with what the runner needs to do it."""
 
     job_id: int
     kind: str
@@ -88,7 +89,7 @@ _SQL_DUE = (
     "SELECT j.id, j.kind, j.tries, v.id, v.sha256, v.sha512, f.id, f.path, f.watch_id,"
     " f.state, f.current_version_id = v.id"
     " FROM jobs j JOIN versions v ON v.id = j.version_id JOIN files f ON f.id = v.file_id"
-    " WHERE j.state = 'pending' AND j.next_try_at <= ? AND j.kind = ? AND j.action = 'obtain'"
+    " WHERE j.state = 'pending' AND j.next_try_at <= ? AND j.kind = ? AND j.action = ?"
     " ORDER BY j.next_try_at, j.id LIMIT ?"
 )
 _SQL_KNOWN_PROOFS = (
@@ -122,8 +123,15 @@ _SQL_JOB_CANCELLED = (
 )
 
 
-def due_jobs(conn: sqlite3.Connection, kind: str, *, now: str, limit: int) -> list[DueJob]:
-    """Up to ``limit`` pending ``obtain`` jobs of ``kind`` due at ``now``, oldest due first."""
+def due_jobs(
+    conn: sqlite3.Connection,
+    kind: str,
+    *,
+    now: str,
+    limit: int,
+    action: JobAction = JobAction.OBTAIN,
+) -> list[DueJob]:
+    """Up to ``limit`` pending ``action`` jobs of ``kind`` due at ``now``, oldest due first."""
     return [
         DueJob(
             job_id=int(row[0]),
@@ -138,7 +146,7 @@ def due_jobs(conn: sqlite3.Connection, kind: str, *, now: str, limit: int) -> li
             file_state=str(row[9]),
             current=bool(row[10]),
         )
-        for row in conn.execute(_SQL_DUE, (now, kind, limit))
+        for row in conn.execute(_SQL_DUE, (now, kind, action, limit))
     ]
 
 

@@ -306,3 +306,73 @@ def test_a_missing_file_is_named_once(tmp_path: Path, monkeypatch: pytest.Monkey
     (entry,) = json.loads(as_json.stdout)["files"]
     assert entry["path"] == "missing.txt"
     assert entry["error"] == "No such file or directory (check the path)"
+
+
+def test_the_verdict_names_the_configured_tsa_whose_roots_matched(
+    make_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    config = make_config(
+        "[[timestamp.tsa]]\n"
+        'name = "freetsa"\n'
+        'url = "http://127.0.0.1:9/"\n'
+        f'trust = "{_vector("freetsa_cacert.pem")}"\n'
+        "[[timestamp.tsa]]\n"
+        'name = "globalsign"\n'
+        'url = "http://127.0.0.1:9/"\n'
+        f'trust = "{_vector("globalsign-root-r3.crt.pem")}"\n',
+        evidence='["tsr"]',
+    )
+    token = str(_vector("globalsign-g4_2021_notation.resp.tsr"))
+    data = str(_vector("data_notation.txt"))
+    result = CliRunner().invoke(
+        cli, ["--config", str(config), "verify", "--json", "--tsr", token, data]
+    )
+    assert result.exit_code == 0, result.output
+    (evidence,) = json.loads(result.stdout)["files"][0]["evidence"]
+    assert (evidence["status"], evidence["provider"]) == ("valid", "globalsign")
+    # Roots given with --trust are no configured TSA's.
+    given = _given(
+        tmp_path,
+        "globalsign-g4_2021_notation.resp.tsr",
+        "data_notation.txt",
+        "globalsign-root-r3.crt.pem",
+        "--json",
+    )
+    (evidence,) = json.loads(given.stdout)["files"][0]["evidence"]
+    assert (evidence["status"], evidence["provider"]) == ("valid", None)
+    # Every key of before is still there, the serial as text.
+    assert set(evidence) >= {
+        "kind",
+        "source",
+        "status",
+        "reason",
+        "message",
+        "gen_time",
+        "authority",
+        "algorithm",
+        "serial",
+        "policy",
+        "chain_not_after",
+        "renewal_overdue",
+    }
+    assert isinstance(evidence["serial"], str)
+
+
+def test_an_unparsable_sidecar_keeps_every_key(tmp_path: Path) -> None:
+    data = tmp_path / "data.bin"
+    data.write_bytes(b"data")
+    token = tmp_path / "garbage.tsr"
+    token.write_bytes(b"\x30\x03\x02\x01\x00")
+    result = _verify(
+        tmp_path,
+        "--json",
+        "--tsr",
+        str(token),
+        "--trust",
+        str(_vector("freetsa_cacert.pem")),
+        str(data),
+    )
+    assert result.exit_code == 1, result.output
+    (evidence,) = json.loads(result.stdout)["files"][0]["evidence"]
+    assert evidence["status"] == "invalid"
+    assert {"serial", "policy", "algorithm", "provider"} <= set(evidence)

@@ -9,21 +9,29 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Hashable, Iterator
+import time
+from collections.abc import Awaitable, Hashable, Iterator
 from typing import Any
 
 import httpx
 import pytest
 
 from stampd.daemon.evidence.pool import BREAKER_THRESHOLD, COOLDOWN_GROWTH, ProviderPool
-from stampd.daemon.evidence.roles import Attempt, Stamped
+from stampd.daemon.evidence.roles import ProviderFailure, Stamped, TimestampProvider
 from stampd.daemon.evidence.tsa import Rfc3161Provider
+from stampd.store.errors import ErrorClass
+from stampd.store.index.jobs import Attempt
 from stampd.store.trust import load_anchors
 from tests.fake_tsa import FakeTsa
 from tests.tsa_pki import Pki, make_pki
 
 DIGEST = hashlib.sha256(b"a record\n").digest()
 IN_FLIGHT = 10
+
+
+def _stamp(tsa: TimestampProvider) -> Awaitable[Stamped]:
+    """The request every test sends: a token for DIGEST."""
+    return tsa.timestamp(DIGEST, "sha256")
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +79,7 @@ STUCK_S = 20
 
 async def _together(pool: ProviderPool, count: int) -> list[tuple[Stamped | None, list[Attempt]]]:
     async with asyncio.timeout(STUCK_S):
-        return list(await asyncio.gather(*(pool.timestamp(DIGEST, "sha256") for _ in range(count))))
+        return list(await asyncio.gather(*(pool.first(_stamp) for _ in range(count))))
 
 
 def _tried(results: list[tuple[Any, list[Attempt]]]) -> list[list[str]]:
@@ -130,7 +138,7 @@ def test_an_auth_failure_rests_the_tsa_for_the_longest_rest_after_one_request(
 
 async def _open(pool: ProviderPool) -> None:
     for _ in range(BREAKER_THRESHOLD):
-        await pool.timestamp(DIGEST, "sha256")
+        await pool.first(_stamp)
 
 
 def test_half_open_lets_one_probe_through_and_its_success_closes_the_breaker(
@@ -154,7 +162,7 @@ def test_half_open_lets_one_probe_through_and_its_success_closes_the_breaker(
                 flaky.mode = "ok"
                 gated.gate.clear()
                 gated.waiting.clear()
-                probe = asyncio.create_task(pool.timestamp(DIGEST, "sha256"))
+                probe = asyncio.create_task(pool.first(_stamp))
                 await gated.waiting.wait()
                 # While the probe is out, every other request fails over at once.
                 others = await _together(pool, IN_FLIGHT)
@@ -165,7 +173,7 @@ def test_half_open_lets_one_probe_through_and_its_success_closes_the_breaker(
                 health = pool.health["flaky"]
                 assert health.breaker(clock[0]) == "closed"
                 assert (health.cooldown_s, health.consecutive_failures) == (0.0, 0)
-                _, attempts = await pool.timestamp(DIGEST, "sha256")
+                _, attempts = await pool.first(_stamp)
                 assert [a.provider for a in attempts] == ["flaky"]  # in use again
 
         asyncio.run(run())
@@ -192,11 +200,9 @@ def test_a_failed_probe_doubles_the_rest_once(pki: Pki, good: FakeTsa) -> None:
                     clock[0] = health.open_until + 1
                     gated.gate.clear()
                     gated.waiting.clear()
-                    probe = asyncio.create_task(pool.timestamp(DIGEST, "sha256"))
+                    probe = asyncio.create_task(pool.first(_stamp))
                     await gated.waiting.wait()
-                    others = asyncio.gather(
-                        *(pool.timestamp(DIGEST, "sha256") for _ in range(IN_FLIGHT))
-                    )
+                    others = asyncio.gather(*(pool.first(_stamp) for _ in range(IN_FLIGHT)))
                     await asyncio.sleep(0.05)  # the others are under way, queued or done
                     gated.gate.set()
                     async with asyncio.timeout(STUCK_S):
@@ -212,7 +218,7 @@ def test_a_failed_probe_doubles_the_rest_once(pki: Pki, good: FakeTsa) -> None:
                 # Capped at cooldown * COOLDOWN_GROWTH.
                 for _ in range(6):
                     clock[0] = health.open_until + 1
-                    await pool.timestamp(DIGEST, "sha256")
+                    await pool.first(_stamp)
                 assert health.cooldown_s == 10.0 * COOLDOWN_GROWTH
 
         asyncio.run(run())
@@ -239,10 +245,10 @@ def test_a_new_pool_takes_over_the_state_of_unchanged_tsas_only(pki: Pki, good: 
                 assert new.take_over(old) == ("bad", "good")
                 assert new.report() == old.report()
                 assert new.report()[0]["breaker"] == "open"
-                _, attempts = await new.timestamp(DIGEST, "sha256")
+                _, attempts = await new.first(_stamp)
                 assert [a.provider for a in attempts] == ["good"]
                 # A round still running on the old pool counts in the new one.
-                await old.timestamp(DIGEST, "sha256")
+                await old.first(_stamp)
                 assert new.health["good"].attempts == BREAKER_THRESHOLD + 2
 
                 moved = Rfc3161Provider(
@@ -275,18 +281,112 @@ def test_the_round_robin_cursor_carries_over_when_the_tsas_are_the_same(pki: Pki
                     )
 
                 old = pool()
-                _, attempts = await old.timestamp(DIGEST, "sha256")
+                _, attempts = await old.first(_stamp)
                 assert [a.provider for a in attempts] == ["a"]
                 new = pool()
                 new.take_over(old)
-                _, attempts = await new.timestamp(DIGEST, "sha256")
+                _, attempts = await new.first(_stamp)
                 assert [a.provider for a in attempts] == ["b"]
                 # Another list (here: the order changed) starts at its first TSA again.
                 swapped = ProviderPool(
                     [_provider(second, pki, client, "b"), _provider(first, pki, client, "a")]
                 )
                 swapped.take_over(new)
-                _, attempts = await swapped.timestamp(DIGEST, "sha256")
+                _, attempts = await swapped.first(_stamp)
                 assert [a.provider for a in attempts] == ["b"]
 
         asyncio.run(run())
+
+
+# --- quorum: every provider at once, under one deadline --------------------------------------
+
+
+class Notary:
+    """A provider of the tests' own role: answers, fails, or never answers in time."""
+
+    def __init__(self, name: str, behaviour: str) -> None:
+        self.name = name
+        self.min_interval = 0.0
+        self.behaviour = behaviour
+        self.cancelled = False
+
+    @property
+    def identity(self) -> Hashable:
+        return self.name
+
+    async def attest(self) -> str:
+        if self.behaviour == "fail":
+            raise ProviderFailure(ErrorClass.HTTP_STATUS, "HTTP 500", http_status=500)
+        if self.behaviour == "slow":
+            try:
+                await asyncio.Event().wait()  # past any deadline
+            except asyncio.CancelledError:
+                self.cancelled = True
+                raise
+        return f"receipt from {self.name}"
+
+
+def _notaries() -> tuple[ProviderPool[Notary], Notary]:
+    """Two that answer, one that fails, one that is still busy when the deadline passes."""
+    slow = Notary("slow", "slow")
+    notaries = [Notary("alpha", "ok"), Notary("broken", "fail"), slow, Notary("beta", "ok")]
+    return ProviderPool(notaries, selection="priority"), slow
+
+
+def test_a_quorum_of_two_is_met_despite_a_failing_and_a_slow_provider() -> None:
+    async def run() -> None:
+        pool, slow = _notaries()
+        async with asyncio.timeout(STUCK_S):
+            quorum = await pool.quorum(2, Notary.attest, timeout=0.3)
+        assert quorum.met
+        assert [(r.provider, r.value) for r in quorum.replies] == [
+            ("alpha", "receipt from alpha"),
+            ("beta", "receipt from beta"),
+        ]
+        # Every provider was asked at once, and every attempt is there, in the pool's order.
+        assert [(a.provider, a.error_class) for a in quorum.attempts] == [
+            ("alpha", None),
+            ("broken", "http_status"),
+            ("slow", "timeout"),
+            ("beta", None),
+        ]
+        assert slow.cancelled
+
+    asyncio.run(run())
+
+
+def test_a_quorum_of_three_fails_with_every_attempt_and_the_slow_one_timed_out() -> None:
+    async def run() -> None:
+        pool, slow = _notaries()
+        async with asyncio.timeout(STUCK_S):
+            quorum = await pool.quorum(3, Notary.attest, timeout=0.3)
+        assert not quorum.met
+        assert [r.provider for r in quorum.replies] == ["alpha", "beta"]
+        assert [(a.provider, a.error_class, a.http_status) for a in quorum.attempts] == [
+            ("alpha", None, 200),
+            ("broken", "http_status", 500),
+            ("slow", "timeout", None),
+            ("beta", None, 200),
+        ]
+        assert slow.cancelled  # nothing is left running after the deadline
+        # A provider too slow for the round is a failure like any other for its breaker.
+        assert pool.health["slow"].consecutive_failures == 1
+        assert pool.health["broken"].consecutive_failures == 1
+        assert pool.health["alpha"].consecutive_failures == 0
+
+    asyncio.run(run())
+
+
+def test_a_quorum_skips_resting_providers_without_an_attempt() -> None:
+    async def run() -> None:
+        pool = ProviderPool([Notary("good", "ok"), Notary("broken", "fail")])
+        for _ in range(BREAKER_THRESHOLD):
+            await pool.quorum(1, Notary.attest, timeout=5)
+        assert pool.health["broken"].breaker(time.monotonic()) == "open"
+        quorum = await pool.quorum(2, Notary.attest, timeout=5)
+        assert not quorum.met
+        assert [a.provider for a in quorum.attempts] == ["good"]
+        with pytest.raises(ValueError, match="at least one reply"):
+            await pool.quorum(0, Notary.attest, timeout=5)
+
+    asyncio.run(run())

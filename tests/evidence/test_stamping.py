@@ -1,6 +1,7 @@
 """The ``tsr`` job runner against local TSAs over loopback, with a real index and real files.
 
-Each test records versions in a real index, runs :class:`TsrStamper` until its jobs end, and
+Each test records versions in a real index, runs the :class:`JobRunner` with the ``tsr``
+strategy (:class:`TsrStrategy`) until its jobs end, and
 then looks at what an operator would: the sidecar next to the file, the archive, and the
 proof, job and attempt rows.
 """
@@ -23,9 +24,11 @@ import httpx
 import pytest
 from cryptography import x509
 
+from stampd.daemon.evidence.backoff import Backoff, backoff_seconds
 from stampd.daemon.evidence.pool import ProviderPool
-from stampd.daemon.evidence.stamping import TsrStamper, backoff_seconds
+from stampd.daemon.evidence.runner import JobRunner
 from stampd.daemon.evidence.tsa import Rfc3161Provider
+from stampd.daemon.evidence.tsr import TsrStrategy
 from stampd.daemon.watch.recorder import Recorder
 from stampd.store.files.archive import archive_path
 from stampd.store.files.filestat import FileStat
@@ -35,6 +38,7 @@ from stampd.store.index.database import Index, index_path, open_reader
 from stampd.store.index.times import utc_now
 from stampd.store.index.versions import Settled
 from stampd.store.trust import load_anchors
+from stampd.store.tsr_verifier import AnchorSet, TsrVerifier
 from tests.conftest import require_tool
 from tests.fake_tsa import FakeTsa, OpenSslTsa
 from tests.tsa_pki import Pki, make_pki
@@ -154,15 +158,17 @@ class Rig:
                 )
                 for t in tsas
             ]
-            stamper = TsrStamper(
-                recorder=recorder,
+            strategy = TsrStrategy(
                 pool=ProviderPool(providers, selection="priority"),
-                anchors={t.name: t.anchors for t in tsas},
-                state_dir=self.state,
+                verifier=TsrVerifier([AnchorSet(t.name, t.anchors) for t in tsas]),
                 digest_alg=digest,
+                backoff=Backoff(retry, retry * 4),
+            )
+            stamper = JobRunner(
+                recorder=recorder,
+                strategy=strategy,
+                state_dir=self.state,
                 layouts={self.watch_id: layout},  # type: ignore[dict-item]
-                retry=retry,
-                retry_max=retry * 4,
                 rng=random.Random(7),
             )
             task = asyncio.create_task(stamper.run())
@@ -527,16 +533,13 @@ def test_the_runner_stops_when_cancelled_at_the_moment_it_is_woken(rig: Rig) -> 
 
     async def main() -> bool:
         recorder = Recorder(rig.index)
-        stamper = TsrStamper(
-            recorder=recorder,
+        strategy = TsrStrategy(
             pool=ProviderPool([]),
-            anchors={},
-            state_dir=rig.state,
+            verifier=TsrVerifier([]),
             digest_alg="sha256",
-            layouts={},
-            retry=30,
-            retry_max=60,
+            backoff=Backoff(30, 60),
         )
+        stamper = JobRunner(recorder=recorder, strategy=strategy, state_dir=rig.state, layouts={})
         task = asyncio.create_task(stamper.run())
         await asyncio.sleep(0.1)  # idle, waiting to be woken
         stamper.wake()

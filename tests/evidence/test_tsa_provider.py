@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -20,7 +20,7 @@ import pytest
 
 from stampd.daemon.config.model import TimestampConfig, TsaConfig
 from stampd.daemon.evidence.pool import BREAKER_THRESHOLD, ProviderPool
-from stampd.daemon.evidence.roles import ProviderFailure
+from stampd.daemon.evidence.roles import ProviderFailure, Stamped, TimestampProvider
 from stampd.daemon.evidence.tsa import Rfc3161Provider, retry_after_seconds
 from stampd.daemon.evidence.tsa_setup import configured_tsas
 from stampd.store.trust import SYSTEM_BUNDLE, load_anchors
@@ -30,6 +30,11 @@ from tests.tsa_pki import Pki, make_pki
 
 DATA = b"the record to prove\n"
 DIGEST = hashlib.sha256(DATA).digest()
+
+
+def _ask(tsa: TimestampProvider) -> Awaitable[Stamped]:
+    """The request the pool tests send: a token for DIGEST."""
+    return tsa.timestamp(DIGEST, "sha256")
 
 
 @pytest.fixture(scope="module")
@@ -256,7 +261,7 @@ def test_retry_after_forms() -> None:
 
 
 async def _pool_run(pool: ProviderPool, times: int = 1) -> list[tuple[object, list[object]]]:
-    return [await pool.timestamp(DIGEST, "sha256") for _ in range(times)]
+    return [await pool.first(_ask) for _ in range(times)]
 
 
 def test_failover_through_a_hanging_and_a_failing_tsa(pki: Pki) -> None:
@@ -276,7 +281,7 @@ def test_failover_through_a_hanging_and_a_failing_tsa(pki: Pki) -> None:
                     ],
                     selection="priority",
                 )
-                stamped, attempts = await pool.timestamp(DIGEST, "sha256")
+                stamped, attempts = await pool.first(_ask)
                 assert stamped is not None
                 assert [(a.provider, a.error_class) for a in attempts] == [
                     ("hanging", "timeout"),
@@ -324,12 +329,12 @@ def test_breaker_opens_after_repeated_failures_then_probes(pki: Pki) -> None:
                 await _pool_run(pool, BREAKER_THRESHOLD)
                 assert flaky.requests == BREAKER_THRESHOLD
                 assert pool.health["flaky"].breaker(clock[0]) == "open"
-                stamped, attempts = await pool.timestamp(DIGEST, "sha256")
+                stamped, attempts = await pool.first(_ask)
                 assert stamped is not None and [a.provider for a in attempts] == ["good"]
                 assert flaky.requests == BREAKER_THRESHOLD  # skipped while open
                 clock[0] += 31  # the cool-down passed: one probe
                 flaky.mode = "ok"
-                stamped, attempts = await pool.timestamp(DIGEST, "sha256")
+                stamped, attempts = await pool.first(_ask)
                 assert [a.provider for a in attempts] == ["flaky"]
                 assert pool.health["flaky"].breaker(clock[0]) == "closed"
 
@@ -355,9 +360,9 @@ def test_auth_failure_is_not_retried_and_rate_limits_are_honoured(pki: Pki) -> N
                     selection="priority",
                     clock=lambda: clock[0],
                 )
-                _, attempts = await pool.timestamp(DIGEST, "sha256")
+                _, attempts = await pool.first(_ask)
                 assert [a.error_class for a in attempts] == ["auth", "rate_limited", None]
-                _, attempts = await pool.timestamp(DIGEST, "sha256")
+                _, attempts = await pool.first(_ask)
                 # 401: no retry; 429 with Retry-After 60: not asked again before then.
                 assert [a.provider for a in attempts] == ["good"]
                 assert (locked.requests, limited.requests) == (1, 1)
@@ -395,7 +400,7 @@ def test_every_tsa_down_gives_no_token_and_all_attempts(pki: Pki) -> None:
                     ],
                     selection="priority",
                 )
-                stamped, attempts = await pool.timestamp(DIGEST, "sha256")
+                stamped, attempts = await pool.first(_ask)
                 assert stamped is None
                 assert [(a.provider, a.error_class) for a in attempts] == [
                     ("one", "http_status"),

@@ -361,11 +361,11 @@ def test_the_recorders_job_callback_wakes_the_runner_of_now(
         while "stamping" not in daemon._components and not task.done():
             await asyncio.sleep(0.01)
         try:
-            stopped = daemon._runners._stamper
+            stopped = daemon._runners.runner("tsr")
             assert stopped is not None
             write("[]")  # no watch asks for tsr: the runner stops
             await daemon.reload("test")
-            assert daemon._runners._stamper is None
+            assert daemon._runners.runner("tsr") is None
             on_jobs = daemon._recorder.on_jobs
             assert on_jobs is not None
             stopped._wake.clear()
@@ -373,7 +373,7 @@ def test_the_recorders_job_callback_wakes_the_runner_of_now(
             assert not stopped._wake.is_set()  # the recorder no longer reaches the old runner
             write('["tsr"]')
             await daemon.reload("test")
-            current = daemon._runners._stamper
+            current = daemon._runners.runner("tsr")
             assert current is not None and current is not stopped
             current._wake.clear()
             on_jobs = daemon._recorder.on_jobs

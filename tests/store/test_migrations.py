@@ -53,7 +53,7 @@ USER_QUERIES: list[tuple[str, tuple[object, ...]]] = [
         " AND not_after >= ? AND not_after < ?",
         ("a", "b"),
     ),
-    (jobs._SQL_DUE, ("x", "tsr", 10)),
+    (jobs._SQL_DUE, ("x", "tsr", "obtain", 10)),
     (jobs._SQL_KNOWN_PROOFS, ("d", "tsr", "sha256", 4)),
     (repair._SQL_CURRENT_PROOFS, (1,)),
     (repair._SQL_HELD_ELSEWHERE, ("s", "tsr", "/srv/a")),
