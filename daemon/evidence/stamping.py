@@ -243,7 +243,7 @@ class TsrStamper:
 
     async def _call(self, func: Callable[[], _T]) -> _T:
         """Run an index call on the writer thread (the one thread that owns the connection)."""
-        return await self._recorder.call(func)  # type: ignore[return-value]
+        return await self._recorder.call(func)
 
     # --- one round of one job -------------------------------------------------------------
 
