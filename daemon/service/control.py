@@ -45,7 +45,9 @@ SOCKET_MODE = 0o660
 #: forever).
 MAX_REPLY_BYTES = 16 * 1024 * 1024
 
-Handler = Callable[[Mapping[str, Any]], Awaitable[dict[str, Any]]]
+#: A command's handler: the request in, the reply (without ``ok``) out; a typed reply of
+#: daemon/service/replies.py is a Mapping like any other.
+Handler = Callable[[Mapping[str, Any]], Awaitable[Mapping[str, object]]]
 
 # socket(7): SO_PEERGROUPS exists since Linux 4.13; CPython does not define the constant.
 _SO_PEERGROUPS: int = getattr(socket, "SO_PEERGROUPS", 59)
