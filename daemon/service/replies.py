@@ -11,13 +11,22 @@ it always did (:func:`typing.cast`), reading it through these names instead of
 Every reply also carries ``"ok": true`` (added by :mod:`stampd.daemon.service.control`), and an
 error reply is ``{"ok": false, "error": ControlError}``.
 
-This module is imported by the CLI at start: it imports nothing but :mod:`typing`.
+This module is imported by the CLI at start: it imports nothing but :mod:`typing`. It does
+without ``from __future__ import annotations``: Python 3.11 counts a ``NotRequired`` key given
+as a string among ``__required_keys__`` (tests/service/test_replies.py reads them).
 """
-
-from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Literal, NotRequired, TypedDict, cast
+
+
+class ConfigProblemEntry(TypedDict):
+    """One problem of a refused configuration, as ``stampd config check --json`` lists it."""
+
+    key: str | None
+    value: object
+    problem: str
+    hint: str | None
 
 
 class ControlError(TypedDict):
@@ -26,8 +35,8 @@ class ControlError(TypedDict):
     error_class: str
     message: str
     hint: NotRequired[str | None]
-    #: For ``error_class = "config"``: every problem found, as ``stampd config check`` lists.
-    problems: NotRequired[list[dict[str, object]]]
+    #: For ``error_class = "config"``: every problem found.
+    problems: NotRequired[list[ConfigProblemEntry]]
 
 
 # --- status ------------------------------------------------------------------------------------
