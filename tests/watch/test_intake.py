@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stampd.daemon.config.model import DaemonSettings, WatchConfig
+from stampd.daemon.config.model import Config, load_config
 from stampd.daemon.service.pause import PauseState
 from stampd.daemon.watch.hasher import Skipped
 from stampd.daemon.watch.intake import Intake, Stamped
@@ -27,17 +27,13 @@ from stampd.daemon.watch.watcher import Change
 from stampd.store.index.database import Index, index_path
 
 
-def _settings(state: Path) -> DaemonSettings:
-    return DaemonSettings(
-        state_dir=state,
-        control_socket=state / "control.sock",
-        log_format="json",
-        log_level="info",
-        metrics=None,
-        rescan=3600.0,
-        fallback_rescan=600.0,
-        stall_after=60.0,
+def _config(tmp_path: Path, quiet: str) -> Config:
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[daemon]\nstate_dir = "{tmp_path / "state"}"\n'
+        f'[[watch]]\npath = "{tmp_path / "watched"}"\nevidence = []\nquiet = "{quiet}"\n'
     )
+    return load_config(config)
 
 
 @dataclass
@@ -75,23 +71,15 @@ class _Parts:
 
 
 @asynccontextmanager
-async def _parts(tmp_path: Path, *, quiet: float = 0.05) -> AsyncIterator[_Parts]:
+async def _parts(tmp_path: Path, *, quiet: str = "50ms") -> AsyncIterator[_Parts]:
     root = tmp_path / "watched"
     root.mkdir()
-    state = tmp_path / "state"
-    state.mkdir()
-    settings = _settings(state)
-    index = Index.open(index_path(state))
+    config = _config(tmp_path, quiet)
+    settings = config.daemon
+    settings.state_dir.mkdir()
+    index = Index.open(index_path(settings.state_dir))
     recorder = Recorder(index)
-    configured = WatchConfig(
-        path=root,
-        evidence=(),
-        include=("**",),
-        exclude=(),
-        quiet=quiet,
-        sidecars="adjacent",
-        max_wait=3600.0,
-    )
+    (configured,) = config.watches
     watch = WatchRuntime.of(configured, index.ensure_watch(root))
     watch.root_dev = root.stat().st_dev
     watches = Watches([watch])
@@ -137,7 +125,7 @@ async def _until(condition: Callable[[], bool], what: str, timeout: float = 10) 
         await asyncio.sleep(0.02)
 
 
-def _run(tmp_path: Path, scenario: Callable[[_Parts], Awaitable[None]], **options: float) -> None:
+def _run(tmp_path: Path, scenario: Callable[[_Parts], Awaitable[None]], **options: str) -> None:
     async def main() -> None:
         async with _parts(tmp_path, **options) as parts:
             await scenario(parts)
@@ -191,7 +179,7 @@ def test_stamp_now_records_at_once_and_the_settler_lets_go(tmp_path: Path) -> No
         )
         assert gone == Skipped(parts.root / "nothing", "gone")
 
-    _run(tmp_path, scenario, quiet=3600.0)
+    _run(tmp_path, scenario, quiet="1h")
 
 
 def test_a_new_directory_asks_for_a_walk_of_that_directory_only(tmp_path: Path) -> None:
