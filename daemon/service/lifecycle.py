@@ -194,13 +194,12 @@ class Daemon:
         )
         recorder.on_commit = repairer.after_commit
         scans = ScanQueue()
-        counters = lambda: metrics.metrics  # noqa: E731 - None until an endpoint is configured
         intake = self._intake = Intake(
             watches=watches,
             recorder=recorder,
             pause=pause,
             scans=scans,
-            metrics=counters,
+            metrics=metrics.counters,
             settings=settings,
             workers=HASH_WORKERS,
         )
@@ -213,7 +212,7 @@ class Daemon:
             settings=settings,
             loop=loop,
             stopping=self._stopping,
-            metrics=counters,
+            metrics=metrics.counters,
         )
         watcher = self._watcher = Watcher(
             [watch.path for watch in config.watches],

@@ -37,8 +37,7 @@ class MetricsEndpoint:
         self._metrics: Metrics | None = None
         self._server: MetricsServer | None = None
 
-    @property
-    def metrics(self) -> Metrics | None:
+    def counters(self) -> Metrics | None:
         """The counters to update, None while no endpoint was ever configured."""
         return self._metrics
 
