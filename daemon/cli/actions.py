@@ -11,7 +11,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import click
 
@@ -21,7 +21,18 @@ from stampd.daemon.cli.output import emit_json, json_option, say
 from stampd.daemon.cli.paths import argument_path, shown
 from stampd.daemon.config.problems import ConfigError, ConfigProblem
 from stampd.daemon.service import control
-from stampd.store.errors import StampdError
+from stampd.daemon.service.replies import (
+    ControlError,
+    PauseReply,
+    ReloadReply,
+    RescanReply,
+    ResumeReply,
+    StampRefusal,
+    StampReply,
+    StampResult,
+    StatusReply,
+)
+from stampd.store.errors import ErrorClass, StampdError
 
 #: Paths per ``stamp`` request: each reply comes after its files are hashed and recorded, so
 #: a long list goes in batches and the terminal shows progress between them.
@@ -39,19 +50,22 @@ RELOAD_TIMEOUT_S = 60.0
 class DaemonRefusedError(StampdError):
     """The daemon answered, and said no."""
 
-    error_class = "refused"
+    error_class = ErrorClass.REFUSED
 
-    def __init__(self, error: dict[str, Any]) -> None:
+    def __init__(self, error: ControlError) -> None:
         super().__init__(str(error.get("message", "the daemon refused")), hint=error.get("hint"))
         #: The daemon's own class for it (``forbidden``, ``bad_request``, …).
-        self.reply_class = str(error.get("error_class", "refused"))
+        self.reply_class = str(error.get("error_class", ErrorClass.REFUSED))
 
     def to_dict(self) -> dict[str, str]:
         return {**super().to_dict(), "error_class": self.reply_class}
 
 
-def ask_daemon(payload: dict[str, Any], *, timeout: float = 10.0) -> dict[str, Any]:
-    """Send one request; the reply without its ``ok``, or the daemon's error raised."""
+def ask_daemon(payload: dict[str, Any], *, timeout: float = 10.0) -> dict[str, object]:
+    """Send one request; the reply without its ``ok``, or the daemon's error raised.
+
+    The caller reads the reply as its command's type of daemon/service/replies.py.
+    """
     config = cli_context().config()
     reply = control.request(config.daemon.control_socket, payload, timeout=timeout)
     if not isinstance(reply, dict):
@@ -59,9 +73,9 @@ def ask_daemon(payload: dict[str, Any], *, timeout: float = 10.0) -> dict[str, A
             f"the daemon at {config.daemon.control_socket} sent an unexpected reply"
         )
     if not reply.get("ok"):
-        error = reply.get("error")
-        error = error if isinstance(error, dict) else {}
-        if error.get("error_class") == "config":
+        sent = reply.get("error")
+        error = cast(ControlError, sent if isinstance(sent, dict) else {})
+        if error.get("error_class") == ErrorClass.CONFIG:
             # The daemon's reply lists every problem ({key, value, problem, hint}), as
             # `config check` does; keep them for `stampd reload --json`.
             raise ConfigError(
@@ -90,11 +104,13 @@ def stamp_command(paths: tuple[str, ...], as_json: bool) -> None:
     """
     # The socket carries paths in their escaped form, as every path stampd prints.
     targets = [shown(argument_path(path)) for path in paths]
-    results: list[dict[str, Any]] = []
+    results: list[StampResult | StampRefusal] = []
     show_progress = not as_json and sys.stderr.isatty() and len(targets) > STAMP_BATCH
     for start in range(0, len(targets), STAMP_BATCH):
         batch = targets[start : start + STAMP_BATCH]
-        reply = ask_daemon({"command": "stamp", "paths": batch}, timeout=STAMP_TIMEOUT_S)
+        reply = cast(
+            StampReply, ask_daemon({"command": "stamp", "paths": batch}, timeout=STAMP_TIMEOUT_S)
+        )
         results.extend(reply["results"])
         if show_progress:
             click.echo(f"\rstamped {len(results):,} of {len(targets):,}", err=True, nl=False)
@@ -112,9 +128,9 @@ def stamp_command(paths: tuple[str, ...], as_json: bool) -> None:
         raise click.exceptions.Exit(ExitCode.FAILURE)
 
 
-def _stamp_line(result: dict[str, Any]) -> str:
-    if not result.get("recorded"):
-        error = result.get("error", {})
+def _stamp_line(result: StampResult | StampRefusal) -> str:
+    if not result["recorded"]:
+        error = result["error"]
         hint = f" ({error['hint']})" if error.get("hint") else ""
         return f"refused    {result['path']}: {error.get('message')}{hint}"
     queued = ", ".join(result.get("queued") or []) or (
@@ -146,10 +162,10 @@ def rescan_command(path: str | None, no_wait: bool, as_json: bool) -> None:
     if path is not None:
         payload["path"] = shown(argument_path(path))
     if no_wait or as_json or not sys.stderr.isatty():
-        reply = ask_daemon(payload, timeout=RESCAN_TIMEOUT_S)
+        reply = cast(RescanReply, ask_daemon(payload, timeout=RESCAN_TIMEOUT_S))
     else:
         with _scan_progress():
-            reply = ask_daemon(payload, timeout=RESCAN_TIMEOUT_S)
+            reply = cast(RescanReply, ask_daemon(payload, timeout=RESCAN_TIMEOUT_S))
     if as_json:
         emit_json(reply)
         return
@@ -193,9 +209,12 @@ def _scan_progress() -> Iterator[None]:
                 status = control.request(socket_path, {"command": "status"}, timeout=2.0)
             except StampdError:
                 continue
-            if isinstance(status, dict) and status.get("scanning"):
-                files = status.get("scan_files") or 0
-                click.echo(f"\rscanning {status['scanning']}: {files:,} files", err=True, nl=False)
+            if not isinstance(status, dict):
+                continue
+            live = cast(StatusReply, status)
+            if live.get("scanning"):
+                files = live.get("scan_files") or 0
+                click.echo(f"\rscanning {live['scanning']}: {files:,} files", err=True, nl=False)
 
     thread = threading.Thread(target=show, name="stampd-progress", daemon=True)
     thread.start()
@@ -214,7 +233,7 @@ def reload_command(as_json: bool) -> None:
 
     A configuration the daemon refuses exits 2 with the reason; the old one stays in force.
     """
-    reply = ask_daemon({"command": "reload"}, timeout=RELOAD_TIMEOUT_S)
+    reply = cast(ReloadReply, ask_daemon({"command": "reload"}, timeout=RELOAD_TIMEOUT_S))
     if as_json:
         emit_json(reply)
         return
@@ -231,7 +250,7 @@ def pause_command(as_json: bool) -> None:
 
     Until `stampd resume` or a restart.
     """
-    reply = ask_daemon({"command": "pause"})
+    reply = cast(PauseReply, ask_daemon({"command": "pause"}))
     if as_json:
         emit_json(reply)
         return
@@ -242,7 +261,7 @@ def pause_command(as_json: bool) -> None:
 @json_option
 def resume_command(as_json: bool) -> None:
     """Continue after `stampd pause`."""
-    reply = ask_daemon({"command": "resume"})
+    reply = cast(ResumeReply, ask_daemon({"command": "resume"}))
     if as_json:
         emit_json(reply)
         return

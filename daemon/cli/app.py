@@ -17,7 +17,7 @@ from stampd.daemon import __version__
 from stampd.daemon.cli.context import CONFIG_HELP, DEBUG_HELP, CliContext, add_global_options
 from stampd.daemon.cli.exit_codes import ExitCode
 from stampd.daemon.cli.output import JSON_META_KEY, emit_json
-from stampd.store.errors import StampdError
+from stampd.store.errors import ErrorClass, StampdError
 
 #: What a shell reports for a process ended by SIGPIPE (128 + 13).
 EXIT_BROKEN_PIPE = 141
@@ -110,7 +110,7 @@ class StampdGroup(click.Group):
             detail = f"{type(error).__name__}: {error}"
             _report(
                 ctx,
-                {"error_class": "internal", "message": detail},
+                {"error_class": ErrorClass.INTERNAL, "message": detail},
                 f"internal error: {detail} (rerun with --debug for the traceback and report it)",
             )
             ctx.exit(ExitCode.INTERNAL)

@@ -7,7 +7,6 @@ lives in the running daemon, so its state is shown only when the daemon answers.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import click
 
@@ -15,8 +14,10 @@ from stampd.daemon.cli.context import cli_context
 from stampd.daemon.cli.output import emit_json, json_option, say
 from stampd.daemon.cli.query import daemon_state, index_reader
 from stampd.daemon.service.logs import scrub_url
+from stampd.daemon.service.replies import ProviderStatus, runner_status
 from stampd.store.index import queries
 from stampd.store.index.database import index_path
+from stampd.store.kinds import EvidenceKind
 
 
 @click.command("providers")
@@ -29,9 +30,10 @@ def providers_command(as_json: bool) -> None:
         with index_reader(config) as conn:
             stats = queries.provider_stats(conn)
     daemon = daemon_state(config)
-    live: dict[str, dict[str, Any]] = {}
-    if daemon["running"] and isinstance(daemon.get("tsr"), dict):
-        live = {p["name"]: p for p in daemon["tsr"].get("providers", [])}
+    tsr = runner_status(daemon.status, EvidenceKind.TSR) if daemon.status else None
+    live: dict[str, ProviderStatus] = {}
+    if tsr is not None:
+        live = {p["name"]: p for p in tsr.get("providers", [])}
 
     configured = [tsa.name for tsa in config.timestamp.tsa]
     names = configured + sorted(set(stats) - set(configured))
@@ -62,13 +64,13 @@ def providers_command(as_json: bool) -> None:
             }
         )
     if as_json:
-        emit_json({"daemon_running": daemon["running"], "providers": entries})
+        emit_json({"daemon_running": daemon.running, "providers": entries})
         return
     if not entries:
         say("no TSA configured ([[timestamp.tsa]]) and none ever tried")
         return
-    if not daemon["running"]:
-        say(f"daemon not running ({daemon['reason']}): breaker states unknown")
+    if not daemon.running:
+        say(f"daemon not running ({daemon.reason}): breaker states unknown")
     for entry in entries:
         breaker = entry["breaker"] or "-"
         if breaker == "open":

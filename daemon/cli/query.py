@@ -10,9 +10,10 @@ from __future__ import annotations
 import dataclasses
 import sqlite3
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from dataclasses import dataclass
+from typing import cast
 
 import click
 
@@ -22,10 +23,12 @@ from stampd.daemon.cli.output import emit_json, json_option, say
 from stampd.daemon.cli.paths import argument_path, shown
 from stampd.daemon.config.model import Config
 from stampd.daemon.service import control
-from stampd.store.errors import StampdError
+from stampd.daemon.service.replies import StatusReply, runner_status
+from stampd.store.errors import ErrorClass, StampdError
 from stampd.store.index import queries
 from stampd.store.index.database import index_path, open_reader
 from stampd.store.index.times import utc_now
+from stampd.store.kinds import EvidenceKind
 
 
 @contextmanager
@@ -48,14 +51,37 @@ def _size(size: int | None) -> str:
     return f"{size} B"  # pragma: no cover - the loop always returns
 
 
-def daemon_state(config: Config) -> dict[str, Any]:
+@dataclass(frozen=True)
+class DaemonState:
+    """What the CLI knows of the daemon: its ``status`` reply, or why there is none."""
+
+    running: bool
+    #: The daemon's live state, when it answered ``status``.
+    status: StatusReply | None = None
+    #: Why there is no live state: not reachable, or it answered with an error.
+    reason: str | None = None
+    #: The error reply, when the daemon answered with one.
+    reply: object = None
+
+    def to_json(self) -> dict[str, object]:
+        """The ``daemon`` part of ``stampd status --json``: the reply, or the reason."""
+        if self.status is not None:
+            return {"running": True, **self.status}
+        if not self.running:
+            return {"running": False, "reason": self.reason}
+        return {"running": True, "reason": self.reason, "reply": self.reply}
+
+
+def daemon_state(config: Config) -> DaemonState:
+    """Ask the daemon for its ``status``; what it said, or why it did not."""
     try:
         reply = control.request(config.daemon.control_socket, {"command": "status"}, timeout=2.0)
     except control.DaemonUnreachableError as error:
-        return {"running": False, "reason": error.message}
+        return DaemonState(running=False, reason=error.message)
     if not isinstance(reply, dict) or not reply.get("ok"):
-        return {"running": True, "reason": "the daemon answered with an error", "reply": reply}
-    return {"running": True, **{k: v for k, v in reply.items() if k != "ok"}}
+        return DaemonState(running=True, reason="the daemon answered with an error", reply=reply)
+    status = {key: value for key, value in reply.items() if key != "ok"}
+    return DaemonState(running=True, status=cast(StatusReply, status))
 
 
 def _counts_text(counts: dict[str, int]) -> str:
@@ -76,29 +102,32 @@ def status_command(as_json: bool) -> None:
     if path.exists():
         with index_reader(config) as conn:
             summary = queries.status_summary(conn, now=utc_now())
-    exit_code = ExitCode.OK if daemon["running"] else ExitCode.DAEMON_UNREACHABLE
+    exit_code = ExitCode.OK if daemon.running else ExitCode.DAEMON_UNREACHABLE
+    live = daemon.status
 
     if as_json:
         emit_json(
             {
-                "daemon": daemon,
+                "daemon": daemon.to_json(),
                 "index": {"path": str(path), "exists": summary is not None},
                 "summary": dataclasses.asdict(summary) if summary else None,
             }
         )
         raise click.exceptions.Exit(exit_code)
 
-    if daemon["running"]:
-        click.echo(f"daemon:   running, pid {daemon.get('pid')}, since {daemon.get('started_at')}")
-        _echo_live(daemon)
+    if daemon.running:
+        pid, since = (live.get("pid"), live.get("started_at")) if live else (None, None)
+        click.echo(f"daemon:   running, pid {pid}, since {since}")
+        if live is not None:
+            _echo_live(live)
     else:
-        click.echo(f"daemon:   not running — {daemon['reason']}")
+        click.echo(f"daemon:   not running — {daemon.reason}")
     if summary is None:
         click.echo(f"index:    none yet at {path} — the daemon creates it when it first starts")
         raise click.exceptions.Exit(exit_code)
     click.echo(f"index:    {path}")
     click.echo(f"watches:  {len(summary.watches)}")
-    roots = _root_problems(daemon)
+    roots = _root_problems(live)
     for watch in summary.watches:
         problem = f"  [{roots[watch.path]}]" if watch.path in roots else ""
         click.echo(f"  {watch.path}  ({_counts_text(watch.files)}){problem}")
@@ -119,17 +148,17 @@ def status_command(as_json: bool) -> None:
             f" ({_counts_text(summary.backoff_errors)}), next retry {summary.next_retry_at}"
             " — see `stampd providers`"
         )
-    tsr = daemon.get("tsr") if daemon["running"] else None
-    if isinstance(tsr, dict):
+    tsr = runner_status(live, EvidenceKind.TSR) if live else None
+    if tsr is not None:
         resting = [p["name"] for p in tsr.get("providers", []) if p.get("breaker") != "closed"]
         rest = f"; resting: {', '.join(resting)}" if resting else ""
         click.echo(f"stamping: {tsr.get('in_flight', 0)} in progress{rest}")
     raise click.exceptions.Exit(exit_code)
 
 
-def _root_problems(daemon: dict[str, Any]) -> dict[str, str]:
+def _root_problems(live: StatusReply | None) -> dict[str, str]:
     """Watch root → what is wrong with it, as the running daemon sees it."""
-    scans = daemon.get("scans", []) if daemon["running"] else []
+    scans = live.get("scans", []) if live else []
     return {
         str(scan.get("root")): scan.get("problem") or "not watched"
         for scan in scans
@@ -137,10 +166,11 @@ def _root_problems(daemon: dict[str, Any]) -> dict[str, str]:
     }
 
 
-def _echo_live(daemon: dict[str, Any]) -> None:
+def _echo_live(daemon: StatusReply) -> None:
     """The daemon's own view, at a glance: the same figures the metrics export."""
-    if "healthy" not in daemon:
-        return  # an older daemon, or one that answered with an error
+    sent: Mapping[str, object] = daemon  # what the daemon sent, whatever its version
+    if "healthy" not in sent:
+        return  # an older daemon
     if daemon["healthy"]:
         click.echo("health:   ok")
     else:
@@ -216,7 +246,7 @@ def _stdout_is_terminal() -> bool:
 class NotIndexedError(StampdError):
     """A path the index has never recorded."""
 
-    error_class = "not_indexed"
+    error_class = ErrorClass.NOT_INDEXED
 
 
 @click.command("show")

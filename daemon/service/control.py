@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from stampd.daemon.service.logs import get_logger
-from stampd.store.errors import StampdError
+from stampd.store.errors import ErrorClass, StampdError
 
 log = get_logger("stampd.daemon.service.control")
 
@@ -45,7 +45,9 @@ SOCKET_MODE = 0o660
 #: forever).
 MAX_REPLY_BYTES = 16 * 1024 * 1024
 
-Handler = Callable[[Mapping[str, Any]], Awaitable[dict[str, Any]]]
+#: A command's handler: the request in, the reply (without ``ok``) out; a typed reply of
+#: daemon/service/replies.py is a Mapping like any other.
+Handler = Callable[[Mapping[str, Any]], Awaitable[Mapping[str, object]]]
 
 # socket(7): SO_PEERGROUPS exists since Linux 4.13; CPython does not define the constant.
 _SO_PEERGROUPS: int = getattr(socket, "SO_PEERGROUPS", 59)
@@ -61,25 +63,25 @@ _COMMAND_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,31}", re.ASCII)
 class DaemonUnreachableError(StampdError):
     """The CLI could not talk to the daemon over its control socket."""
 
-    error_class = "daemon_unreachable"
+    error_class = ErrorClass.DAEMON_UNREACHABLE
 
 
 class ControlRequestError(StampdError):
     """A control request was malformed, too large, too slow, or named an unknown command."""
 
-    error_class = "bad_request"
+    error_class = ErrorClass.BAD_REQUEST
 
 
 class ControlForbiddenError(StampdError):
     """The peer's uid and groups do not allow it to use the control socket."""
 
-    error_class = "forbidden"
+    error_class = ErrorClass.FORBIDDEN
 
 
 class ControlInternalError(StampdError):
     """A handler failed with an unexpected exception (the details are in the daemon's log)."""
 
-    error_class = "internal"
+    error_class = ErrorClass.INTERNAL
 
 
 @dataclass(frozen=True)
@@ -173,7 +175,7 @@ def _error_reply(error: StampdError) -> bytes:
 class ControlSocketInUseError(StampdError):
     """A live daemon already serves the control socket this one was told to bind."""
 
-    error_class = "control_socket_in_use"
+    error_class = ErrorClass.CONTROL_SOCKET_IN_USE
 
 
 def _listening(path: Path) -> bool:

@@ -10,13 +10,36 @@ because its counter moves with every chunk.
 Not every problem stops the pings: a watch root that is missing or unreadable is reported
 as a problem, but a restart would not fix it (daemon/watch/roots.py), so the daemon keeps
 pinging and keeps every other watch running.
+
+:class:`HealthMonitor` runs the check every few seconds (:meth:`HealthMonitor.watchdog`),
+sends ``STATUS=`` when the one-line summary changes and ``WATCHDOG=1`` while the daemon is not
+wedged; the control ``status`` and the metrics read its last verdict.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from stampd.daemon.service.logs import get_logger
+
+if TYPE_CHECKING:
+    from stampd.daemon.config.model import DaemonSettings
+    from stampd.daemon.service.notify import Notifier
+    from stampd.daemon.service.pause import PauseState
+    from stampd.daemon.watch.intake import Intake
+    from stampd.daemon.watch.recorder import Recorder
+    from stampd.daemon.watch.rescans import Rescans
+    from stampd.daemon.watch.runtime import Watches
+
+# The events were the daemon's before the monitor had a module of its own: one logger name.
+log = get_logger("stampd.daemon")
+
+#: How often the health check runs when systemd asks for no watchdog (STATUS, metrics).
+CHECK_INTERVAL_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -70,3 +93,122 @@ class StallWatch:
         if stalled < self.stall_after:
             return None
         return f"{self.component}: no progress for {stalled:.0f}s with work waiting"
+
+
+class HealthMonitor:
+    """The health check over the running components, the status line, and the watchdog."""
+
+    def __init__(
+        self,
+        *,
+        notifier: Notifier,
+        observer_alive: Callable[[], bool],
+        components: Mapping[str, asyncio.Task[Any]],
+        watches: Watches,
+        intake: Intake,
+        recorder: Recorder,
+        rescans: Rescans,
+        pause: PauseState,
+        in_flight: Callable[[], int],
+        settings: DaemonSettings,
+    ) -> None:
+        self._notifier = notifier
+        self._observer_alive = observer_alive
+        #: Every long-running task by name; one that ended is a problem.
+        self._components = components
+        self._watches = watches
+        self._intake = intake
+        self._recorder = recorder
+        self._rescans = rescans
+        self._pause = pause
+        self._in_flight = in_flight
+        self._stalls = {
+            name: StallWatch(name, stall_after=settings.stall_after)
+            for name in ("settle", "hashing", "index writer")
+        }
+        #: The last verdict of the watchdog loop (``status``, the metrics).
+        self.health = Health()
+        self._status_sent = ""
+
+    def retune(self, settings: DaemonSettings) -> None:
+        """A reload changed ``[daemon]`` (``stall_after``)."""
+        for stall in self._stalls.values():
+            stall.stall_after = settings.stall_after
+
+    def check(self) -> Health:
+        """Observer, settle, hashing and index writer: alive, and moving when work waits;
+        watch roots: usable (a problem, but not one that stops the watchdog pings)."""
+        problems = []
+        if not self._observer_alive():
+            problems.append("observer: the inotify dispatch thread has stopped")
+        for name, task in self._components.items():
+            if task.done():
+                problems.append(f"{name}: stopped")
+        intake, recorder = self._intake, self._recorder
+        hashing = intake.hashing > 0 and not self._pause.paused
+        for problem in (
+            self._stalls["settle"].check(waiting=True, progress=intake.ticks),
+            self._stalls["hashing"].check(
+                waiting=intake.hashing_now > 0 or hashing, progress=intake.hash_reads
+            ),
+            self._stalls["index writer"].check(
+                waiting=recorder.backlog() > 0 or recorder.calls_running > 0,
+                progress=recorder.calls_done,
+            ),
+        ):
+            if problem is not None:
+                problems.append(problem)
+        outside = tuple(
+            watch.root_problem.describe(watch.root)
+            for watch in self._watches
+            if watch.root_problem is not None
+        )
+        return Health(tuple(problems), outside)
+
+    def status_line(self) -> str:
+        """One line for ``systemctl status`` (STATUS=)."""
+        watches, rescans = self._watches, self._rescans
+        parts = [f"watching {watches.watched()} of {len(watches)} roots"]
+        if rescans.scanning:
+            parts.append(f"scanning {rescans.scanning} ({rescans.scan_files:,} files)")
+        busy = watches.settling()
+        hashing = self._intake.hashing
+        if busy or hashing:
+            parts.append(f"{busy:,} settling, {hashing:,} hashing")
+        stamping = self._in_flight()
+        if stamping:
+            parts.append(f"{stamping} stamping")
+        if rescans.unwatched_dirs:
+            parts.append(f"{rescans.unwatched_dirs:,} directories without inotify watch")
+        if self._pause.paused:
+            parts.append(f"PAUSED since {self._pause.since}")
+        if not self.health.ok:
+            parts.insert(0, "UNHEALTHY: " + "; ".join(self.health.problems))
+        return "; ".join(parts)
+
+    async def watchdog(self) -> None:
+        """Check health; ping systemd's watchdog only while it passes (never a blind timer)."""
+        interval = min(self._notifier.watchdog_interval or CHECK_INTERVAL_S, CHECK_INTERVAL_S)
+        while True:
+            await asyncio.sleep(interval)
+            health = self.check()
+            if health.problems != self.health.problems:
+                if health.ok:
+                    log.info("health_restored")
+                else:
+                    log.error(
+                        "health_failed",
+                        problems=list(health.problems),
+                        consequence=(
+                            "watchdog pings go on: a restart would not fix this"
+                            if health.alive
+                            else "watchdog pings stop; systemd restarts stampd after WatchdogSec"
+                        ),
+                    )
+            self.health = health
+            line = self.status_line()
+            if line != self._status_sent:
+                self._notifier.status(line)
+                self._status_sent = line
+            if health.alive and self._notifier.watchdog_interval is not None:
+                self._notifier.watchdog()

@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 from stampd.daemon.service.logs import get_logger
 from stampd.store.files.filestat import FileStat
@@ -22,6 +24,9 @@ log = get_logger("stampd.recorder")
 
 #: Most files committed in one transaction; bounds how long readers see stale data.
 MAX_BATCH = 512
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 
 class Recorder:
@@ -40,11 +45,13 @@ class Recorder:
         self.calls_done = 0
         self.calls_running = 0
 
-    async def _run(self, func: object, *args: object) -> object:
+    async def call(self, func: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        """Run one index call on the writer thread (the one thread that owns the connection)
+        and return what it returns."""
         loop = asyncio.get_running_loop()
         self.calls_running += 1
         try:
-            return await loop.run_in_executor(self._thread, func, *args)  # type: ignore[arg-type]
+            return await loop.run_in_executor(self._thread, partial(func, *args, **kwargs))
         finally:
             self.calls_running -= 1
             self.calls_done += 1
@@ -55,10 +62,7 @@ class Recorder:
 
     async def record_now(self, item: Settled) -> Recorded:
         """Commit one hashed file at once, ahead of the queue (``stampd stamp``)."""
-        results = await self._run(self.index.record_settled, [item])
-        assert isinstance(results, list)
-        result = results[0]
-        assert isinstance(result, Recorded)
+        (result,) = await self.call(self.index.record_settled, [item])
         if result.job_ids and self.on_jobs is not None:
             self.on_jobs()
         if self.on_commit is not None:
@@ -97,7 +101,7 @@ class Recorder:
 
     async def _commit(self, batch: Sequence[Settled]) -> None:
         try:
-            results = await self._run(self.index.record_settled, list(batch))
+            results = await self.call(self.index.record_settled, list(batch))
         except Exception:
             if len(batch) == 1:
                 # One file the index refuses must not stop recording for every other file;
@@ -108,14 +112,12 @@ class Recorder:
             for item in batch:
                 await self._commit([item])
             return
-        assert isinstance(results, list)
         outcomes: dict[str, int] = {}
         if self.on_jobs is not None and any(r.job_ids for r in results):
             self.on_jobs()
         if self.on_commit is not None:
             self.on_commit(results)
         for result in results:
-            assert isinstance(result, Recorded)
             outcomes[result.outcome] = outcomes.get(result.outcome, 0) + 1
             if result.outcome == "unchanged":
                 continue
@@ -134,10 +136,13 @@ class Recorder:
         self, *, watch_id: int, path: Path, stat: FileStat | None, error_class: str, message: str
     ) -> None:
         """Record that a file exists but cannot be read, with the reason."""
-        await self._run(
-            lambda: self.index.record_unreadable(
-                watch_id=watch_id, path=path, stat=stat, error_class=error_class, message=message
-            )
+        await self.call(
+            self.index.record_unreadable,
+            watch_id=watch_id,
+            path=path,
+            stat=stat,
+            error_class=error_class,
+            message=message,
         )
         log.warning("file_unreadable", path=str(path), error_class=error_class, reason=message)
 
@@ -145,13 +150,9 @@ class Recorder:
         """Mark files that are gone as missing (their history stays)."""
         if not paths:
             return
-        count = await self._run(self.index.mark_missing, list(paths))
+        count = await self.call(self.index.mark_missing, list(paths))
         if count:
             log.info("files_missing", count=count, first=str(paths[0]))
-
-    async def call(self, func: object, *args: object) -> object:
-        """Run any other index call on the writer thread."""
-        return await self._run(func, *args)
 
     def close(self) -> None:
         """Stop the writer thread (after :meth:`flush`)."""

@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from stampd.daemon.config.reader import load_config
 from stampd.daemon.service import control
 from stampd.daemon.service import lifecycle as service
+from stampd.daemon.watch import intake
 from stampd.daemon.watch.hasher import HashOutcome
 from tests.conftest import require_tool
 from tests.daemon_harness import RunningDaemon, wait_for
@@ -197,7 +198,7 @@ def test_a_hash_that_hangs_is_unhealthy_but_a_slow_moving_one_is_not(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     release = threading.Event()
-    real = service.hash_file
+    real = intake.hash_file
 
     def hanging_hash(path: Path, **options: Any) -> HashOutcome:
         if path.name.startswith("slow"):
@@ -208,7 +209,7 @@ def test_a_hash_that_hangs_is_unhealthy_but_a_slow_moving_one_is_not(
             release.wait(30)  # an NFS server that stopped answering
         return real(path, **options)
 
-    monkeypatch.setattr(service, "hash_file", hanging_hash)
+    monkeypatch.setattr(intake, "hash_file", hanging_hash)
 
     async def scenario(daemon: service.Daemon) -> None:
         watched = tmp_path / "watched"
