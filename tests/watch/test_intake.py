@@ -15,7 +15,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stampd.daemon.config.model import Config, load_config
+from stampd.daemon.config.model import Config
+from stampd.daemon.config.reader import load_config
 from stampd.daemon.service.pause import PauseState
 from stampd.daemon.watch.hasher import Skipped
 from stampd.daemon.watch.intake import Intake, Stamped
