@@ -24,11 +24,11 @@ from stampd.daemon.cli.paths import argument_path, shown
 from stampd.daemon.config.model import Config
 from stampd.daemon.service import control
 from stampd.daemon.service.replies import StatusReply, runner_status
+from stampd.store import kinds
 from stampd.store.errors import ErrorClass, StampdError
 from stampd.store.index import queries
 from stampd.store.index.database import index_path, open_reader
 from stampd.store.index.times import utc_now
-from stampd.store.kinds import EvidenceKind
 
 
 @contextmanager
@@ -148,11 +148,14 @@ def status_command(as_json: bool) -> None:
             f" ({_counts_text(summary.backoff_errors)}), next retry {summary.next_retry_at}"
             " — see `stampd providers`"
         )
-    tsr = runner_status(live, EvidenceKind.TSR) if live else None
-    if tsr is not None:
-        resting = [p["name"] for p in tsr.get("providers", []) if p.get("breaker") != "closed"]
-        rest = f"; resting: {', '.join(resting)}" if resting else ""
-        click.echo(f"stamping: {tsr.get('in_flight', 0)} in progress{rest}")
+    for kind in kinds.available():
+        runner = runner_status(live, kind.name) if live else None
+        if runner is not None:
+            resting = [
+                p["name"] for p in runner.get("providers", []) if p.get("breaker") != "closed"
+            ]
+            rest = f"; resting: {', '.join(resting)}" if resting else ""
+            click.echo(f"{kind.name + ':':<9} {runner.get('in_flight', 0)} in progress{rest}")
     raise click.exceptions.Exit(exit_code)
 
 

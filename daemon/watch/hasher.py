@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from stampd.store.errors import FileAccessError
+from stampd.store.errors import ErrorClass, FileAccessError
 from stampd.store.files.digest import CHUNK_SIZE, FileDigests, Progress, digest_fd
 from stampd.store.files.filestat import FileStat
 from stampd.store.index.times import format_time
@@ -50,7 +50,7 @@ class Unreadable:
 
     path: Path
     stat: FileStat | None
-    error_class: str
+    error_class: ErrorClass
     message: str
 
 
@@ -101,7 +101,7 @@ def hash_file(
             return Skipped(path, "gone")
         if error.errno == errno.ELOOP:
             return Skipped(path, "a symbolic link")
-        return Unreadable(path, _lstat_key(path), "io", f"cannot open: {error.strerror}")
+        return Unreadable(path, _lstat_key(path), ErrorClass.IO, f"cannot open: {error.strerror}")
     try:
         return _hash_open_file(fd, path, root_dev=root_dev, expected=expected, progress=progress)
     finally:
@@ -127,7 +127,7 @@ def _hash_open_file(  # noqa: PLR0911 - one return per outcome
     try:
         digests = digest_fd(fd, progress=progress)
     except OSError as error:
-        return Unreadable(path, key, "io", f"read failed: {error.strerror}")
+        return Unreadable(path, key, ErrorClass.IO, f"read failed: {error.strerror}")
     after = FileStat.of(os.fstat(fd))
     if after != key or digests.size != after.size:
         return Retry(path, "changed while it was read")

@@ -131,10 +131,14 @@ def test_200_files_through_a_hanging_a_busy_and_a_working_tsa(
         )
         providers = json.loads(_cli(daemon, "providers", "--json").stdout)
         status = json.loads(_cli(daemon, "status", "--json").stdout)
+        status_text = _cli(daemon, "status").stdout
     finally:
         assert daemon.stop() == 0
     for path in paths:
         _openssl_verify(openssl, path, pki.root_pem)
+    # One line per running evidence runner, named by its kind (store/kinds.py).
+    runner_lines = [line for line in status_text.splitlines() if "in progress" in line]
+    assert len(runner_lines) == 1 and runner_lines[0].startswith("tsr:      0 in progress")
     classes = dict(
         _rows(
             daemon,
