@@ -25,6 +25,7 @@ import contextlib
 import os
 import signal
 import threading
+from collections.abc import Coroutine
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,7 @@ from stampd.daemon.watch.runtime import Watches, WatchRuntime
 from stampd.daemon.watch.scan_queue import ScanQueue
 from stampd.daemon.watch.watcher import Watcher
 from stampd.store.errors import FileAccessError
+from stampd.store.files.leftovers import sweep_archive
 from stampd.store.index.database import Index, index_path, open_reader
 from stampd.store.index.times import utc_now
 
@@ -169,6 +171,7 @@ class Daemon:
             for watch in self._watches:
                 self._root_watch.start_watching(watch, watch.root in watched)
             self._notifier.ready(self._monitor.status_line())
+            self._spawn(self._sweep_archive(state_dir, before=self._rescans.started_at))
             await self._stop.wait()
         finally:
             await self._shutdown(control, watchdog)
@@ -283,9 +286,19 @@ class Daemon:
             with contextlib.suppress(ConfigError):  # refused: logged, and the old one runs on
                 await self.reload("SIGHUP")
 
-        task = asyncio.ensure_future(reload_quietly())
+        self._spawn(reload_quietly())
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _sweep_archive(self, state_dir: Path, *, before: float) -> None:
+        """Temp files a killed daemon left in the archive, which no scan walks (in the
+        watched trees the scan removes them: store/files/leftovers.py)."""
+        removed = await asyncio.to_thread(sweep_archive, state_dir, before=before)
+        if removed:
+            log.info("stale_temp_files_removed", where=str(state_dir / "archive"), count=removed)
 
     async def reload(self, trigger: str) -> ReloadReply:
         """Read the configuration file again and apply it, or refuse it and keep the old one

@@ -90,6 +90,8 @@ class Rescans:
         self._unwatched_dirs = 0
         self._inotify_watches: int | None = None
         self._overflows = 0
+        #: A temp file older than this daemon was left by a killed one (store/files/leftovers.py).
+        self.started_at = time.time()
 
     # --- what status, health and metrics read ------------------------------------------------
 
@@ -222,6 +224,7 @@ class Rescans:
                     seconds=round(report.seconds, 3),
                     sidecars_checked=sidecars.checked,
                     sidecars_to_repair=sidecars.flagged,
+                    temp_files_removed=sidecars.temps_removed,
                     deep=request.deep,
                     **({"problem": report.problem} if report.problem else {}),
                 )
@@ -309,6 +312,7 @@ class Rescans:
             deep=deep,
             on_file=lambda file_id: loop.call_soon_threadsafe(repairs.check_file, file_id),
             on_leftover=lambda path: loop.call_soon_threadsafe(repairs.check_leftover, path),
+            stale_before=self.started_at,
         )
         try:
             report = scan_watch(

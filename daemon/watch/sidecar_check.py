@@ -8,6 +8,9 @@ once per directory that has proofs. A ``deep`` check (``stampd rescan``) also re
 sidecar and compares its bytes' SHA-256 with the file's proofs: a sidecar that holds another
 file's proof, or something else, is found too.
 
+The listing also shows the temp files of writes a killed daemon never finished; those older
+than this daemon's start are removed (store/files/leftovers.py).
+
 The same listing shows sidecars whose data file is gone (``a.txt.tsr`` next to no
 ``a.txt``): leftovers of a rename the daemon did not see. Whether they can be retired is
 decided with the index (store/files/repair.py); a deleted file's sidecar stays.
@@ -23,6 +26,7 @@ from pathlib import Path
 
 from stampd.store import kinds
 from stampd.store.errors import StampdError
+from stampd.store.files.leftovers import remove_stale_temps
 from stampd.store.files.sidecar import Layout, data_name_of, read_sidecar
 from stampd.store.index.scan_rows import ScanRow
 
@@ -38,8 +42,12 @@ class SidecarCheck:
         deep: bool,
         on_file: Callable[[int], object],
         on_leftover: Callable[[Path], object],
+        stale_before: float | None = None,
     ) -> None:
         self._layout = layout
+        #: Temp files last modified before this (the daemon's start) are a killed run's
+        #: leftovers and are removed (store/files/leftovers.py); None leaves them.
+        self._stale_before = stale_before
         self._state_dir = state_dir
         self._deep = deep
         self._on_file = on_file
@@ -48,6 +56,7 @@ class SidecarCheck:
         self.checked = 0
         self.flagged = 0
         self.leftovers = 0
+        self.temps_removed = 0
 
     def directory(
         self, directory: str, names: set[str], rows: Mapping[str, ScanRow], present: set[str]
@@ -69,11 +78,24 @@ class SidecarCheck:
                     self._on_file(row.file_id)
         if sidecar_names is None and self._layout == "mirror":
             sidecar_names = self._mirror_names(directory)
+        if self._stale_before is not None:
+            self._remove_stale_temps(directory, names, sidecar_names)
         for name in sidecar_names or ():
             data = data_name_of(name)
             if data is not None and data not in names:
                 self.leftovers += 1
                 self._on_leftover(Path(directory, data))
+
+    def _remove_stale_temps(
+        self, directory: str, names: set[str], sidecar_names: set[str] | None
+    ) -> None:
+        assert self._stale_before is not None
+        self.temps_removed += remove_stale_temps(Path(directory), names, before=self._stale_before)
+        if self._layout == "mirror" and sidecar_names:
+            mirrored = self._state_dir / "mirror" / Path(directory).relative_to("/")
+            self.temps_removed += remove_stale_temps(
+                mirrored, sidecar_names, before=self._stale_before
+            )
 
     def _in_place(self, directory: str, row: ScanRow, sidecar_names: set[str]) -> bool:
         for kind, hashes in row.sidecars.items():
