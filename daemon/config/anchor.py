@@ -9,6 +9,7 @@ allow-list patterns follow the rules of :mod:`stampd.daemon.evidence.allowlist`:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from stampd.daemon.config.durations import format_duration
@@ -63,13 +64,16 @@ def read_anchor(table: Table) -> AnchorConfig:
         upgrade_after=upgrade_after,
         upgrade_max=upgrade_max,
         allow=_allow(table),
-        bitcoin=None if table.get("bitcoin") is MISSING else _bitcoin(table),
+        bitcoin=_bitcoin(table),
     )
 
 
 def _calendars(table: Table) -> tuple[str, ...]:
     """The calendars as normalised bases; () when the list is invalid (and reported)."""
     listed = table.strings("calendars", DEFAULT_CALENDARS)
+    raw = table.get("calendars")
+    if raw is not MISSING and listed is DEFAULT_CALENDARS:
+        return ()  # not a list of strings (reported): the defaults only stand in
     if not listed:
         table.add(
             "calendars",
@@ -121,7 +125,7 @@ def _min_replies(table: Table, calendars: tuple[str, ...]) -> int:
         table.add("min_replies", f"{value} must be at least 1 (the replies a stamp needs)")
     elif calendars and value > count:
         shown = str(value) if written else f"{value} (the default)"
-        plural = "calendar is" if count == 1 else "calendars are"
+        plural = "calendar" if count == 1 else "calendars"
         table.add(
             "min_replies",
             f"{shown} is more than the {count} {plural} configured (no stamp could succeed)",
@@ -150,8 +154,12 @@ def _allow(table: Table) -> tuple[str, ...]:
     return tuple(dict.fromkeys(patterns)) if len(patterns) == len(listed) else DEFAULT_ALLOW
 
 
-def _bitcoin(anchor: Table) -> BitcoinSourceConfig:
+def _bitcoin(anchor: Table) -> BitcoinSourceConfig | None:
+    """``[anchor.bitcoin]``, or None when it is absent or not a table (reported)."""
+    present = isinstance(anchor.get("bitcoin"), Mapping)
     table = anchor.table("bitcoin", "[anchor.bitcoin]")
+    if not present:
+        return None
     table.check_keys(_BITCOIN_KEYS)
     url = table.required_string("url") or ""
     if url:
@@ -164,8 +172,8 @@ def _bitcoin(anchor: Table) -> BitcoinSourceConfig:
             table.add(
                 "url",
                 f"{show(shown)} {error}",
-                'expected bitcoind\'s JSON-RPC URL, like "http://127.0.0.1:8332/"'
-                " (credentials go in cookie_file, or username + secret_file)",
+                'expected bitcoind\'s JSON-RPC URL, like "http://127.0.0.1:8332/";'
+                " credentials go in cookie_file, or username + secret_file",
                 value=shown,
             )
     cookie_file = table.optional_path("cookie_file")
