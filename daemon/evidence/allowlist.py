@@ -292,16 +292,29 @@ class UrlAllowList:
                 raise UnsafeUrl(f"allow pattern {text!r} {error}") from None
         return cls(tuple(parsed))
 
-    def refusal(self, url: str) -> str | None:
-        """Why ``url`` may not be asked, or None when it may (a pattern matches it)."""
+    def resolve(self, url: str) -> CleanUrl:
+        """The normalised URL to ask for pending URI ``url``; :class:`UnsafeUrl` saying why not.
+
+        Ask :attr:`CleanUrl.text` (or :attr:`CleanUrl.base`), never ``url`` as written: what
+        was checked is then exactly what is fetched (an IDNA mapping or a default port in the
+        raw text cannot be read differently by the HTTP client).
+        """
         try:
             clean = parse_clean_url(url)
             check_transport(clean)
         except UnsafeUrl as error:
-            return f"not a clean URL: {error}"
+            raise UnsafeUrl(f"not a clean URL: {error}") from None
         if any(pattern.matches(clean) for pattern in self.patterns):
-            return None
-        return "not in the allow-list (anchor.allow)"
+            return clean
+        raise UnsafeUrl("not in the allow-list (anchor.allow)")
+
+    def refusal(self, url: str) -> str | None:
+        """Why ``url`` may not be asked, or None when it may (a pattern matches it)."""
+        try:
+            self.resolve(url)
+        except UnsafeUrl as error:
+            return str(error)
+        return None
 
     def allows(self, url: str) -> bool:
         """Whether a pending attestation's URI ``url`` may be asked for an upgrade."""

@@ -125,6 +125,16 @@ def test_international_names_compare_in_their_idna_form() -> None:
     assert allow.patterns[0].text == "https://*.xn--bcher-kva.example/"
     assert allow.allows("https://cal.xn--bcher-kva.example")
     assert allow.allows("https://cal.BÜCHER.example")
+    # A look-alike letter is another name (U+0430, Cyrillic small a, in "calendar").
+    assert not PUBLIC.allows("https://alice.btc.c\u0430lendar.opentimestamps.org")
+
+
+def test_what_is_fetched_is_the_normalised_url_that_was_checked() -> None:
+    # IDNA maps the ideographic full stop to ".": the URL asked is the ASCII one that matched.
+    resolved = PUBLIC.resolve("https://Alice.btc.calendar.opentimestamps\u3002org:443")
+    assert resolved.base == "https://alice.btc.calendar.opentimestamps.org/"
+    with pytest.raises(UnsafeUrl, match=r"^not in the allow-list \(anchor.allow\)$"):
+        PUBLIC.resolve("https://evil.example")
 
 
 BAD_PATTERNS = {
