@@ -130,7 +130,7 @@ def _min_replies(table: Table, calendars: tuple[str, ...]) -> int:
             "min_replies",
             f"{shown} is more than the {count} {plural} configured (no stamp could succeed)",
             f"set min_replies = {count}, or add calendars",
-            value=value,
+            value=value if written else None,
         )
     return value
 

@@ -279,6 +279,12 @@ def test_each_mistake_is_one_line_naming_the_key(tmp_path: Path, text: str, line
     assert _lines(tmp_path, text) == (line.replace("{dir}", str(tmp_path)),)
 
 
+def test_the_default_quorum_is_not_shown_as_a_written_value(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        _load(tmp_path, '[anchor]\ncalendars = ["https://c.example.org"]\n')
+    assert [(p.key, p.value) for p in caught.value.problems] == [("anchor.min_replies", None)]
+
+
 def test_a_password_in_the_bitcoin_url_is_never_shown(tmp_path: Path) -> None:
     lines = _lines(
         tmp_path,
