@@ -8,7 +8,7 @@ parser per table); what is wrong with a file is :mod:`stampd.daemon.config.probl
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -98,6 +98,69 @@ class TimestampConfig:
     cooldown: float = 30.0
 
 
+#: Where ``ots`` proofs are submitted unless ``anchor.calendars`` says otherwise: the public
+#: aggregators the reference client uses (reference opentimestamps.md §2, "Public calendars"),
+#: as normalised bases (a path ends in "/": the calendar's endpoints are appended to it).
+DEFAULT_CALENDARS = (
+    "https://a.pool.opentimestamps.org/",
+    "https://b.pool.opentimestamps.org/",
+    "https://a.pool.eternitywall.com/",
+    "https://ots.btc.catallaxy.com/",
+)
+#: Where pending proofs may be upgraded unless ``anchor.allow`` says otherwise: the calendars
+#: the public aggregators write into proofs (the reference client's default whitelist, §2).
+DEFAULT_ALLOW = (
+    "https://*.calendar.opentimestamps.org/",
+    "https://*.calendar.eternitywall.com/",
+    "https://*.calendar.catallaxy.com/",
+)
+
+
+@dataclass(frozen=True)
+class BitcoinSourceConfig:
+    """``[anchor.bitcoin]``: a bitcoind JSON-RPC node that serves block headers (a pruned node
+    is fine), to check Bitcoin attestations. Authenticated by exactly one of ``cookie_file``
+    or ``username`` + ``secret_file``."""
+
+    #: The node's JSON-RPC URL, normalised (``http://127.0.0.1:8332/``).
+    url: str
+    #: bitcoind's ``.cookie`` file: bitcoind rewrites it at each start, so it is read at each
+    #: use and need not exist while bitcoind is down.
+    cookie_file: Path | None = None
+    username: str | None = None
+    #: File holding the RPC password; read at start, never logged (DESIGN rule 7).
+    secret_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class AnchorConfig:
+    """The ``[anchor]`` section: OpenTimestamps calendars, quorum, upgrades, header source."""
+
+    #: Calendar (aggregator) bases, normalised, each ending in "/"; never empty.
+    calendars: tuple[str, ...] = DEFAULT_CALENDARS
+    #: How many calendars must answer a submission (1..len(calendars); reference §3.4).
+    min_replies: int = 2
+    #: Seconds for one submission to all calendars together (one deadline, reference §3.3).
+    timeout: float = 5.0
+    #: Seconds after stamping before a pending proof is first asked to be upgraded; at least
+    #: the calendars' 60 s cache lifetime (reference §4).
+    upgrade_after: float = 3600.0
+    #: Longest wait between two upgrade tries (the back-off stops growing here; never given up).
+    upgrade_max: float = 86400.0
+    #: Allow-list patterns, normalised (``daemon/evidence/allowlist.py``): where a pending URI
+    #: read from a proof may be asked for its upgrade.
+    allow: tuple[str, ...] = DEFAULT_ALLOW
+    #: Where block headers come from; None: Bitcoin attestations are reported, not checked.
+    bitcoin: BitcoinSourceConfig | None = None
+
+    @property
+    def upgrade_patterns(self) -> tuple[str, ...]:
+        """Every pattern a pending URI may match to be upgraded: ``allow``, and each configured
+        calendar itself (stampd already sends it digests; an own calendar that writes its own
+        URL into proofs then needs no ``allow`` entry, unlike ``ots -l``)."""
+        return (*self.allow, *(url for url in self.calendars if url not in self.allow))
+
+
 @dataclass(frozen=True)
 class Config:
     """A whole, valid configuration."""
@@ -107,3 +170,4 @@ class Config:
     daemon: DaemonSettings
     watches: tuple[WatchConfig, ...]
     timestamp: TimestampConfig
+    anchor: AnchorConfig = field(default_factory=AnchorConfig)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from stampd.daemon.config.anchor import ANCHOR_KEYS_BY_TABLE, anchor_to_dict, read_anchor
 from stampd.daemon.config.durations import format_duration
 from stampd.daemon.config.model import Config, DaemonSettings, TsaConfig, WatchConfig
 from stampd.daemon.config.problems import ConfigError, ConfigProblem, config_error
@@ -38,6 +39,7 @@ from stampd.daemon.config.sections import (
     read_watch,
 )
 from stampd.daemon.config.table import MISSING, Problems, Table, show
+from stampd.store import kinds
 from stampd.store.kinds import EvidenceKind
 
 #: Where the configuration lives unless ``--config`` or ``$STAMPD_CONFIG`` says otherwise.
@@ -55,6 +57,12 @@ def config_path_from(option: str | None, environ: Mapping[str, str]) -> Path:
         return Path(from_environment)
     return DEFAULT_CONFIG_PATH
 
+
+#: The sections every file may have, before those of the evidence kinds.
+_BASE_SECTIONS = ("daemon", "watch")
+#: The evidence kinds' sections (their registry ``config_section``) that this reader parses;
+#: another kind's section belongs to a kind not built yet and is refused as such.
+_PARSED_KIND_SECTIONS = frozenset({"timestamp", "anchor"})
 
 # A configuration is a few kilobytes; the cap turns `--config /dev/zero` into an error, not a hang.
 _MAX_CONFIG_BYTES = 1 << 20
@@ -143,9 +151,9 @@ def parse_settings(
         problems,
         base_dir=source.absolute().parent,
         environ=os.environ if environ is None else environ,
-        keys_by_table=KEYS_BY_TABLE,
+        keys_by_table={**KEYS_BY_TABLE, **ANCHOR_KEYS_BY_TABLE},
     )
-    root.check_keys(("daemon", "watch", "timestamp"))
+    _check_sections(root)
 
     daemon = read_daemon_settings(root.table("daemon", "[daemon]"))
     if root.get("watch") in (MISSING, []):
@@ -174,12 +182,47 @@ def parse_settings(
         daemon=daemon,
         watches=tuple(watch for _, watch in watches),
         timestamp=timestamp,
+        anchor=read_anchor(root.table("anchor", "[anchor]")),
     )
     return ParsedSettings(
         config=None if problems else config,
         tsas=tuple(zip(tsa_keys, timestamp.tsa, strict=True)),
         problems=tuple(problems),
     )
+
+
+def _check_sections(root: Table) -> None:
+    """Unknown sections are errors; a planned kind's section says "not available yet".
+
+    The valid sections are the base ones and the sections of the kinds in the registry
+    (:mod:`stampd.store.kinds`) that this reader parses.
+    """
+    planned: dict[str, str] = {}
+    valid = list(_BASE_SECTIONS)
+    for kind in kinds.known():
+        section = kind.config_section
+        if section is None or section in valid or section in planned:
+            continue
+        if section in _PARSED_KIND_SECTIONS:
+            valid.append(section)
+        else:
+            planned[section] = kind.title
+    hint = f"valid sections: {', '.join(valid)}"
+    # The planned sections are left out of the unknown-key check, which would call them
+    # unknown; each gets its own message instead.
+    others = {name: value for name, value in root.data.items() if name not in planned}
+    Table(
+        others,
+        root.key_path,
+        root.title,
+        root.problems,
+        base_dir=root.base_dir,
+        environ=root.environ,
+        keys_by_table=root.keys_by_table,
+    ).check_keys(tuple(valid))
+    for name, title in planned.items():
+        if name in root.data:
+            root.problems.add(name, f"not available yet (planned: {title})", hint)
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:
@@ -236,6 +279,7 @@ def config_to_dict(config: Config) -> dict[str, Any]:
                 for tsa in timestamp.tsa
             ],
         },
+        "anchor": anchor_to_dict(config.anchor),
     }
 
 

@@ -130,7 +130,7 @@ def test_a_bad_file_under_json_is_still_one_document(tmp_path: Path) -> None:
                 "key": "watches",
                 "value": None,
                 "problem": 'unknown section (did you mean "watch"?)',
-                "hint": "valid sections: daemon, watch, timestamp",
+                "hint": "valid sections: daemon, watch, timestamp, anchor",
             },
             {
                 "key": "watch",
@@ -143,7 +143,7 @@ def test_a_bad_file_under_json_is_still_one_document(tmp_path: Path) -> None:
     assert result.stderr.splitlines() == [
         f"stampd: {config}: 2 errors",
         '  - watches: unknown section (did you mean "watch"?)'
-        " (valid sections: daemon, watch, timestamp)",
+        " (valid sections: daemon, watch, timestamp, anchor)",
         '  - watch: none configured (add a [[watch]] with path = "/srv/records")',
     ]
 

@@ -76,8 +76,8 @@ BAD_CONFIGS = {
         'timestamp.tsa[0].min_interval: "-5s" is negative (try "5s")',
     ),
     "unknown top-level section": (
-        WATCH + TSA + "[anchors]\ncalendars = []\n",
-        "anchors: unknown section (valid sections: daemon, watch, timestamp)",
+        WATCH + TSA + "[notary]\ncalendars = []\n",
+        "notary: unknown section (valid sections: daemon, watch, timestamp, anchor)",
     ),
     "unknown key with a suggestion": (
         '[daemon]\nstat_dir = "/var/lib/stampd"\n' + WATCH + TSA,
