@@ -21,7 +21,8 @@ a 401 with an empty body. Authentication, by constructor argument:
 
 Misbehaviour on demand through `.mode` (any of `MODES`, changeable while serving), for the
 header client's tests: `wrong_header` (a header that does not hash to the block hash asked for),
-`short_header` (79 bytes), `garbage` (a 200 that is not JSON), `oversized` (a valid-looking reply
+`short_header` (79 bytes), `warmup` (every call is error -28, as while the node loads its
+block index), `garbage` (a 200 that is not JSON), `oversized` (a valid-looking reply
 over 1 MiB), `status_503` (a proxy's error page), `slow` (sleeps `slow_seconds` before answering),
 `dead` (closes the connection without a reply).
 
@@ -51,7 +52,15 @@ from types import TracebackType
 from typing import Literal, Self, get_args
 
 Mode = Literal[
-    "ok", "wrong_header", "short_header", "garbage", "oversized", "status_503", "slow", "dead"
+    "ok",
+    "wrong_header",
+    "short_header",
+    "garbage",
+    "oversized",
+    "status_503",
+    "warmup",
+    "slow",
+    "dead",
 ]
 MODES: frozenset[str] = frozenset(get_args(Mode))
 #: The regtest target (compact form): about every second nonce meets it, so grinding is instant.
@@ -296,6 +305,9 @@ class FakeBitcoind:
             return 500, {"result": None, "error": _error(-32700, "Parse error"), "id": None}
         with self._lock:
             self.calls.append(method)
+        if self.mode == "warmup":
+            error = _error(-28, "Loading block index…")
+            return 500, {"result": None, "error": error, "id": call_id}
         handler = {
             "getblockcount": self._getblockcount,
             "getblockhash": self._getblockhash,

@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from stampd.daemon.evidence.bitcoind import BitcoindHeaders
 from tests.conftest import require_ots
 from tests.fake_bitcoind import REGTEST_BITS, FakeBitcoind, sha256d, target
 from tests.fake_calendar import (
@@ -393,6 +394,10 @@ def test_ots_upgrades_once_the_fake_mines_and_verifies_at_the_fake_node(
     assert "verify BitcoinBlockHeaderAttestation(900001)" in out
     root = bitcoind.header(900001).merkle_root[::-1].hex()
     assert f"# Bitcoin block merkle root {root}" in out
+    # stampd's header source reads the same root from the node as `ots` derived from the proof.
+    with BitcoindHeaders(bitcoind.url, username="u", password="p") as headers:
+        header = headers(900001)
+    assert header is not None and header[36:68][::-1].hex() == root
 
     node = bitcoind.url_with("u", "p")
     verify = ("--no-cache", "--no-default-whitelist", "-l", calendar.url, "--bitcoin-node", node)
