@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -43,6 +44,20 @@ def require_tool(name: str) -> str:
             pytest.fail(f"{message} (STAMPD_REQUIRE_INTEROP=1: .ci/run must install it)")
         pytest.skip(message)
     return path
+
+
+def require_ots() -> str:
+    """The path of the real `ots` command (opentimestamps-client, the `.ots` oracle).
+
+    It is a test dependency of the project (pyproject's ``test`` extra), so it lives in the
+    venv's bin folder, which is not on PATH when the tests run as ``.venv/bin/pytest``: look
+    there first (beside the running interpreter), then on PATH like `require_tool`, which
+    also gives the skip, or the failure under STAMPD_REQUIRE_INTEROP=1.
+    """
+    beside = Path(sys.executable).parent / "ots"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    return require_tool("ots")
 
 
 def shared_vectors(kind: str) -> Path:
