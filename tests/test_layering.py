@@ -58,3 +58,26 @@ def test_the_static_check_would_catch_an_offender(tmp_path: Path) -> None:
     sample = tmp_path / "bad.py"
     sample.write_text("from stampd.daemon.config import Config\nfrom ..daemon import x\n")
     assert [name for _line, name in _imports(sample)] == ["stampd.daemon.config", "stampd.daemon"]
+
+
+#: LGPL libraries the tests install as an oracle (opentimestamps-client and what it pulls in);
+#: stampd writes its own codec from the format description and never imports them.
+TEST_ONLY_ORACLES = ("opentimestamps", "otsclient", "bitcoin")
+
+
+def test_no_product_module_imports_a_test_only_oracle() -> None:
+    offenders = [
+        f"{path.relative_to(REPO)}:{line}: import {name}"
+        for top in ("daemon", "store")
+        for path in sorted((REPO / top).rglob("*.py"))
+        for line, name in _imports(path)
+        if any(name == bad or name.startswith(bad + ".") for bad in TEST_ONLY_ORACLES)
+    ]
+    assert not offenders, "\n".join(offenders)
+
+
+def test_the_oracle_check_would_catch_an_import(tmp_path: Path) -> None:
+    sample = tmp_path / "bad.py"
+    sample.write_text("import opentimestamps.core.op\nfrom bitcoin.core import CBlockHeader\n")
+    names = [name for _line, name in _imports(sample)]
+    assert [n for n in names if n.split(".")[0] in TEST_ONLY_ORACLES] == names
