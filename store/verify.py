@@ -9,6 +9,9 @@ One :class:`Verdict` per piece of evidence, with a status a person and a script 
 - ``invalid``: a check failed; ``reason`` is the stable code, ``message`` the explanation.
 - ``unverifiable``: nothing is wrong that we can see, but the proof cannot be checked (a
   token without the TSA's certificate). Never reported as valid.
+- ``pending``: the proof commits to this data, but its anchor is not confirmed yet (an
+  ``.ots`` waiting for its Bitcoin block). Recorded, kept, and upgraded by a job; not yet
+  proof of anything, so never reported as valid.
 
 The fields every kind has live on the verdict; what only one kind knows (an RFC 3161 serial
 and policy) is its :class:`VerdictDetail`. Each kind's verifier (a :class:`Verifier`, named by
@@ -25,7 +28,7 @@ from typing import Any, Literal, Protocol
 
 from stampd.store.errors import StampdError
 
-Status = Literal["valid", "invalid", "unverifiable"]
+Status = Literal["valid", "invalid", "unverifiable", "pending"]
 
 #: The data's digest under a named algorithm (computed on first use by the caller). Raises
 #: ValueError for an algorithm whose digest it cannot give.

@@ -70,8 +70,13 @@ class ProofFiles:
 
 
 def usable(verdict: Verdict, algorithm: str) -> bool:
-    """Valid, made by a configured provider, over the digest the job wants."""
-    return verdict.valid and verdict.provider is not None and verdict.algorithm == algorithm
+    """Valid (or pending its anchor), made by a configured provider, over the digest the job
+    wants: what may be recorded as this version's proof."""
+    return (
+        verdict.status in ("valid", "pending")
+        and verdict.provider is not None
+        and verdict.algorithm == algorithm
+    )
 
 
 def reusable(
@@ -105,8 +110,8 @@ def reusable(
 
 
 def proof_row(kind: str, data: bytes, verdict: Verdict, digest: bytes) -> NewProof:
-    """The index row of a valid proof of ``kind`` over ``digest`` (under the verdict's
-    algorithm), made by the provider the verdict names."""
+    """The index row of a valid (or pending) proof of ``kind`` over ``digest`` (under the
+    verdict's algorithm), made by the provider the verdict names."""
     return NewProof(
         kind=kind,
         provider=verdict.provider or "",
@@ -117,4 +122,5 @@ def proof_row(kind: str, data: bytes, verdict: Verdict, digest: bytes) -> NewPro
         authority=verdict.authority,
         not_after=None if verdict.chain_not_after is None else format_time(verdict.chain_not_after),
         sidecar_sha256=hashlib.sha256(data).hexdigest(),
+        status="pending" if verdict.status == "pending" else "complete",
     )

@@ -51,6 +51,7 @@ from stampd.store.files.sidecar import Layout
 from stampd.store.index.jobs import (
     Attempt,
     DueJob,
+    FollowUp,
     NewProof,
     cancel_job,
     complete_job,
@@ -219,10 +220,27 @@ class JobRunner:
                 return
             found = await self._reuse(strategy, job, digest, versions)
         if found is None:
-            outcome = await self._ask(strategy, ProofRequest(job, action, digest))
+            extended = None
+            if action != JobAction.OBTAIN:
+                extended = await self._extended_proof(job)
+                if extended is None:
+                    await self._fail(
+                        strategy,
+                        job,
+                        [],
+                        ErrorClass.IO,
+                        f"the proof to {action} (archive {job.proof_sha256}) is missing",
+                    )
+                    return
+            outcome = await self._ask(strategy, ProofRequest(job, action, digest, extended))
             if isinstance(outcome, NotObtained):
                 await self._fail(
-                    strategy, job, outcome.attempts, outcome.error_class, outcome.message
+                    strategy,
+                    job,
+                    outcome.attempts,
+                    outcome.error_class,
+                    outcome.message,
+                    delay=outcome.retry_after,
                 )
                 return
             found, source = outcome, "provider"
@@ -232,6 +250,15 @@ class JobRunner:
             await self._fail(strategy, job, found.attempts, error.error_class, f"archive: {error}")
             return
         await self._finish(strategy, job, digest, found, source=source, layout=layout)
+
+    async def _extended_proof(self, job: DueJob) -> bytes | None:
+        """The archived bytes of the proof an ``upgrade``/``renew`` job names."""
+        if job.proof_sha256 is None:
+            return None
+        try:
+            return await asyncio.to_thread(self._at_rest.archived, job.proof_sha256)
+        except StampdError:
+            return None
 
     async def _ask(self, strategy: Strategy, request: ProofRequest) -> Outcome:
         if request.action != JobAction.OBTAIN:
@@ -288,7 +315,7 @@ class JobRunner:
                 return False  # an older version's proof, or not a proof: archived on write
             await asyncio.to_thread(self._at_rest.archive, existing)
             found = Obtained(existing, verdict, ())
-            await self._complete(job, digest, found, source="sidecar", sidecar=True)
+            await self._complete(strategy, job, digest, found, source="sidecar", sidecar=True)
         return True
 
     async def _reuse(
@@ -343,13 +370,25 @@ class JobRunner:
                     )
                     return
                 sidecar = True
-            await self._complete(job, digest, found, source=source, sidecar=sidecar)
+            await self._complete(strategy, job, digest, found, source=source, sidecar=sidecar)
 
     async def _complete(
-        self, job: DueJob, digest: bytes, found: Obtained, *, source: str, sidecar: bool
+        self,
+        strategy: Strategy,
+        job: DueJob,
+        digest: bytes,
+        found: Obtained,
+        *,
+        source: str,
+        sidecar: bool,
     ) -> None:
-        """Commit the proof row, the round's attempts and the job's end; log it."""
+        """Commit the proof row (new, or the extended one), the round's attempts, the job's
+        end and, for a proof still pending its anchor, its ``upgrade`` job; log it."""
         verdict = found.verdict
+        follow_up = None
+        if verdict.status == "pending" and JobAction.UPGRADE in self._kind.actions:
+            due = datetime.now(UTC) + timedelta(seconds=strategy.upgrade_after)
+            follow_up = FollowUp(JobAction.UPGRADE, format_time(due))
         proof_id = await self._recorder.call(
             partial(
                 complete_job,
@@ -358,6 +397,8 @@ class JobRunner:
                 version_id=job.version_id,
                 proof=proof_row(self._kind.name, found.data, verdict, digest),
                 attempts=found.attempts,
+                follow_up=follow_up,
+                extends=job.proof_id,
             )
         )
         self.completed += 1
@@ -369,6 +410,7 @@ class JobRunner:
             source=source,
             gen_time=None if verdict.gen_time is None else format_time(verdict.gen_time),
             proof_id=proof_id,
+            status=verdict.status,
             sidecar=sidecar,
         )
 
@@ -381,10 +423,12 @@ class JobRunner:
         message: str,
         *,
         archived: bool = False,
+        delay: float | None = None,
     ) -> None:
         self.failed_rounds += 1
         tries = job.tries + 1
-        delay = strategy.backoff.seconds(tries, self._rng)
+        if delay is None:
+            delay = strategy.backoff.seconds(tries, self._rng)
         next_try_at = format_time(datetime.now(UTC) + timedelta(seconds=delay))
         await self._recorder.call(
             partial(

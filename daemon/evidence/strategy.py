@@ -7,6 +7,11 @@ kind's own: which digest its proofs cover, how a proof is checked (its verifier)
 obtained from its providers (daemon/evidence/pool.py), and how an existing one is upgraded
 or renewed. ``tsr``'s is daemon/evidence/tsr.py.
 
+A proof whose verdict is ``pending`` (it commits to the data, its anchor is not confirmed yet)
+is recorded as such, and the runner creates its ``upgrade`` job, first due after
+:attr:`Strategy.upgrade_after`; each upgrade round gets the proof's bytes and either returns
+the extended proof or :class:`NotObtained` with the strategy's own ``retry_after``.
+
 A strategy takes requests in batches of up to :attr:`Strategy.batch`: RFC 3161 per file asks
 one TSA per file (batch 1); OpenTimestamps puts a window's files under one merkle tree and
 one calendar request, batch mode a batch under one token (daemon/evidence/batcher.py).
@@ -31,6 +36,8 @@ class ProofRequest:
     job: DueJob
     action: JobAction
     digest: bytes
+    #: The bytes of the proof an ``upgrade`` or ``renew`` extends (from the archive).
+    proof: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,9 @@ class NotObtained:
     error_class: str
     message: str
     attempts: Sequence[Attempt]
+    #: Seconds until the next round, when the strategy knows better than the runner's
+    #: back-off (an upgrade's own cadence: "still pending, ask again in 2 h").
+    retry_after: float | None = None
 
 
 Outcome = Obtained | NotObtained
@@ -75,6 +85,9 @@ class Strategy(Protocol):
     window: float
     #: Waits after failed rounds.
     backoff: Backoff
+    #: Seconds from a ``pending`` proof to the first try of its ``upgrade`` job (kinds whose
+    #: registry entry lists ``upgrade``; the runner creates that job with the proof).
+    upgrade_after: float
 
     @property
     def verifier(self) -> Verifier:

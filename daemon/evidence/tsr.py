@@ -39,6 +39,8 @@ class TsrStrategy:
     digest_setting: str = "timestamp.digest"
     batch: int = 1
     window: float = 0.0
+    #: Never used: a token is complete when it is issued (renewal makes ``ers`` evidence).
+    upgrade_after: float = 0.0
 
     def __init__(
         self,

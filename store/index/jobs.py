@@ -54,6 +54,10 @@ class DueJob:
     file_state: str
     #: Whether this version is still the file's current content.
     current: bool
+    #: The proof an ``upgrade`` or ``renew`` job extends, and its bytes' SHA-256 (its name in
+    #: the archive); None for ``obtain`` jobs.
+    proof_id: int | None = None
+    proof_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,18 @@ class NewProof:
     not_after: str | None
     #: SHA-256 of the proof's bytes: its name in the archive.
     sidecar_sha256: str
+    #: ``complete``, or ``pending`` for a proof that waits for its anchor (an ``.ots``
+    #: before its Bitcoin block): an ``upgrade`` job follows it.
+    status: str = "complete"
+
+
+@dataclass(frozen=True)
+class FollowUp:
+    """The job a round's proof asks for next: an ``upgrade`` of a pending proof."""
+
+    action: JobAction
+    #: When it is first due (index time format).
+    next_try_at: str
 
 
 @dataclass(frozen=True)
@@ -87,8 +103,9 @@ class KnownProof:
 # Named so that tests/test_jobs.py can check each is answered from an index.
 _SQL_DUE = (
     "SELECT j.id, j.kind, j.tries, v.id, v.sha256, v.sha512, f.id, f.path, f.watch_id,"
-    " f.state, f.current_version_id = v.id"
+    " f.state, f.current_version_id = v.id, j.proof_id, p.sidecar_sha256"
     " FROM jobs j JOIN versions v ON v.id = j.version_id JOIN files f ON f.id = v.file_id"
+    " LEFT JOIN proofs p ON p.id = j.proof_id"
     " WHERE j.state = 'pending' AND j.next_try_at <= ? AND j.kind = ? AND j.action = ?"
     " ORDER BY j.next_try_at, j.id LIMIT ?"
 )
@@ -101,9 +118,20 @@ _SQL_CURRENT_PATH = (
     "SELECT path FROM files WHERE current_version_id = ? AND state = 'present' AND id = ?"
 )
 _SQL_INSERT_PROOF = (
-    "INSERT INTO proofs (version_id, kind, provider, status, digest_alg, digest, gen_time,"
-    " serial, authority, not_after, sidecar_sha256, created_at, updated_at)"
-    " VALUES (?, ?, ?, 'complete', ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO proofs (version_id, kind, provider, digest_alg, digest, gen_time,"
+    " serial, authority, not_after, sidecar_sha256, status, created_at, updated_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+# An upgrade extends the proof it names (DESIGN rule 6: the bytes it replaces stay in the
+# archive); the row follows the proof, so counts of pending anchors fall as they complete.
+_SQL_EXTEND_PROOF = (
+    "UPDATE proofs SET kind = ?, provider = ?, digest_alg = ?, digest = ?, gen_time = ?,"
+    " serial = ?, authority = ?, not_after = ?, sidecar_sha256 = ?, status = ?, updated_at = ?"
+    " WHERE id = ?"
+)
+_SQL_INSERT_FOLLOW_UP = (
+    "INSERT INTO jobs (kind, action, version_id, proof_id, state, next_try_at, created_at,"
+    " updated_at) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?)"
 )
 _SQL_INSERT_ATTEMPT = (
     "INSERT INTO attempts (job_id, provider, started_at, latency_ms, error_class, http_status,"
@@ -145,6 +173,8 @@ def due_jobs(
             watch_id=int(row[8]),
             file_state=str(row[9]),
             current=bool(row[10]),
+            proof_id=None if row[11] is None else int(row[11]),
+            proof_sha256=None if row[12] is None else str(row[12]),
         )
         for row in conn.execute(_SQL_DUE, (now, kind, action, limit))
     ]
@@ -181,11 +211,20 @@ def record_proof(index: Index, *, version_id: int, proof: NewProof) -> int:
 
 
 def complete_job(
-    index: Index, *, job_id: int, version_id: int, proof: NewProof, attempts: Sequence[Attempt]
+    index: Index,
+    *,
+    job_id: int,
+    version_id: int,
+    proof: NewProof,
+    attempts: Sequence[Attempt],
+    follow_up: FollowUp | None = None,
+    extends: int | None = None,
 ) -> int | None:
-    """Record the proof, the round's attempts and the job's end in one transaction.
+    """Record the proof, the round's attempts, the job's end and the job that follows (if
+    any) in one transaction. With ``extends``, the proof is an upgrade of that proof row,
+    which it updates; otherwise a new row is inserted.
 
-    Returns the new proof's id, or None when the job was no longer pending (then nothing is
+    Returns the proof's id, or None when the job was no longer pending (then nothing is
     written: a second runner, or an operator, ended it first).
     """
     now = utc_now()
@@ -193,10 +232,27 @@ def complete_job(
         state = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if state is None or state[0] != "pending":
             return None
-        cursor = conn.execute(_SQL_INSERT_PROOF, (version_id, *_proof_values(proof), now, now))
-        proof_id = cursor.lastrowid
+        if extends is None:
+            cursor = conn.execute(_SQL_INSERT_PROOF, (version_id, *_proof_values(proof), now, now))
+            proof_id = inserted_id(cursor)
+        else:
+            conn.execute(_SQL_EXTEND_PROOF, (*_proof_values(proof), now, extends))
+            proof_id = extends
         _insert_attempts(conn, job_id, attempts)
         conn.execute(_SQL_JOB_DONE, (proof_id, now, job_id))
+        if follow_up is not None:
+            conn.execute(
+                _SQL_INSERT_FOLLOW_UP,
+                (
+                    proof.kind,
+                    follow_up.action,
+                    version_id,
+                    proof_id,
+                    follow_up.next_try_at,
+                    now,
+                    now,
+                ),
+            )
         return proof_id
 
 
@@ -238,6 +294,7 @@ def _proof_values(proof: NewProof) -> tuple[str | None, ...]:
         proof.authority,
         proof.not_after,
         proof.sidecar_sha256,
+        proof.status,
     )
 
 

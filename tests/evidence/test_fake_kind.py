@@ -6,8 +6,8 @@ request; its receipt is a small JSON document with an HMAC, kept as ``FILE.fnr``
 with ``store.kinds.registered`` and its two runtime entries (``fake_strategy``,
 ``fake_verifier`` below), it is run by the real :class:`EvidenceRunners` → :class:`JobRunner`
 → batcher → :class:`ProviderPool`, written as a sidecar and into the archive, recorded in a
-real index, upgraded by an ``upgrade`` job, and then reported by ``stampd verify`` and
-``stampd show`` in-process.
+real index — pending until an ``upgrade`` job the runner creates by itself completes it —
+and then reported by ``stampd verify`` and ``stampd show`` in-process.
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ from stampd.store import kinds
 from stampd.store.errors import ErrorClass
 from stampd.store.files.archive import archive_path
 from stampd.store.index.database import Index, index_path, open_reader
-from stampd.store.index.times import utc_now
 from stampd.store.kinds import JobAction, KindSpec
 from stampd.store.verify import DigestOf, Verdict
 from tests.conftest import REPO, settled
@@ -69,7 +68,7 @@ STUCK_S = 20
 
 
 def receipt(digest: bytes, *, notary: str, level: int) -> bytes:
-    """A sealed receipt for ``digest``; level 2 is the upgraded (complete) one."""
+    """A sealed receipt for ``digest``; level 1 is pending, level 2 the upgraded (complete) one."""
     body = {
         "alg": "sha256",
         "digest": digest.hex(),
@@ -102,7 +101,7 @@ class FakeVerifier:
         return Verdict(
             KIND,
             source,
-            "valid",
+            "valid" if body["level"] == 2 else "pending",
             gen_time=datetime.fromisoformat(body["time"].replace("Z", "+00:00")),
             authority=f"Fake Notary (level {body['level']})",
             provider=body["notary"],
@@ -126,6 +125,10 @@ class Notary:
         self.min_interval = 0.0
         #: The digests of each request, in order.
         self.requests: list[list[bytes]] = []
+        #: Upgrades wait for this (the test looks at the pending proofs first), and the
+        #: first one is answered "not yet" (an OTS calendar's "Pending confirmation").
+        self.upgrades_open = asyncio.Event()
+        self.not_yet = 1
 
     @property
     def identity(self) -> Hashable:
@@ -134,6 +137,15 @@ class Notary:
     async def seal(self, digests: Sequence[bytes], level: int) -> list[bytes]:
         self.requests.append(list(digests))
         return [receipt(digest, notary=self.name, level=level) for digest in digests]
+
+    async def upgrade(self, digest: bytes) -> bytes | None:
+        """The complete receipt, or None while it is not ready."""
+        await self.upgrades_open.wait()
+        self.requests.append([digest])
+        if self.not_yet:
+            self.not_yet -= 1
+            return None
+        return receipt(digest, notary=self.name, level=2)
 
 
 NOTARY = Notary("notary")
@@ -150,6 +162,8 @@ class FakeStrategy:
     batch: int = 3
     #: Long: the batch of the test goes out because it is full, not because time passed.
     window: float = 60.0
+    #: Pending receipts are upgraded at once (the notary holds the answer until released).
+    upgrade_after: float = 0.0
 
     def __init__(self, pool: ProviderPool[Notary]) -> None:
         self.pool = pool
@@ -164,7 +178,23 @@ class FakeStrategy:
         return await self._sealed(requests, level=1)
 
     async def extend(self, requests: Sequence[ProofRequest]) -> Sequence[Outcome]:
-        return await self._sealed(requests, level=2)
+        outcomes: list[Outcome] = []
+        for request in requests:
+            assert request.proof is not None  # the pending receipt, from the archive
+            assert json.loads(request.proof)["body"]["level"] == 1
+            upgraded, attempts = await self.pool.first(
+                lambda notary, d=request.digest: notary.upgrade(d)
+            )
+            if upgraded is None:
+                outcomes.append(
+                    NotObtained(ErrorClass.UNAVAILABLE, "not yet", attempts, retry_after=0.05)
+                )
+                continue
+            verdict = self._verifier.verify(
+                upgraded, source="notary", digest_of=lambda _alg, d=request.digest: d
+            )
+            outcomes.append(Obtained(upgraded, verdict, attempts))
+        return outcomes
 
     async def _sealed(self, requests: Sequence[ProofRequest], *, level: int) -> list[Outcome]:
         digests = [request.digest for request in requests]
@@ -255,48 +285,39 @@ async def _run(index: Index, config: Config, watch_id: int) -> None:
         await _until(lambda: (runners.status()[KIND] or {}).get("completed") == 3)
         # One notary request for the three files: the strategy took them as one batch.
         assert [len(digests) for digests in NOTARY.requests] == [3]
-        # An upgrade job (an OTS-style scheduler would create it) runs through extend().
-        [(version_id,)] = _query(
-            state,
-            "SELECT v.id FROM versions v JOIN files f ON f.id = v.file_id"
-            " WHERE f.path LIKE '%/a.txt'",
-        )
-        with index.write() as conn:
-            now = utc_now()
-            conn.execute(
-                "INSERT INTO jobs (kind, action, version_id, state, next_try_at, created_at,"
-                " updated_at) VALUES (?, 'upgrade', ?, 'pending', ?, ?, ?)",
-                (KIND, version_id, now, now, now),
-            )
-        runners.wake()
-        await _until(lambda: (runners.status()[KIND] or {}).get("completed") == 4)
-        assert [len(digests) for digests in NOTARY.requests] == [3, 1]
+        # Each receipt is pending, and the runner queued its upgrade job with it.
+        proofs = _query(state, "SELECT status FROM proofs")
+        assert [p["status"] for p in proofs] == ["pending"] * 3
+        upgrades = _query(state, "SELECT proof_id FROM jobs WHERE action = 'upgrade'")
+        assert sorted(job["proof_id"] for job in upgrades) == [1, 2, 3]
+        NOTARY.upgrades_open.set()
+        # The first answer is "not yet": that job backs off by the strategy's retry_after.
+        await _until(lambda: (runners.status()[KIND] or {}).get("completed") == 6)
+        assert [len(digests) for digests in NOTARY.requests] == [3, 1, 1, 1, 1]
     finally:
         await runners.close()
         recorder.close()
 
 
 def _check_index_and_files(state: Path, watched: Path, contents: dict[str, bytes]) -> None:
-    jobs = _query(state, "SELECT kind, action, state FROM jobs ORDER BY id")
-    assert [tuple(job) for job in jobs] == [
-        (KIND, "obtain", "done"),
-        (KIND, "obtain", "done"),
-        (KIND, "obtain", "done"),
-        (KIND, "upgrade", "done"),
-    ]
+    jobs = _query(state, "SELECT kind, action, state, tries FROM jobs ORDER BY id")
+    assert [tuple(job)[:3] for job in jobs] == [(KIND, "obtain", "done")] * 3 + [
+        (KIND, "upgrade", "done")
+    ] * 3
+    assert sorted(job["tries"] for job in jobs if job["action"] == "upgrade") == [1, 1, 2]
     proofs = _query(state, "SELECT kind, provider, status, sidecar_sha256 FROM proofs")
     assert {(p["kind"], p["provider"], p["status"]) for p in proofs} == {
         (KIND, "notary", "complete")
     }
+    assert len(proofs) == 3  # an upgrade extends its proof's row: one per version
     for name, data in contents.items():
+        digest = hashlib.sha256(data).digest()
         sidecar = (watched / f"{name}.{EXTENSION}").read_bytes()
-        level = 2 if name == "a.txt" else 1
-        assert sidecar == receipt(hashlib.sha256(data).digest(), notary="notary", level=level)
-    # Every receipt is archived, the one the upgrade replaced included (rule 6).
-    for proof in proofs:
-        assert archive_path(state, proof["sidecar_sha256"], EXTENSION).is_file()
-    first = receipt(hashlib.sha256(contents["a.txt"]).digest(), notary="notary", level=1)
-    assert archive_path(state, hashlib.sha256(first).hexdigest(), EXTENSION).is_file()
+        assert sidecar == receipt(digest, notary="notary", level=2)
+        # Every receipt is archived, the pending one the upgrade replaced included (rule 6).
+        for level in (1, 2):
+            kept = hashlib.sha256(receipt(digest, notary="notary", level=level)).hexdigest()
+            assert archive_path(state, kept, EXTENSION).is_file()
 
 
 def _check_cli(config_file: Path, path: Path) -> None:
@@ -315,10 +336,7 @@ def _check_cli(config_file: Path, path: Path) -> None:
     shown = runner.invoke(cli, ["--config", str(config_file), "show", "--json", str(path)])
     assert shown.exit_code == 0, shown.output
     [version] = json.loads(shown.stdout)["file"]["versions"]
-    assert [(p["kind"], p["status"]) for p in version["proofs"]] == [
-        (KIND, "complete"),
-        (KIND, "complete"),
-    ]
+    assert [(p["kind"], p["status"]) for p in version["proofs"]] == [(KIND, "complete")]
     assert sorted(job["action"] for job in version["jobs"]) == ["obtain", "upgrade"]
 
 
