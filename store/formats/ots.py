@@ -105,9 +105,12 @@ def decode(data: bytes) -> OtsProof:
     reader.take(len(MAGIC), "magic")
     at = reader.offset
     version = reader.varuint("major version")
-    if version != VERSION:
+    if version != VERSION or reader.offset != at + 1:
+        # Only the byte 01 (§1: "reject anything but 01"), not a longer encoding of 1.
         raise OtsDecodeError(
-            f"major version {version} is not supported (only version 1 exists)", offset=at
+            f"major version {version} as {data[at : reader.offset].hex()} is not supported"
+            " (only version 1, written 01, exists)",
+            offset=at,
         )
     at = reader.offset
     tag = reader.byte("file hash op")
