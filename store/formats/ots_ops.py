@@ -14,6 +14,7 @@ Every input and result is 1..4096 bytes; a violation is a decode error in a file
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -115,6 +116,14 @@ def _evaluate(tag: int, arg: bytes, message: bytes) -> bytes:
         return message + arg
     if tag == PREPEND:
         return arg + message
+    return _unary(tag, message)
+
+
+@functools.lru_cache(maxsize=1024)
+def _unary(tag: int, message: bytes) -> bytes:
+    # Memoised: the decoder evaluates an op and the node built from it checks the same op
+    # again, and a file may repeat one op in many forks; pure-Python Keccak-256 costs ~0.5 ms,
+    # so without the memo a crafted 260 kB file of keccak forks took 22 s to decode.
     return _UNARY[tag](message)
 
 
