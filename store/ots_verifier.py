@@ -221,8 +221,9 @@ def _judge(detail: OtsDetail, verdict: _Make) -> Verdict:
             f" in [anchor.bitcoin] url); to check by hand, see that {roots}",
         )
     if detail.pending:
+        # Well formed and committed to this data; an upgrade job completes it (store/verify.py).
         return verdict(
-            "unverifiable",
+            "pending",
             "pending",
             f"not in Bitcoin yet: pending at {', '.join(detail.pending)} (upgraded once a"
             " calendar confirms it, usually within a day)",
