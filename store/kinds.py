@@ -89,6 +89,8 @@ BUILT_IN: Mapping[str, KindSpec] = {
             actions=frozenset({JobAction.OBTAIN, JobAction.UPGRADE}),
             config_section="anchor",
             available=False,
+            verifiable=True,
+            verifier="stampd.daemon.evidence.ots_verify_setup:verifier_from_options",
         ),
         KindSpec(
             EvidenceKind.P7S,

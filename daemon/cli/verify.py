@@ -5,7 +5,10 @@ verifiable (store/kinds.py) — is verified completely by that kind's verifier
 (daemon/evidence/entries.py) and reported on one line: kind, status, time, authority, and
 until when the authority's chain stays valid, or the exact reason it is not valid. With
 ``--tsr FILE`` the token is given explicitly and, together with ``--trust``, no configuration
-file is needed at all: anyone handed a file and its token can check them.
+file is needed at all: anyone handed a file and its token can check them. ``--ots FILE`` does
+the same for an OpenTimestamps proof: without a configuration it is checked offline and its
+Bitcoin attestations are listed by height and merkle root ("not checked against Bitcoin");
+with one whose ``[anchor.bitcoin]`` names a node, they are checked against its block headers.
 
 Exit status: 0 only when at least one proof exists for every PATH and all of them are valid;
 1 otherwise (DESIGN §8).
@@ -28,9 +31,9 @@ from stampd.daemon.config.model import Config
 from stampd.daemon.config.problems import ConfigError
 from stampd.daemon.evidence.entries import VerifyOptions, verifier_factory
 from stampd.store import kinds
-from stampd.store.errors import StampdError
+from stampd.store.errors import FileAccessError, StampdError
 from stampd.store.files.digest import FileDigests, digest_path
-from stampd.store.files.sidecar import Layout, read_sidecar, sidecar_path
+from stampd.store.files.sidecar import MAX_SIDECAR_BYTES, Layout, read_sidecar, sidecar_path
 from stampd.store.kinds import EvidenceKind, KindSpec
 from stampd.store.verify import Verdict, Verifier, iso_time, unreadable
 
@@ -114,6 +117,10 @@ def _line(path: str, verdict: Verdict) -> str:
         return f"{head}: {verdict.reason}: {verdict.message}"
     detail = verdict.detail
     note = "" if detail is None else detail.note()
+    if verdict.message and verdict.chain_not_after is None:
+        # A verifier that words its own valid verdict (an .ots: "existed no later than T:
+        # Bitcoin block H has the proof's merkle root M"): the statement is the line.
+        return f"{head}: {verdict.message}{note}"
     text = f"{head} {iso_time(verdict.gen_time)} {verdict.authority}{note}"
     until = iso_time(verdict.chain_not_after)
     if until is None:
@@ -133,6 +140,13 @@ def _line(path: str, verdict: Verdict) -> str:
     help="Verify this token (TimeStampResp or bare token, DER or base64) against PATH.",
 )
 @click.option(
+    "--ots",
+    "ots_file",
+    metavar="FILE",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Verify this OpenTimestamps proof against PATH (no configuration needed).",
+)
+@click.option(
     "--trust",
     metavar="PEM",
     multiple=True,
@@ -148,7 +162,9 @@ def _line(path: str, verdict: Verdict) -> str:
 @json_option
 @click.argument("paths", metavar="PATH...", nargs=-1, required=True, type=click.Path())
 def verify_command(
+    *,
     tsr_file: str | None,
+    ots_file: str | None,
     trust: tuple[str, ...],
     untrusted: str | None,
     as_json: bool,
@@ -156,19 +172,33 @@ def verify_command(
 ) -> None:
     """Verify the evidence of each PATH offline and say what it proves.
 
-    Finds PATH's sidecars (PATH.tsr, or under the state directory for a mirror watch),
-    hashes PATH, and checks each proof completely. Exit 0 only when every PATH has at
-    least one proof and all of them are valid.
+    Finds PATH's sidecars (PATH.tsr, PATH.ots, or under the state directory for a mirror
+    watch), hashes PATH, and checks each proof completely. Exit 0 only when every PATH has
+    at least one proof and all of them are valid.
     """
-    if tsr_file is not None and len(paths) != 1:
-        raise click.UsageError("--tsr verifies one token against exactly one PATH")
-    config = None if (tsr_file is not None and trust) else _config_or_none(required=not trust)
+    given = {
+        kind: Path(file)
+        for kind, file in ((EvidenceKind.TSR, tsr_file), (EvidenceKind.OTS, ots_file))
+        if file is not None
+    }
+    if given and len(paths) != 1:
+        raise click.UsageError("--tsr and --ots verify the proof given against exactly one PATH")
+    # A tsr token needs roots: --trust, or the configured TSAs'. An .ots proof needs nothing
+    # (the configuration only adds a header source), so --ots alone works without one.
+    needs_roots = not trust and (not given or EvidenceKind.TSR in given)
+    config = (
+        None
+        if (given.keys() == {EvidenceKind.TSR} and trust)
+        else _config_or_none(required=needs_roots)
+    )
     options = VerifyOptions(
         config,
         trust=tuple(Path(file) for file in trust),
         untrusted=Path(untrusted) if untrusted else None,
     )
     checked = _verifiable()
+    if given:
+        checked = tuple(kind for kind in checked if kind.name in given)
     # Built before any file is read: a bad --trust or --untrusted file is one error up front.
     verifiers = {kind.name: verifier_factory(kind)(options) for kind in checked}
     files: list[dict[str, Any]] = []
@@ -181,9 +211,9 @@ def verify_command(
         try:
             hashed.both()
             sources: list[tuple[str, Path, bytes]]
-            if tsr_file is not None:
-                # --tsr names the kind of the file it gives.
-                sources = [(EvidenceKind.TSR, Path(tsr_file), Path(tsr_file).read_bytes())]
+            if given:
+                # --tsr and --ots name the kind of the file they give.
+                sources = [(kind, file, _read_given(file)) for kind, file in given.items()]
             else:
                 sources = _sidecars(path, _where(path, config), checked)
         except (StampdError, OSError) as error:
@@ -215,6 +245,20 @@ def verify_command(
         emit_json({"files": files, "proven": proven_all})
     if not proven_all:
         raise click.exceptions.Exit(ExitCode.FAILURE)
+
+
+def _read_given(file: Path) -> bytes:
+    """A proof named on the command line, read up to the sidecar cap (not a whole disk image)."""
+    try:
+        with file.open("rb") as handle:
+            data = handle.read(MAX_SIDECAR_BYTES + 1)
+    except OSError as error:
+        raise FileAccessError(f"cannot read {file}: {error.strerror}") from error
+    if len(data) > MAX_SIDECAR_BYTES:
+        raise FileAccessError(
+            f"{file} is larger than {MAX_SIDECAR_BYTES:,} bytes: not a proof stampd reads"
+        )
+    return data
 
 
 def _verdict(
