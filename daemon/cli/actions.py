@@ -1,5 +1,5 @@
-"""Commands that ask the running daemon to act: ``stamp``, ``rescan``, ``reload``, ``pause``,
-``resume``. Each sends one request over the control socket (DESIGN §8).
+"""Commands that ask the running daemon to act: ``stamp``, ``rescan``, ``upgrade``, ``reload``,
+``pause``, ``resume``. Each sends one request over the control socket (DESIGN §8).
 
 When the daemon cannot be reached they say so in one line and exit 3; the query commands
 (``status``, ``ls``, ``show``) go on working from the index.
@@ -31,6 +31,7 @@ from stampd.daemon.service.replies import (
     StampReply,
     StampResult,
     StatusReply,
+    UpgradeReply,
 )
 from stampd.store.errors import ErrorClass, StampdError
 
@@ -224,6 +225,40 @@ def _scan_progress() -> Iterator[None]:
         done.set()
         thread.join()
         click.echo("\r\033[K", err=True, nl=False)  # clear the progress line
+
+
+@click.command("upgrade")
+@click.argument("paths", metavar="[PATH]...", nargs=-1, type=click.Path())
+@json_option
+def upgrade_command(paths: tuple[str, ...], as_json: bool) -> None:
+    """Try every pending upgrade now (or those of the files at or under PATHs).
+
+    A pending proof (an .ots whose Bitcoin block is not confirmed yet) is upgraded on a
+    back-off of up to upgrade_max; this makes those jobs due at once and wakes the daemon.
+    `stampd status` and `stampd show PATH` then tell how it went.
+    """
+    payload: dict[str, Any] = {"command": "upgrade"}
+    if paths:
+        payload["paths"] = [shown(argument_path(path)) for path in paths]
+    reply = cast(UpgradeReply, ask_daemon(payload))
+    if as_json:
+        emit_json(reply)
+        return
+    made, already = reply["made_due"], reply["already_due"]
+    where = "" if reply["paths"] is None else f" of {', '.join(reply['paths'])}"
+    if made + already == 0:
+        click.echo(f"no pending upgrades{where}: nothing to do")
+        return
+    jobs = "job" if made == 1 else "jobs"
+    also = f" ({already:,} due already)" if already else ""
+    click.echo(f"{made:,} pending upgrade {jobs}{where} made due now{also}")
+    if reply["paused"]:
+        say("stampd: the daemon is paused; the upgrades run after `stampd resume`")
+    elif not reply["running"]:
+        say(
+            "stampd: no evidence kind with upgrades runs in this configuration (a watch with"
+            ' evidence = ["ots"]): the jobs wait until it does'
+        )
 
 
 @click.command("reload")

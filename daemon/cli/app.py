@@ -36,6 +36,7 @@ COMMANDS: dict[str, str] = {
     "providers": "stampd.daemon.cli.providers:providers_command",
     "stamp": "stampd.daemon.cli.actions:stamp_command",
     "rescan": "stampd.daemon.cli.actions:rescan_command",
+    "upgrade": "stampd.daemon.cli.actions:upgrade_command",
     "reload": "stampd.daemon.cli.actions:reload_command",
     "pause": "stampd.daemon.cli.actions:pause_command",
     "resume": "stampd.daemon.cli.actions:resume_command",

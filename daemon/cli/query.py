@@ -148,6 +148,7 @@ def status_command(as_json: bool) -> None:
             f" ({_counts_text(summary.backoff_errors)}), next retry {summary.next_retry_at}"
             " — see `stampd providers`"
         )
+    _echo_pending_anchors(summary)
     for kind in kinds.available():
         runner = runner_status(live, kind.name) if live else None
         if runner is not None:
@@ -157,6 +158,30 @@ def status_command(as_json: bool) -> None:
             rest = f"; resting: {', '.join(resting)}" if resting else ""
             click.echo(f"{kind.name + ':':<9} {runner.get('in_flight', 0)} in progress{rest}")
     raise click.exceptions.Exit(exit_code)
+
+
+def _echo_pending_anchors(summary: queries.StatusSummary) -> None:
+    """One line per kind with proofs waiting for their anchor, and how long the oldest has."""
+    for kind, pending in sorted(summary.pending_anchors.items()):
+        if pending.count:
+            age = pending.oldest_age_s
+            waited = "" if age is None else f", the oldest waiting {_age(age)}"
+            click.echo(
+                f"anchors:  {pending.count:,} {kind} pending{waited}"
+                f" (since {pending.oldest_at}) — `stampd upgrade` tries them now"
+            )
+
+
+def _age(seconds: int) -> str:
+    """``3d 4h``, ``5h 12m``, ``7m``: how long a proof has waited, to the useful unit."""
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes = rest // 60
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    return f"{minutes}m"
 
 
 def _root_problems(live: StatusReply | None) -> dict[str, str]:

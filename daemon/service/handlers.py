@@ -1,5 +1,6 @@
-"""The control commands the daemon answers: ``status``, ``stamp``, ``rescan``, ``reload``,
-``pause``, ``resume`` (DESIGN §8; the socket itself is :mod:`stampd.daemon.service.control`).
+"""The control commands the daemon answers: ``status``, ``stamp``, ``rescan``, ``upgrade``,
+``reload``, ``pause``, ``resume`` (DESIGN §8; the socket itself is
+:mod:`stampd.daemon.service.control`).
 
 Each handler reads the components it needs — never the daemon that wired them — and answers
 with a typed reply of :mod:`stampd.daemon.service.replies`, the same types the CLI reads.
@@ -36,6 +37,7 @@ from stampd.daemon.service.replies import (
     StampReply,
     StampResult,
     StatusReply,
+    UpgradeReply,
 )
 from stampd.daemon.service.stamp_request import (
     Refusal,
@@ -48,8 +50,11 @@ from stampd.daemon.watch.recorder import Recorder
 from stampd.daemon.watch.rescans import Rescans
 from stampd.daemon.watch.runtime import Watches
 from stampd.daemon.watch.scan import ScanReport
+from stampd.store import kinds
 from stampd.store.files.pathnames import escape
+from stampd.store.index.jobs import make_upgrades_due
 from stampd.store.index.times import format_time, utc_now
+from stampd.store.kinds import JobAction
 
 # The events were the daemon's before the handlers had a module of their own: one logger name.
 log = get_logger("stampd.daemon")
@@ -96,6 +101,7 @@ class ControlHandlers:
             "status": self.status,
             "stamp": self.stamp,
             "rescan": self.rescan,
+            "upgrade": self.upgrade,
             "reload": self.reload,
             "pause": self.pause,
             "resume": self.resume,
@@ -224,6 +230,48 @@ class ControlHandlers:
         reply["scans"] = scans
         reply["sidecars"] = _repairs_since(before, self._repairer.counts)
         return reply
+
+    # --- upgrade ------------------------------------------------------------------------------
+
+    async def upgrade(self, request: Mapping[str, Any]) -> UpgradeReply:
+        """Make pending ``upgrade`` jobs (all, or those of the files at or under ``paths``)
+        due now and wake the runners: reference/opentimestamps.md §4 backs off up to a day
+        between tries, and an operator who knows the block is mined need not wait."""
+        texts = request.get("paths")
+        paths: list[Path] | None = None
+        if texts is not None:
+            if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+                raise ControlRequestError('"paths" must be a list of absolute paths')
+            if len(texts) > MAX_STAMP_PATHS:
+                raise ControlRequestError(f'"upgrade" takes at most {MAX_STAMP_PATHS} paths')
+            paths = []
+            for text in texts:
+                path = requested_path(text)
+                if isinstance(path, Refusal):
+                    raise ControlRequestError(f'"paths": {path.message}')
+                paths.append(path)
+        due = await self._recorder.call(
+            make_upgrades_due, self._recorder.index, now=utc_now(), paths=paths
+        )
+        running = [
+            kind.name
+            for kind in kinds.known()
+            if JobAction.UPGRADE in kind.actions and self._runners.runner(kind.name) is not None
+        ]
+        self._runners.wake()
+        log.info(
+            "upgrade_requested",
+            made_due=due.made_due,
+            already_due=due.already_due,
+            paths=None if paths is None else [escape(path) for path in paths],
+        )
+        return {
+            "made_due": due.made_due,
+            "already_due": due.already_due,
+            "paths": None if paths is None else [escape(path) for path in paths],
+            "running": running,
+            "paused": self._pause.paused,
+        }
 
     # --- reload, pause, resume ---------------------------------------------------------------
 

@@ -369,4 +369,11 @@ def _index_families(counts: MetricCounts | None, read_errors: int) -> list[Metri
             (),
             [((), c.ots_pending_upgrade)] if c else [],
         ),
+        _gauge(
+            "stampd_ots_oldest_pending_seconds",
+            "How long the oldest OpenTimestamps proof still pending has waited for its Bitcoin"
+            " attestation, in seconds (0 when none is pending); hours are normal, days are not.",
+            (),
+            [((), c.ots_oldest_pending_seconds)] if c else [],
+        ),
     ]

@@ -194,6 +194,24 @@ class RescanReply(TypedDict):
     sidecars: NotRequired[RepairSummary]
 
 
+# --- upgrade -----------------------------------------------------------------------------------
+
+
+class UpgradeReply(TypedDict):
+    """``upgrade``: pending ``upgrade`` jobs (all, or those of the paths) made due now."""
+
+    #: Jobs whose next try was later and is now.
+    made_due: int
+    #: Jobs that were due already.
+    already_due: int
+    #: The paths asked about (escaped, absolute); None for every pending upgrade.
+    paths: list[str] | None
+    #: The kinds with upgrade jobs whose runner runs (woken now); a kind not listed keeps
+    #: its due jobs until it is configured.
+    running: list[str]
+    paused: bool
+
+
 # --- reload, pause, resume ---------------------------------------------------------------------
 
 

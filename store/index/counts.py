@@ -72,6 +72,8 @@ class MetricCounts:
     cert_expiry: dict[str, datetime]
     #: ``ots`` proofs still waiting for their Bitcoin attestation (status ``pending``).
     ots_pending_upgrade: int
+    #: How long the oldest of them has waited, in seconds at ``now`` (0 when none waits).
+    ots_oldest_pending_seconds: float
     #: Pass it back as ``previous`` to the next :func:`metric_counts` on the same index.
     cursor: MetricCursor
 
@@ -199,6 +201,13 @@ def _metric_counts(
         )
         for name, window in windows.items()
     }
+    # The oldest pending ots proof through proofs_kind_status: pending rows are few.
+    first = conn.execute(
+        "SELECT MIN(created_at) FROM proofs WHERE kind = ? AND status = 'pending'",
+        (EvidenceKind.OTS,),
+    ).fetchone()[0]
+    oldest = parse_time(first) if first is not None else None
+    waited = 0.0 if oldest is None else max(0.0, (now - oldest).total_seconds())
     cert_expiry: dict[str, datetime] = {}
     for provider, latest in cursor.tsr_not_after.items():
         expiry = parse_time(latest)
@@ -214,5 +223,6 @@ def _metric_counts(
         restamp_due=restamp_due,
         cert_expiry=cert_expiry,
         ots_pending_upgrade=proofs.get((EvidenceKind.OTS, "pending"), 0),
+        ots_oldest_pending_seconds=waited,
         cursor=cursor,
     )

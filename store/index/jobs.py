@@ -5,7 +5,8 @@ A job is created with its version (:func:`~.versions.record_settled`) and stays
 each round with exactly one write transaction: :func:`complete_job` (proof row, attempts, job
 done), :func:`fail_job` (attempts, back-off) or :func:`cancel_job` (attempts, nothing more can
 be done). Attempts are written with the round's outcome, so the index never shows a try
-without knowing how its job fared.
+without knowing how its job fared. :func:`make_upgrades_due` is ``stampd upgrade``: pending
+``upgrade`` jobs brought forward to now.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from stampd.store.errors import ErrorClass
 from stampd.store.files.pathnames import unescape_path
 from stampd.store.index.database import Index
+from stampd.store.index.scan_rows import subtree_bounds
 from stampd.store.index.schema import inserted_id, require_kind
 from stampd.store.index.times import utc_now
 from stampd.store.kinds import JobAction
@@ -149,6 +151,58 @@ _SQL_JOB_CANCELLED = (
     "UPDATE jobs SET state = 'cancelled', tries = tries + 1, last_error_class = ?,"
     " last_error = ?, updated_at = ? WHERE id = ? AND state = 'pending'"
 )
+
+
+@dataclass(frozen=True)
+class UpgradesDue:
+    """What :func:`make_upgrades_due` found: jobs brought forward, and jobs due already."""
+
+    #: Pending ``upgrade`` jobs whose next try was later and is now.
+    made_due: int
+    #: Pending ``upgrade`` jobs that were due anyway (waiting for a free round, or paused).
+    already_due: int
+
+
+# Pending upgrade jobs, all of them (through jobs_state_due) or those of the files at or
+# under a path (the UNIQUE path index gives the files, jobs_version their jobs).
+_SQL_PENDING_UPGRADES = (
+    "SELECT j.id, j.next_try_at <= ? FROM jobs j WHERE j.state = 'pending' AND j.action = ?"
+)
+_SQL_PENDING_UPGRADES_UNDER = (
+    "SELECT j.id, j.next_try_at <= ? FROM files f JOIN versions v ON v.file_id = f.id"
+    " JOIN jobs j ON j.version_id = v.id"
+    " WHERE (f.path = ? OR (f.path >= ? AND f.path < ?)) AND j.state = 'pending'"
+    " AND j.action = ?"
+)
+_SQL_MAKE_DUE = (
+    "UPDATE jobs SET next_try_at = ?, updated_at = ? WHERE id = ? AND state = 'pending'"
+    " AND next_try_at > ?"
+)
+
+
+def make_upgrades_due(
+    index: Index, *, now: str, paths: Sequence[Path] | None = None
+) -> UpgradesDue:
+    """Bring every pending ``upgrade`` job (or those of the files at or under ``paths``)
+    forward to ``now``: ``stampd upgrade`` asks for a try at once, after a calendar
+    operator said the block is mined, say. Nothing else about the job changes (its tries,
+    and so its back-off after this try, stay), and a job due already is left alone.
+    """
+    with index.write() as conn:
+        found: dict[int, bool] = {}
+        if paths is None:
+            for job_id, due in conn.execute(_SQL_PENDING_UPGRADES, (now, JobAction.UPGRADE)):
+                found[int(job_id)] = bool(due)
+        else:
+            for path in paths:
+                exact, low, high = subtree_bounds(path)
+                for job_id, due in conn.execute(
+                    _SQL_PENDING_UPGRADES_UNDER, (now, exact, low, high, JobAction.UPGRADE)
+                ):
+                    found[int(job_id)] = bool(due)
+        later = [job_id for job_id, due in found.items() if not due]
+        conn.executemany(_SQL_MAKE_DUE, [(now, now, job_id, now) for job_id in later])
+        return UpgradesDue(made_due=len(later), already_due=len(found) - len(later))
 
 
 def due_jobs(

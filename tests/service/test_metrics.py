@@ -257,6 +257,25 @@ def test_a_scrape_over_http_reports_what_the_index_holds(
     assert all(family.documentation for family in families.values())
 
 
+def test_the_age_of_the_oldest_pending_anchor_is_exported(
+    tmp_path: Path,
+    make_metrics: Callable[..., Metrics],
+    serve: Callable[[Metrics], MetricsServer],
+    clock: Clock,
+) -> None:
+    # The index's one pending ots proof was obtained at NOW; the scrape is 90 minutes later.
+    _build_index(index_path(tmp_path))
+    clock.now = (NOW + timedelta(minutes=90)).timestamp()
+    samples = _samples(_get(serve(make_metrics()).port))
+    assert _series(samples, "stampd_ots_oldest_pending_seconds") == {(): 5400.0}
+    # Once it is upgraded (the row is extended in place), nothing waits: 0, not an absent series.
+    with Index.open(index_path(tmp_path)) as index, index.write() as conn:
+        conn.execute("UPDATE proofs SET status = 'complete' WHERE kind = 'ots'")
+    clock.now += 60
+    samples = _samples(_get(serve(make_metrics()).port))
+    assert _series(samples, "stampd_ots_oldest_pending_seconds") == {(): 0.0}
+
+
 def test_the_live_part_reflects_the_daemon_state(
     make_metrics: Callable[..., Metrics], serve: Callable[[Metrics], MetricsServer]
 ) -> None:
