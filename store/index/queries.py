@@ -16,28 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stampd.store import kinds
 from stampd.store.files.pathnames import escape
+from stampd.store.index.anchors import PendingAnchors, pending_anchors
 from stampd.store.index.scan_rows import subtree_bounds
-from stampd.store.index.times import parse_time
-from stampd.store.kinds import JobAction
 
 
 @dataclass(frozen=True)
 class WatchSummary:
     path: str
     files: dict[str, int]
-
-
-@dataclass(frozen=True)
-class PendingAnchors:
-    """Proofs of one kind waiting for their anchor (an ``.ots`` before its Bitcoin block)."""
-
-    count: int
-    #: When the oldest of them was obtained (index time format); None when none waits.
-    oldest_at: str | None
-    #: How long the oldest has waited at the summary's ``now``, in whole seconds.
-    oldest_age_s: int | None
 
 
 @dataclass(frozen=True)
@@ -197,36 +184,6 @@ def status_summary(conn: sqlite3.Connection, *, now: str) -> StatusSummary:
         last_recorded_at=last[0] if last else None,
         pending_anchors=pending_anchors(conn, now=now),
     )
-
-
-# proofs_kind_status gives the pending rows of one kind; there are few (an upgrade completes
-# them within a day or so), so MIN(created_at) over them costs nothing.
-_SQL_PENDING_ANCHORS = (
-    "SELECT COUNT(*), MIN(created_at) FROM proofs WHERE kind = ? AND status = 'pending'"
-)
-
-
-def pending_anchors(conn: sqlite3.Connection, *, now: str) -> dict[str, PendingAnchors]:
-    """Proofs still waiting for their anchor, by kind (every kind with ``upgrade`` jobs, a
-    zero count included), with the oldest one's time and age at ``now``.
-
-    A pending proof's row is extended in place when it is upgraded (``complete_job``), so its
-    ``created_at`` is when it was stamped: how long it has waited (reference
-    opentimestamps.md §4: "surface the age of pending proofs").
-    """
-    now_at = parse_time(now)
-    found: dict[str, PendingAnchors] = {}
-    for kind in kinds.known():
-        if JobAction.UPGRADE not in kind.actions:
-            continue
-        name = str(kind.name)
-        count, first = conn.execute(_SQL_PENDING_ANCHORS, (name,)).fetchone()
-        first_at = None if first is None else parse_time(str(first))
-        age = None
-        if first_at is not None and now_at is not None:
-            age = max(0, int((now_at - first_at).total_seconds()))
-        found[name] = PendingAnchors(int(count), None if first is None else str(first), age)
-    return found
 
 
 #: Rows of ``stampd ls`` read per query: each page is its own short read, so a listing piped

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from stampd.store.index import queries
+from stampd.store.index.anchors import PendingAnchors
 from stampd.store.index.database import Index, index_path, open_reader
 from stampd.store.index.jobs import FollowUp, NewProof, complete_job, make_upgrades_due
 from stampd.store.index.times import format_time
@@ -117,7 +118,7 @@ def test_status_counts_pending_anchors_and_the_age_of_the_oldest(index: Index) -
         summary = queries.status_summary(conn, now=format_time(NOW))
     finally:
         conn.close()
-    assert summary.pending_anchors == {"ots": queries.PendingAnchors(2, first, 3 * 3600)}
+    assert summary.pending_anchors == {"ots": PendingAnchors(2, first, 3 * 3600)}
 
 
 def test_an_index_without_pending_anchors_says_zero(index: Index) -> None:
@@ -126,4 +127,4 @@ def test_an_index_without_pending_anchors_says_zero(index: Index) -> None:
         summary = queries.status_summary(conn, now=format_time(NOW))
     finally:
         conn.close()
-    assert summary.pending_anchors == {"ots": queries.PendingAnchors(0, None, None)}
+    assert summary.pending_anchors == {"ots": PendingAnchors(0, None, None)}
