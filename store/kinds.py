@@ -88,7 +88,8 @@ BUILT_IN: Mapping[str, KindSpec] = {
             sidecar="ots",
             actions=frozenset({JobAction.OBTAIN, JobAction.UPGRADE}),
             config_section="anchor",
-            available=False,
+            available=True,
+            strategy="stampd.daemon.evidence.ots:strategy_from_config",
         ),
         KindSpec(
             EvidenceKind.P7S,
