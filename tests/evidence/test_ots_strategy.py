@@ -328,6 +328,12 @@ def test_without_a_header_source_a_bitcoin_leaf_counts_as_complete(
             strategy = _strategy(config, client)
             [obtained] = await strategy.obtain([_request(digest)])
             assert isinstance(obtained, Obtained) and obtained.verdict.status == "pending"
+            [waiting] = await strategy.extend([_request(digest, proof=obtained.data)])
+            assert isinstance(waiting, NotObtained) and waiting.error_class == "unavailable"
+            assert waiting.message == f"still pending at {calendars[0].url}"
+            # First failed round: upgrade_after (1 min) * 2, jittered down by at most a quarter.
+            assert waiting.retry_after is not None and 90.0 <= waiting.retry_after <= 120.0
+            assert [(a.error_class, a.http_status) for a in waiting.attempts] == [(None, 404)]
             calendars[0].mine()
             [upgraded] = await strategy.extend([_request(digest, proof=obtained.data)])
             assert isinstance(upgraded, Obtained), upgraded
@@ -405,3 +411,28 @@ def test_upgrade_cadence_doubles_to_the_cap_with_jitter_and_a_floor() -> None:
         assert 0.75 * full <= wait <= full
     assert waits[-1] >= 0.75 * day  # capped, never given up
     assert upgrade_wait(1, after=1.0, cap=10.0, rng=rng) == MIN_UPGRADE_WAIT_S
+
+
+def test_a_reload_keeps_the_breakers_of_unchanged_calendars(
+    make_config: Callable[..., Path],
+    tmp_path: Path,
+    calendars: tuple[FakeCalendar, FakeCalendar],
+) -> None:
+    config = anchor_config(make_config, tmp_path, calendars)
+    changed = dataclasses.replace(config, anchor=dataclasses.replace(config.anchor, timeout=9.0))
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient() as client:
+            old = _strategy(config, client)
+            same = _strategy(config, client)
+            other = _strategy(changed, client)
+            same.take_over(old)
+            other.take_over(old)
+            for calendar in calendars:
+                name = calendar.url + "/"
+                assert same.pool.health[name] is old.pool.health[name]
+                # Another timeout is another way of asking: a fresh breaker.
+                assert other.pool.health[name] is not old.pool.health[name]
+            assert same.report() == old.report()
+
+    asyncio.run(scenario())
