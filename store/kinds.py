@@ -88,9 +88,10 @@ BUILT_IN: Mapping[str, KindSpec] = {
             sidecar="ots",
             actions=frozenset({JobAction.OBTAIN, JobAction.UPGRADE}),
             config_section="anchor",
-            available=False,
+            available=True,
             verifiable=True,
             verifier="stampd.daemon.evidence.ots_verify_setup:verifier_from_options",
+            strategy="stampd.daemon.evidence.ots:strategy_from_config",
         ),
         KindSpec(
             EvidenceKind.P7S,

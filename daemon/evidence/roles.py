@@ -19,10 +19,13 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from stampd.store.errors import ErrorClass, StampdError
 from stampd.store.verify import Verdict
+
+if TYPE_CHECKING:
+    from stampd.store.formats.ots import Timestamp
 
 
 class ProviderFailure(StampdError):
@@ -81,12 +84,12 @@ class TimestampProvider(Provider, Protocol):
 class Calendar(Provider, Protocol):
     """An OpenTimestamps calendar: takes a digest, later hands out its Bitcoin attestation."""
 
-    async def submit(self, digest: bytes) -> bytes:
-        """The serialized timestamp tree the calendar returns for ``digest`` (pending)."""
-        ...
+    async def submit(self, digest: bytes) -> Timestamp:
+        """The calendar's reply for ``digest``, decoded: a (pending) tree rooted at ``digest``.
 
-    async def upgrade(self, commitment: bytes) -> bytes | None:
-        """The tree from ``commitment`` to a Bitcoin attestation; None while still pending."""
+        Upgrades are not asked of the configured calendars but of the URIs the proofs' pending
+        leaves name, through the allow-list (daemon/evidence/calendar.py, ``UpgradeFetcher``).
+        """
         ...
 
 

@@ -101,6 +101,9 @@ class JobRunner:
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self._wake = asyncio.Event()
         self._running: dict[int, asyncio.Task[None]] = {}
+        #: Jobs whose round ended while due jobs were being read: that read may predate the
+        #: round's commit, so it would start them again (a batch ends many rounds at once).
+        self._ended: set[int] = set()
         self._lock = locks or PathLocks()
         self.completed = 0
         self.failed_rounds = 0
@@ -168,6 +171,7 @@ class JobRunner:
     async def _start_due(self, free: int) -> None:
         limit = free + len(self._running)
         now = utc_now()
+        self._ended.clear()  # rounds that ended before now are committed: the reads see them
         for action in sorted(self._kind.actions):
             jobs = await self._read(
                 partial(due_jobs, kind=self._kind.name, action=action, now=now, limit=limit)
@@ -175,7 +179,7 @@ class JobRunner:
             for job in jobs:
                 if free == 0:
                     return
-                if job.job_id in self._running:
+                if job.job_id in self._running or job.job_id in self._ended:
                     continue
                 free -= 1
                 self._running[job.job_id] = asyncio.create_task(self._round(job, action))
@@ -195,6 +199,7 @@ class JobRunner:
             )
         finally:
             self._running.pop(job.job_id, None)
+            self._ended.add(job.job_id)
             self._wake.set()
 
     async def _run_job(self, strategy: Strategy, job: DueJob, action: JobAction) -> None:

@@ -310,7 +310,6 @@ def test_an_inventory_only_watch_needs_no_tsa(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("setting", "key", "value", "planned"),
     [
-        ('evidence = ["tsr", "ots"]', "watch[0].evidence[1]", "ots", "OpenTimestamps anchors"),
         ('evidence = ["p7s"]', "watch[0].evidence[0]", "p7s", "CAdES seals"),
         ('evidence = ["attest"]', "watch[0].evidence[0]", "attest", "attestation service"),
         ('[timestamp]\nmode = "batch"', "timestamp.mode", "batch", "one TSA token"),

@@ -332,12 +332,11 @@ def test_the_cookie_file_need_not_exist_while_bitcoind_is_down(tmp_path: Path) -
     )
 
 
-def test_ots_stays_not_available_while_anchor_is_accepted(tmp_path: Path) -> None:
+def test_a_watch_may_ask_for_ots_now_that_it_is_available(tmp_path: Path) -> None:
+    (tmp_path / "other").mkdir(exist_ok=True)
     text = '[anchor]\nmin_replies = 1\n[[watch]]\npath = "other"\nevidence = ["ots"]\n'
-    assert _lines(tmp_path, text) == (
-        'watch[1].evidence[0]: "ots" is not available yet (planned: OpenTimestamps anchors);'
-        ' available: "tsr"',
-    )
+    config = _load(tmp_path, text)
+    assert config.watches[1].evidence == ("ots",) and config.anchor.min_replies == 1
 
 
 SECTIONS = "valid sections: daemon, watch, timestamp, anchor"

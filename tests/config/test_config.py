@@ -97,26 +97,22 @@ BAD_CONFIGS = {
     ),
     "unknown evidence kind": (
         '[[watch]]\npath = "inbox"\nevidence = ["tsr", "ers"]\n' + TSA,
-        'watch[0].evidence[1]: "ers" is not an evidence kind (available: "tsr";'
-        ' planned: "ots", "p7s", "attest")',
+        'watch[0].evidence[1]: "ers" is not an evidence kind (available: "tsr", "ots";'
+        ' planned: "p7s", "attest")',
     ),
     "duplicate evidence kind": (
         '[[watch]]\npath = "inbox"\nevidence = ["tsr", "tsr"]\n' + TSA,
         'watch[0].evidence[1]: "tsr" is already listed as watch[0].evidence[0] (list a kind once)',
     ),
-    "OpenTimestamps anchors are not available yet": (
-        '[[watch]]\npath = "inbox"\nevidence = ["tsr", "ots"]\n' + TSA,
-        'watch[0].evidence[1]: "ots" is not available yet (planned: OpenTimestamps anchors);'
-        ' available: "tsr"',
-    ),
     "seals are not available yet": (
         '[[watch]]\npath = "inbox"\nevidence = ["p7s"]\n',
-        'watch[0].evidence[0]: "p7s" is not available yet (planned: CAdES seals); available: "tsr"',
+        'watch[0].evidence[0]: "p7s" is not available yet (planned: CAdES seals);'
+        ' available: "tsr", "ots"',
     ),
     "attestation receipts are not available yet": (
         '[[watch]]\npath = "inbox"\nevidence = ["attest"]\n',
         'watch[0].evidence[0]: "attest" is not available yet'
-        ' (planned: attestation service receipts); available: "tsr"',
+        ' (planned: attestation service receipts); available: "tsr", "ots"',
     ),
     "empty include": (
         '[[watch]]\npath = "inbox"\ninclude = []\n' + TSA,
@@ -256,21 +252,21 @@ def test_every_problem_of_a_file_is_reported_at_once(tmp_path: Path) -> None:
     error = _error(
         tmp_path,
         '[daemon]\nlog_format = "text"\n'
-        '[[watch]]\npath = "inbox"\nquiet = "2x"\nevidence = ["ots", "zzz"]\n'
+        '[[watch]]\npath = "inbox"\nquiet = "2x"\nevidence = ["p7s", "zzz"]\n'
         '[timestamp]\ntimeout = "10"\n',
     )
     assert error.lines == (
         'daemon.log_format: "text" must be one of "auto", "json", "console"',
-        'watch[0].evidence[0]: "ots" is not available yet (planned: OpenTimestamps anchors);'
-        ' available: "tsr"',
-        'watch[0].evidence[1]: "zzz" is not an evidence kind (available: "tsr";'
-        ' planned: "ots", "p7s", "attest")',
+        'watch[0].evidence[0]: "p7s" is not available yet (planned: CAdES seals);'
+        ' available: "tsr", "ots"',
+        'watch[0].evidence[1]: "zzz" is not an evidence kind (available: "tsr", "ots";'
+        ' planned: "p7s", "attest")',
         'watch[0].quiet: "2x" is not a duration (try "2s")',
         'timestamp.timeout: "10" has no unit (try "10s")',
     )
     assert [(p.key, p.value) for p in error.problems] == [
         ("daemon.log_format", "text"),
-        ("watch[0].evidence[0]", "ots"),
+        ("watch[0].evidence[0]", "p7s"),
         ("watch[0].evidence[1]", "zzz"),
         ("watch[0].quiet", "2x"),
         ("timestamp.timeout", "10"),
