@@ -131,8 +131,9 @@ def test_every_valid_vector_round_trips_byte_for_byte(name: str) -> None:
 def test_invalid_vectors_are_refused_with_the_reason(
     name: str, words: tuple[str, ...], offset: int | None
 ) -> None:
+    data = _vector(f"{CLIENT}/invalid/{name}")  # skips (with the reason) in a lone clone
     assert f"{CLIENT}/invalid/{name}" in INVALID
-    error = _refused(_vector(f"{CLIENT}/invalid/{name}"), *words)
+    error = _refused(data, *words)
     assert isinstance(error, StampdError)
     assert error.error_class == ErrorClass.PARSE == "parse"
     assert error.offset is not None and f"at byte {error.offset}" in error.message
