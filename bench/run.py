@@ -11,7 +11,13 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["bench_digest.py", "bench_index.py", "bench_scan.py", "bench_stamping.py"]
+BENCHMARKS = [
+    "bench_digest.py",
+    "bench_index.py",
+    "bench_scan.py",
+    "bench_stamping.py",
+    "bench_ots.py",
+]
 
 
 def main() -> int:

@@ -36,6 +36,7 @@ SMALL = {
         ["--files", "10", "--quiet", "0.2s", "--latency-samples", "3", "--failover-files", "6"],
         "stamping.json",
     ),
+    "bench_ots.py": (["--files", "20", "--quiet", "0.2s", "--latency-samples", "3"], "ots.json"),
 }
 
 
