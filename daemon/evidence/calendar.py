@@ -25,6 +25,7 @@ Every failure is a :class:`ProviderFailure` with a stable ``error_class``: ``net
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import httpx
@@ -83,6 +84,13 @@ class HttpCalendar:
             ) from error
 
 
+#: Upgrade requests in flight at once to one calendar. The pending URIs are outside the pool
+#: (no per-provider lock), and a thousand proofs made due at once (`stampd upgrade`, a restart
+#: after days offline) must not open a thousand connections to a volunteer-run calendar: the
+#: system test with 500 files saw connect timeouts at the calendar, then hours of back-off.
+MAX_FETCHES_PER_CALENDAR = 4
+
+
 class UpgradeFetcher:
     """Asks the calendars named by pending leaves for the rest of their path (§2 "Upgrade")."""
 
@@ -92,6 +100,7 @@ class UpgradeFetcher:
         self._timeout = timeout
         #: (uri, commitment) pairs a calendar answered "Not found" for; logged once each.
         self.not_found: set[tuple[str, bytes]] = set()
+        self._gates: dict[str, asyncio.Semaphore] = {}
 
     def refusal(self, uri: str) -> str | None:
         """Why the pending URI ``uri`` may not be asked, or None when it may."""
@@ -112,7 +121,9 @@ class UpgradeFetcher:
                 " anchor.allow if that calendar is to be trusted",
             ) from None
         url = f"{clean.base}timestamp/{commitment.hex()}"
-        body = await _exchange(self._client, "GET", url, self._timeout, on_404=True)
+        gate = self._gates.setdefault(clean.base, asyncio.Semaphore(MAX_FETCHES_PER_CALENDAR))
+        async with gate:  # the wait is not part of the request's timeout
+            body = await _exchange(self._client, "GET", url, self._timeout, on_404=True)
         if isinstance(body, _NotYet):
             if not body.known and (uri, commitment) not in self.not_found:
                 self.not_found.add((uri, commitment))
