@@ -315,7 +315,11 @@ class JobRunner:
                 return False  # reported when the sidecar is written
             if existing is None:
                 return False
-            verdict = strategy.verifier.verify(existing, source="sidecar", digest_of=versions)
+            # Off the loop: a signature check, or (ots with [anchor.bitcoin]) a request to
+            # the header source, must not stall every other job and the control socket.
+            verdict = await asyncio.to_thread(
+                strategy.verifier.verify, existing, source="sidecar", digest_of=versions
+            )
             if not usable(verdict, strategy.digest_alg):
                 return False  # an older version's proof, or not a proof: archived on write
             await asyncio.to_thread(self._at_rest.archive, existing)

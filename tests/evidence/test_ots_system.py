@@ -3,8 +3,8 @@
 500 files dropped at once become merkle batches (at most one `/digest` request per calendar
 per batch window, not one per file), each gets a pending `FILE.ots` that the real `ots`
 client accepts; once the calendars "mine", `stampd upgrade` completes every proof in place
-(the pending ones stay in the archive) and both `ots verify` and `stampd verify` say the block. A `kill -9` while
-stamping loses no proof and leaves no half file.
+(the pending ones stay in the archive) and both `ots verify` and `stampd verify` say the
+block. A `kill -9` while stamping loses no proof and leaves no half file.
 """
 
 from __future__ import annotations
