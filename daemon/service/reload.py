@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stampd.daemon.config.model import Config, WatchConfig
+from stampd.store import kinds
 
 #: [daemon] settings that only a restart can change, with why.
 RESTART_ONLY = {
@@ -33,7 +34,9 @@ class ConfigDiff:
     removed: tuple[Path, ...]
     #: (new watch configuration, the names of the keys that changed)
     changed: tuple[tuple[WatchConfig, tuple[str, ...]], ...]
-    timestamp_changed: bool
+    #: The evidence kinds' sections (store/kinds.py ``config_section``: ``timestamp``,
+    #: ``anchor``) whose settings changed; their strategies are rebuilt from the new ones.
+    sections_changed: tuple[str, ...]
     #: [daemon] keys that changed and apply in place.
     daemon_changed: tuple[str, ...]
 
@@ -43,7 +46,7 @@ class ConfigDiff:
             self.added
             or self.removed
             or self.changed
-            or self.timestamp_changed
+            or self.sections_changed
             or self.daemon_changed
         )
 
@@ -54,10 +57,26 @@ class ConfigDiff:
         lines += [
             f"watch changed: {watch.path} ({', '.join(keys)})" for watch, keys in self.changed
         ]
-        if self.timestamp_changed:
-            lines.append("timestamp: settings or TSAs changed")
+        lines += [
+            _SECTION_CHANGES.get(name, f"{name}: settings changed")
+            for name in self.sections_changed
+        ]
         lines += [f"daemon.{key} changed" for key in self.daemon_changed]
         return lines
+
+
+#: How a changed section reads in the log and the ``reload`` reply, where a generic line
+#: would say less.
+_SECTION_CHANGES = {
+    "timestamp": "timestamp: settings or TSAs changed",
+    "anchor": "anchor: calendars or settings changed",
+}
+
+
+def _evidence_sections(config: Config) -> list[str]:
+    """The configuration's sections that configure an evidence kind's providers."""
+    sections = {kind.config_section for kind in kinds.known() if kind.config_section}
+    return sorted(section for section in sections if hasattr(config, section))
 
 
 def diff_configs(old: Config, new: Config) -> ConfigDiff:
@@ -83,6 +102,10 @@ def diff_configs(old: Config, new: Config) -> ConfigDiff:
         added=tuple(watch for path, watch in new_watches.items() if path not in old_watches),
         removed=tuple(path for path in old_watches if path not in new_watches),
         changed=tuple(changed),
-        timestamp_changed=old.timestamp != new.timestamp,
+        sections_changed=tuple(
+            section
+            for section in _evidence_sections(old)
+            if getattr(old, section) != getattr(new, section)
+        ),
         daemon_changed=tuple(key for key in moved if key not in RESTART_ONLY),
     )

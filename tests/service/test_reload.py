@@ -420,3 +420,18 @@ def test_diff_names_each_change(make_config: object, tmp_path: Path) -> None:
     assert diff_configs(old, moved).restart_only == (
         "daemon.control_socket: the socket is bound there",
     )
+
+
+def test_a_changed_anchor_section_is_named_by_the_reload(
+    make_config: Any,
+) -> None:
+    """[anchor] configures the ots strategy, rebuilt from the new file on a reload: the log
+    and the `reload` reply name it (the kinds' sections come from store/kinds.py)."""
+    path = make_config('[anchor]\ncalendars = ["http://127.0.0.1:9/"]\nmin_replies = 1\n')
+    before = load_config(path)
+    path.write_text(path.read_text().replace("min_replies = 1", 'min_replies = 1\ntimeout = "9s"'))
+    after = load_config(path)
+    diff = diff_configs(before, after)
+    assert diff.sections_changed == ("anchor",)
+    assert diff.describe() == ["anchor: calendars or settings changed"]
+    assert diff_configs(after, after).empty
