@@ -48,8 +48,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import TracebackType
-from typing import Literal, Self, get_args
+from typing import Literal, get_args
+
+from tests.loopback_peer import LoopbackPeer
 
 Mode = Literal[
     "ok",
@@ -185,7 +186,7 @@ class _Server(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
 
 
-class FakeBitcoind:
+class FakeBitcoind(LoopbackPeer):
     """A chain of fake headers behind a bitcoind-style JSON-RPC endpoint (see module doc)."""
 
     def __init__(
@@ -198,9 +199,7 @@ class FakeBitcoind:
         slow_seconds: float = 30.0,
     ) -> None:
         self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        super().__init__()
         self.mode = mode
         self.slow_seconds = slow_seconds
         self.credentials = credentials
@@ -374,48 +373,14 @@ class FakeBitcoind:
     @property
     def url(self) -> str:
         """The RPC endpoint without credentials: `http://127.0.0.1:PORT/`."""
-        if self._server is None:
-            raise RuntimeError("FakeBitcoind not started")
-        return f"http://127.0.0.1:{self._server.server_address[1]}/"
+        return f"http://127.0.0.1:{self.port}/"
 
     def url_with(self, user: str = "u", password: str = "p") -> str:
         """The endpoint with credentials in it, as `ots --bitcoin-node` takes it."""
         return self.url.replace("http://", f"http://{user}:{password}@", 1)
 
-    def start(self) -> Self:
-        """Bind an ephemeral port on loopback and serve in a background thread."""
-        self._stopping.clear()
-        self._server = _Server(self)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name=f"FakeBitcoind-{self._server.server_address[1]}",
-            daemon=True,
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving; a `slow` handler is woken first so closing never waits on it."""
-        self._stopping.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join()
-        self._server = None
-        self._thread = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+    def _make_server(self) -> _Server:
+        return _Server(self)
 
 
 class _RpcError(Exception):

@@ -50,10 +50,10 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Literal, Self, get_args
 
 from tests.fake_bitcoind import FakeBitcoind, sha256d
+from tests.loopback_peer import LoopbackPeer
 
 Mode = Literal["ok", "dead", "status_500", "garbage", "oversized", "wrong_commitment", "slow"]
 MODES: frozenset[str] = frozenset(get_args(Mode))
@@ -310,7 +310,7 @@ class _Mined:
     decoy: bytes  # the path of the same block's decoy transaction (wrong_commitment)
 
 
-class FakeCalendar:
+class FakeCalendar(LoopbackPeer):
     """An otsd-like calendar that mines into a FakeBitcoind (see the module docstring)."""
 
     def __init__(
@@ -325,9 +325,7 @@ class FakeCalendar:
         self.slow_seconds = slow_seconds
         self._hmac_key = secrets.token_bytes(32)
         self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        super().__init__()
         #: Requests received per endpoint: ``digest``, ``timestamp``, ``mine``, ``other``.
         self.requests: Counter[str] = Counter()
         #: Every digest POSTed, in order.
@@ -350,9 +348,7 @@ class FakeCalendar:
     @property
     def url(self) -> str:
         """How clients reach it, and the URI its Pending attestations carry (no trailing slash)."""
-        if self._server is None:
-            raise RuntimeError("FakeCalendar not started")
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return f"http://127.0.0.1:{self.port}"
 
     @property
     def pending(self) -> list[bytes]:
@@ -459,37 +455,5 @@ class FakeCalendar:
 
     # -- serving ---------------------------------------------------------------------------
 
-    def start(self) -> Self:
-        """Bind an ephemeral port on loopback and serve in a background thread."""
-        self._stopping.clear()
-        self._server = _Server(self)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name=f"FakeCalendar-{self._server.server_address[1]}",
-            daemon=True,
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving; a `slow` handler is woken first so closing never waits on it."""
-        self._stopping.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join()
-        self._server = None
-        self._thread = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+    def _make_server(self) -> _Server:
+        return _Server(self)

@@ -37,13 +37,13 @@ import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import TracebackType
-from typing import Literal, Self, get_args
+from typing import Literal, get_args
 
 from asn1crypto import algos, cms, core, tsp, x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
+from tests.loopback_peer import LoopbackPeer
 from tests.tsa_pki import Pki
 
 QUERY_TYPE = "application/timestamp-query"
@@ -178,14 +178,12 @@ class _Server(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
 
 
-class _LocalTsa:
+class _LocalTsa(LoopbackPeer):
     """Lifecycle shared by both TSAs: serve in a thread, count requests, stop promptly."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        super().__init__()
         self.requests = 0
         self.last_nonce: int | None = None
         self.last_query: bytes | None = None
@@ -195,44 +193,10 @@ class _LocalTsa:
     @property
     def url(self) -> str:
         """The endpoint to POST TimeStampReqs to (any path is accepted)."""
-        if self._server is None:
-            raise RuntimeError("TSA not started")
-        return f"http://127.0.0.1:{self._server.server_address[1]}/tsa"
+        return f"http://127.0.0.1:{self.port}/tsa"
 
-    def start(self) -> Self:
-        """Bind an ephemeral port on loopback and serve in a background thread."""
-        self._stopping.clear()
-        self._server = _Server(self)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name=f"{type(self).__name__}-{self._server.server_address[1]}",
-            daemon=True,
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving; releases hanging handlers first so closing never waits on them."""
-        self._stopping.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()  # joins the worker threads
-        if self._thread is not None:
-            self._thread.join()
-        self._server = None
-        self._thread = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+    def _make_server(self) -> _Server:
+        return _Server(self)
 
     def _record(self, body: bytes, authorization: str | None = None) -> None:
         nonce = _query_nonce(body)
