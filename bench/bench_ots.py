@@ -25,13 +25,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -39,6 +36,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.stampd_process import start_stampd, stop_stampd  # noqa: E402
 from stampd.daemon.evidence.ots import WINDOW_S  # noqa: E402
 from tests.fake_bitcoind import FakeBitcoind  # noqa: E402
 from tests.fake_calendar import FakeCalendar  # noqa: E402
@@ -48,7 +46,6 @@ from tests.fake_calendar import FakeCalendar  # noqa: E402
 RESULTS = Path(
     os.environ.get("STAMPD_BENCH_RESULTS") or Path(__file__).resolve().parent / "results"
 )
-STAMPD = str(Path(sys.executable).with_name("stampd"))
 #: Issue 12 / DESIGN §11: calendar requests per file, per calendar.
 GOAL_REQUESTS_PER_FILE = 0.01
 FILE_SIZE = 1024
@@ -99,23 +96,10 @@ class Daemon:
                 'timeout = "5s"\nupgrade_after = "1h"\nupgrade_max = "24h"\nallow = []\n'
             )
         config.write_text(text)
-        self.proc = subprocess.Popen(
-            [STAMPD, "--config", str(config), "run"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            if '"daemon_ready"' in line:
-                break
-        log = self.proc.stdout
-        threading.Thread(target=lambda: [None for _ in log], daemon=True).start()
+        self.proc = start_stampd(config)
 
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(timeout=120)
+        stop_stampd(self.proc, timeout=120)
 
 
 def drop_seconds(daemon: Daemon, files: int, done: Callable[[], bool]) -> float:

@@ -29,13 +29,10 @@ import argparse
 import hashlib
 import json
 import os
-import signal
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -44,6 +41,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.stampd_process import start_stampd, stop_stampd  # noqa: E402
 from stampd.store.formats.tsp import build_request, parse_response  # noqa: E402
 from tests.fake_tsa import FakeTsa, OpenSslTsa  # noqa: E402
 from tests.tsa_pki import Pki, make_pki  # noqa: E402
@@ -53,7 +51,6 @@ from tests.tsa_pki import Pki, make_pki  # noqa: E402
 RESULTS = Path(
     os.environ.get("STAMPD_BENCH_RESULTS") or Path(__file__).resolve().parent / "results"
 )
-STAMPD = str(Path(sys.executable).with_name("stampd"))
 
 
 def reference_requests_per_s(url: str, requests: int) -> float:
@@ -111,23 +108,10 @@ class Daemon:
                 for name, tsa_url in tsas.items()
             )
         )
-        self.proc = subprocess.Popen(
-            [STAMPD, "--config", str(config), "run"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            if '"daemon_ready"' in line:
-                break
-        log = self.proc.stdout
-        threading.Thread(target=lambda: [None for _ in log], daemon=True).start()
+        self.proc = start_stampd(config)
 
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(timeout=60)
+        stop_stampd(self.proc, timeout=60)
 
 
 def stamping_seconds(daemon: Daemon, files: int) -> float:
