@@ -28,7 +28,16 @@ from stampd.daemon.evidence.allowlist import (
     parse_clean_url,
 )
 
-_ANCHOR_KEYS = ("calendars", "min_replies", "timeout", "upgrade_after", "upgrade_max", "allow")
+_ANCHOR_KEYS = (
+    "calendars",
+    "min_replies",
+    "timeout",
+    "retry",
+    "retry_max",
+    "upgrade_after",
+    "upgrade_max",
+    "allow",
+)
 _BITCOIN_KEYS = ("url", "cookie_file", "username", "secret_file")
 #: The keys of the tables read here, by title (merged into the file's schema by the reader).
 ANCHOR_KEYS_BY_TABLE = {"[anchor]": (*_ANCHOR_KEYS, "bitcoin"), "[anchor.bitcoin]": _BITCOIN_KEYS}
@@ -57,10 +66,22 @@ def read_anchor(table: Table) -> AnchorConfig:
             f"{format_duration(upgrade_max)} is shorter than upgrade_after"
             f" ({format_duration(upgrade_after)})",
         )
+    # The same keys and defaults as [timestamp]'s, for a submission that missed its quorum,
+    # except the cap: calendars are free and aggregate per second, so a stamp that waits
+    # longer than an hour behind an outage only delays the proof (reference §3.4).
+    retry = table.duration("retry", "30s", allow_zero=False)
+    retry_max = table.duration("retry_max", "1h", allow_zero=False)
+    if retry_max < retry:
+        table.add(
+            "retry_max",
+            f"{format_duration(retry_max)} is shorter than retry ({format_duration(retry)})",
+        )
     return AnchorConfig(
         calendars=calendars or DEFAULT_CALENDARS,
         min_replies=min_replies,
         timeout=table.duration("timeout", "5s", allow_zero=False),
+        retry=retry,
+        retry_max=retry_max,
         upgrade_after=upgrade_after,
         upgrade_max=upgrade_max,
         allow=_allow(table),
@@ -227,6 +248,8 @@ def anchor_to_dict(anchor: AnchorConfig) -> dict[str, Any]:
         "calendars": list(anchor.calendars),
         "min_replies": anchor.min_replies,
         "timeout": format_duration(anchor.timeout),
+        "retry": format_duration(anchor.retry),
+        "retry_max": format_duration(anchor.retry_max),
         "upgrade_after": format_duration(anchor.upgrade_after),
         "upgrade_max": format_duration(anchor.upgrade_max),
         "allow": list(anchor.allow),

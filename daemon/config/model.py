@@ -142,6 +142,10 @@ class AnchorConfig:
     min_replies: int = 2
     #: Seconds for one submission to all calendars together (one deadline, reference §3.3).
     timeout: float = 5.0
+    #: Seconds before a submission that missed the quorum is tried again, doubling per round
+    #: (with jitter) up to ``retry_max``: the same back-off as ``[timestamp]``'s.
+    retry: float = 30.0
+    retry_max: float = 3600.0
     #: Seconds after stamping before a pending proof is first asked to be upgraded; at least
     #: the calendars' 60 s cache lifetime (reference §4).
     upgrade_after: float = 3600.0

@@ -69,8 +69,6 @@ BATCH = 512
 WINDOW_S = 1.0
 #: Never ask a calendar again sooner: its "pending" answer is cached for 60 s (§2, §4).
 MIN_UPGRADE_WAIT_S = 60.0
-#: Back-off of ``obtain`` rounds that missed the quorum ([anchor] has no retry keys).
-OBTAIN_RETRY = Backoff(30.0, 3600.0)
 #: Jitter of the upgrade cadence: a random point in the upper quarter of each wait, so the
 #: proofs of one batch do not all come back at the same second.
 _JITTER = 0.25
@@ -95,7 +93,6 @@ class OtsStrategy:
     digest_setting: str = "anchor"
     batch: int = BATCH
     window: float = WINDOW_S
-    backoff: Backoff = OBTAIN_RETRY
 
     def __init__(
         self,
@@ -107,8 +104,11 @@ class OtsStrategy:
         timeout: float,
         upgrade_after: float,
         upgrade_max: float,
+        backoff: Backoff,
         rng: random.Random | None = None,
     ) -> None:
+        #: Waits after ``obtain`` rounds that missed the quorum (``anchor.retry``/``retry_max``).
+        self.backoff = backoff
         self.pool = pool
         self.fetcher = fetcher
         self._verifier = verifier
@@ -288,6 +288,7 @@ def strategy_from_config(config: Config, *, http: httpx.AsyncClient) -> Strategy
         timeout=anchor.timeout,
         upgrade_after=anchor.upgrade_after,
         upgrade_max=anchor.upgrade_max,
+        backoff=Backoff(anchor.retry, anchor.retry_max),
     )
 
 

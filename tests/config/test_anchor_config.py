@@ -50,6 +50,7 @@ def test_the_defaults_are_the_public_calendars_and_allow_patterns(tmp_path: Path
     )
     assert (anchor.min_replies, anchor.timeout) == (2, 5.0)
     assert (anchor.upgrade_after, anchor.upgrade_max) == (3600.0, 86400.0)
+    assert (anchor.retry, anchor.retry_max) == (30.0, 3600.0)
     assert anchor.allow == DEFAULT_ALLOW
     assert anchor.bitcoin is None
     # What the public calendars write into proofs is allowed by the default patterns.
@@ -193,6 +194,14 @@ BAD = {
         "anchor.upgrade_after: 30s is shorter than 60s, the calendars' cache lifetime"
         ' (a sooner try reads the same cached answer; the default is "1h")',
     ),
+    "retry_max below retry": (
+        '[anchor]\nretry = "2m"\nretry_max = "1m"\n',
+        "anchor.retry_max: 1m is shorter than retry (2m)",
+    ),
+    "a zero retry": (
+        '[anchor]\nretry = "0s"\n',
+        'anchor.retry: "0s" must be more than 0s (like "30s")',
+    ),
     "upgrade_max below upgrade_after": (
         '[anchor]\nupgrade_after = "2h"\nupgrade_max = "1h"\n',
         "anchor.upgrade_max: 1h is shorter than upgrade_after (2h)",
@@ -216,12 +225,14 @@ BAD = {
     "an unknown key": (
         "[anchor]\nmin_reply = 1\n",
         'anchor.min_reply: unknown key (did you mean "min_replies"?) (valid keys in [anchor]:'
-        " calendars, min_replies, timeout, upgrade_after, upgrade_max, allow, bitcoin)",
+        " calendars, min_replies, timeout, retry, retry_max, upgrade_after, upgrade_max, allow,"
+        " bitcoin)",
     ),
     "a TSA key in [anchor]": (
         '[anchor]\nselection = "priority"\n',
         "anchor.selection: unknown key (it belongs in [timestamp]) (valid keys in [anchor]:"
-        " calendars, min_replies, timeout, upgrade_after, upgrade_max, allow, bitcoin)",
+        " calendars, min_replies, timeout, retry, retry_max, upgrade_after, upgrade_max, allow,"
+        " bitcoin)",
     ),
     "[anchor] as an array of tables": (
         "[[anchor]]\nmin_replies = 1\n",
@@ -370,7 +381,7 @@ def test_the_effective_configuration_shows_the_section_and_round_trips(tmp_path:
     config = _load(
         tmp_path,
         '[anchor]\ncalendars = ["http://127.0.0.1:14788"]\nmin_replies = 1\ntimeout = "1.5s"\n'
-        'upgrade_after = "90s"\nupgrade_max = "2h"\nallow = ["https://*.Cal.Example.org:8443/ots/"]\n'
+        'retry = "10s"\nretry_max = "5m"\nupgrade_after = "90s"\nupgrade_max = "2h"\nallow = ["https://*.Cal.Example.org:8443/ots/"]\n'
         '[anchor.bitcoin]\nurl = "http://127.0.0.1:8332"\nusername = "stampd"\n'
         'secret_file = "secret"\n',
     )
@@ -379,6 +390,8 @@ def test_the_effective_configuration_shows_the_section_and_round_trips(tmp_path:
         "calendars": ["http://127.0.0.1:14788/"],
         "min_replies": 1,
         "timeout": "1s500ms",
+        "retry": "10s",
+        "retry_max": "5m",
         "upgrade_after": "1m30s",
         "upgrade_max": "2h",
         "allow": ["https://*.cal.example.org:8443/ots/"],
@@ -394,6 +407,8 @@ def test_the_effective_configuration_shows_the_section_and_round_trips(tmp_path:
         "calendars": list(DEFAULT_CALENDARS),
         "min_replies": 2,
         "timeout": "5s",
+        "retry": "30s",
+        "retry_max": "1h",
         "upgrade_after": "1h",
         "upgrade_max": "1d",
         "allow": list(DEFAULT_ALLOW),

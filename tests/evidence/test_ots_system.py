@@ -44,6 +44,7 @@ def _daemon(
     bitcoind: FakeBitcoind,
     *,
     min_replies: int = 2,
+    retry: str = "30s",
 ) -> RunningDaemon:
     secret = tmp_path / "bitcoin.secret"
     secret.write_text("p\n")
@@ -51,7 +52,7 @@ def _daemon(
     urls = ", ".join(f'"{calendar.url}"' for calendar in calendars)
     anchor = (
         f'[anchor]\ncalendars = [{urls}]\nmin_replies = {min_replies}\ntimeout = "2s"\n'
-        'upgrade_after = "1h"\nupgrade_max = "24h"\nallow = []\n'
+        f'retry = "{retry}"\nretry_max = "{retry}"\nupgrade_after = "1h"\nupgrade_max = "24h"\nallow = []\n'
         f'[anchor.bitcoin]\nurl = "{bitcoind.url}"\nusername = "u"\nsecret_file = "{secret}"\n'
     )
     return RunningDaemon(tmp_path, evidence='["ots"]', extra=anchor)

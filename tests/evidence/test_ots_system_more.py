@@ -170,7 +170,7 @@ def test_one_dead_calendar_of_min_replies_2_backs_off_then_catches_up(
 ) -> None:
     _, dead = cals
     dead.mode = "dead"
-    daemon = _daemon(tmp_path, cals, node, min_replies=2).start()
+    daemon = _daemon(tmp_path, cals, node, min_replies=2, retry="3s").start()
     try:
         _drop(daemon.watched, 5)
 
@@ -190,10 +190,10 @@ def test_one_dead_calendar_of_min_replies_2_backs_off_then_catches_up(
         assert summary["backoff_errors"] == {"network": 5}, summary
         assert summary["next_retry_at"] is not None
 
-        # The obtain back-off is fixed (15..30 s for the first round, ots.OBTAIN_RETRY);
-        # nothing brings it forward, so the catch-up waits for it.
+        # anchor.retry = "3s" (capped there): the catch-up comes within a few seconds, not
+        # the default 15..30 s; nothing else brings it forward.
         dead.mode = "ok"
-        wait_for(lambda: _proofs(daemon) == {"pending": 5}, 60, "the catch-up", daemon)
+        wait_for(lambda: _proofs(daemon) == {"pending": 5}, 20, "the catch-up", daemon)
         wait_for(lambda: len(_sidecars(daemon.watched)) == 5, 30, "5 sidecars", daemon)
     finally:
         assert daemon.stop() == 0
@@ -206,7 +206,7 @@ def test_a_hostile_digest_reply_is_refused_and_classified(
 ) -> None:
     _, hostile = cals
     hostile.mode = mode
-    daemon = _daemon(tmp_path, cals, node, min_replies=2).start()
+    daemon = _daemon(tmp_path, cals, node, min_replies=2, retry="3s").start()
     try:
         _drop(daemon.watched, 3)
 
@@ -235,7 +235,7 @@ def test_a_wrong_commitment_digest_reply_never_completes_its_fork(
     the calendar answers "Not found" for the commitment, and only the honest fork completes."""
     honest, liar = cals
     liar.mode = "wrong_commitment"
-    daemon = _daemon(tmp_path, cals, node, min_replies=2).start()
+    daemon = _daemon(tmp_path, cals, node, min_replies=2, retry="3s").start()
     try:
         [path] = _drop(daemon.watched, 1)
         wait_for(lambda: _proofs(daemon) == {"pending": 1}, 60, "a pending proof", daemon)
