@@ -34,6 +34,7 @@ import secrets
 import subprocess
 import tempfile
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -343,7 +344,12 @@ class FakeTsa(_LocalTsa):
     def _answer(self, body: bytes) -> _Reply | None:
         mode = self.mode
         if mode == "hang":
-            self._stopping.wait(self.hang_seconds)
+            # No answer while the mode stays "hang" (at most hang_seconds): a test ends the
+            # hang of a request in progress by changing the mode; the connection then closes.
+            deadline = time.monotonic() + self.hang_seconds
+            while self.mode == "hang" and time.monotonic() < deadline:
+                if self._stopping.wait(0.05):
+                    break
             return None
         simple = self._http_failure(mode)
         if simple is not None:

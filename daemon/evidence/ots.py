@@ -266,6 +266,10 @@ class OtsStrategy:
         """Each calendar's health."""
         return self.pool.report()
 
+    def close(self) -> None:
+        """The header source's connection to bitcoind (the calendars use the shared client)."""
+        self._verifier.close()
+
 
 def strategy_from_config(config: Config, *, http: httpx.AsyncClient) -> Strategy:
     """The ``ots`` strategy of ``[anchor]``: its calendars, quorum, allow-list, cadence and

@@ -88,6 +88,13 @@ class OtsJobVerifier:
                     f" not the block's {header[36:68][::-1].hex()}: refused",
                 )
 
+    def close(self) -> None:
+        """Close the header source's connections, when it has any (bitcoind's does; a
+        lookup given by a test or a caller may be a plain function)."""
+        close = getattr(self.headers, "close", None)
+        if callable(close):
+            close()
+
     def _for_index(self, verdict: Verdict, prefer: str | None) -> Verdict:
         detail = verdict.detail if isinstance(verdict.detail, OtsDetail) else None
         if (

@@ -42,7 +42,14 @@ from stampd.daemon.evidence.digests import ContentGone, digests_of, job_digest, 
 from stampd.daemon.evidence.index_reader import IndexReader
 from stampd.daemon.evidence.locks import PathLocks
 from stampd.daemon.evidence.proof_files import ProofFiles, proof_row, reusable, usable
-from stampd.daemon.evidence.strategy import NotObtained, Obtained, Outcome, ProofRequest, Strategy
+from stampd.daemon.evidence.strategy import (
+    NotObtained,
+    Obtained,
+    Outcome,
+    ProofRequest,
+    Strategy,
+    close_after,
+)
 from stampd.daemon.service.logs import get_logger
 from stampd.daemon.watch.recorder import Recorder
 from stampd.store import kinds
@@ -105,6 +112,8 @@ class JobRunner:
         #: round's commit, so it would start them again (a batch ends many rounds at once).
         self._ended: set[int] = set()
         self._lock = locks or PathLocks()
+        #: Strategies replaced by a reload, closed once the rounds that use them have ended.
+        self._retiring: set[asyncio.Task[None]] = set()
         self.completed = 0
         self.failed_rounds = 0
         #: While set (``stampd pause``), no new round starts; rounds in progress finish.
@@ -121,7 +130,10 @@ class JobRunner:
         """A reload: rounds in progress finish with what they started with; the next rounds
         use the new strategy (providers, settings) and layouts. Pending jobs live in the
         index, so none is lost."""
-        self._strategy = strategy
+        retired, self._strategy = self._strategy, strategy
+        if retired is not strategy:
+            rounds = list(self._running.values())  # those started with it, not the next ones
+            self._retiring.add(asyncio.create_task(close_after(retired, rounds)))
         self._batcher = self._batcher_for(strategy)
         self._concurrency = max(self._base_concurrency, strategy.batch)
         self._layouts = dict(layouts)
@@ -166,6 +178,8 @@ class JobRunner:
             await asyncio.gather(*tasks, return_exceptions=True)
             if self._batcher is not None:
                 await self._batcher.close()
+            await asyncio.gather(*self._retiring, return_exceptions=True)
+            self._strategy.close()
             self._read.close()
 
     async def _start_due(self, free: int) -> None:

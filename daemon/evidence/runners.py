@@ -87,14 +87,24 @@ class EvidenceRunners:
         """
         wanted = dict.fromkeys(kind for watch in config.watches for kind in watch.evidence)
         strategies: dict[str, Strategy] = {}
-        for name in wanted:
-            kind = kinds.spec(name)
-            if not kind.available or kind.strategy is None:
-                continue  # the configuration refuses these; nothing would run their jobs
-            if self._http is None:
-                self._http = httpx.AsyncClient()
-            strategies[name] = strategy_factory(kind)(config, http=self._http)
+        try:
+            for name in wanted:
+                kind = kinds.spec(name)
+                if not kind.available or kind.strategy is None:
+                    continue  # the configuration refuses these; nothing would run their jobs
+                if self._http is None:
+                    self._http = httpx.AsyncClient()
+                strategies[name] = strategy_factory(kind)(config, http=self._http)
+        except BaseException:
+            self.discard(RunnerSetup(config, strategies))  # those built before the error
+            raise
         return RunnerSetup(config, strategies)
+
+    def discard(self, setup: RunnerSetup) -> None:
+        """A prepared setup that will not be applied (its reload was refused): close what its
+        strategies hold."""
+        for strategy in setup.strategies.values():
+            strategy.close()
 
     def apply(self, setup: RunnerSetup, layouts: Mapping[int, Layout]) -> None:
         """Start, reconfigure or stop the runners to match ``setup``; ``layouts`` maps each

@@ -19,6 +19,7 @@ one calendar request, batch mode a batch under one token (daemon/evidence/batche
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -111,3 +112,17 @@ class Strategy(Protocol):
     def report(self) -> list[dict[str, Any]]:
         """Each provider's health as JSON-ready data (``stampd providers``, ``status``)."""
         ...
+
+    def close(self) -> None:
+        """Release what the strategy holds of its own (a header source's connection; the
+        HTTP client it was given is shared and not its to close). Called once, when no round
+        uses it any more: after a reload replaced it and its rounds ended, when its runner
+        stops, or when a refused reload discards it unused."""
+        ...
+
+
+async def close_after(strategy: Strategy, rounds: Sequence[asyncio.Task[None]]) -> None:
+    """Close ``strategy`` once ``rounds`` (the rounds that started with it) have ended: a
+    reload lets rounds in progress finish with what they started with."""
+    await asyncio.gather(*rounds, return_exceptions=True)
+    strategy.close()

@@ -89,6 +89,9 @@ class TsrStrategy:
         """Each TSA's health."""
         return self.pool.report()
 
+    def close(self) -> None:
+        """Nothing of its own to release: the TSAs use the runners' shared HTTP client."""
+
 
 def strategy_from_config(config: Config, *, http: httpx.AsyncClient) -> Strategy:
     """The ``tsr`` strategy of ``[timestamp]``: its TSAs (trust and secret files read: a bad

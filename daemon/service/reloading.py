@@ -105,6 +105,7 @@ class Reloader:
     async def _reload(self, trigger: str) -> ReloadReply:
         old = self._config
         source = old.source
+        runners: RunnerSetup | None = None
         try:
             # The same full check as `stampd config check` and the start (every TSA's trust
             # and secret files), so a reload refuses exactly what a restart would.
@@ -120,6 +121,8 @@ class Reloader:
             rebind = "metrics" in diff.daemon_changed
             metrics_server = self._metrics.prepare(new, old) if rebind else None
         except ConfigError as error:
+            if runners is not None:
+                self._runners.discard(runners)
             log.error("reload_refused", trigger=trigger, reason=str(error), config=str(source))
             raise
         changes = diff.describe()

@@ -216,6 +216,9 @@ class FakeStrategy:
     def report(self) -> list[dict[str, Any]]:
         return self.pool.report()
 
+    def close(self) -> None:
+        self.closed = True
+
 
 def fake_strategy(config: Config, *, http: httpx.AsyncClient) -> FakeStrategy:
     """The registry's ``strategy`` entry."""

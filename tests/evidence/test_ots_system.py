@@ -52,7 +52,8 @@ def _daemon(
     urls = ", ".join(f'"{calendar.url}"' for calendar in calendars)
     anchor = (
         f'[anchor]\ncalendars = [{urls}]\nmin_replies = {min_replies}\ntimeout = "2s"\n'
-        f'retry = "{retry}"\nretry_max = "{retry}"\nupgrade_after = "1h"\nupgrade_max = "24h"\nallow = []\n'
+        f'retry = "{retry}"\nretry_max = "{retry}"\n'
+        'upgrade_after = "1h"\nupgrade_max = "24h"\nallow = []\n'
         f'[anchor.bitcoin]\nurl = "{bitcoind.url}"\nusername = "u"\nsecret_file = "{secret}"\n'
     )
     return RunningDaemon(tmp_path, evidence='["ots"]', extra=anchor)
