@@ -82,6 +82,19 @@ def _warnings(config: Config) -> Iterator[str]:
         # Not an error: the directory may be created or mounted after the config is written.
         if not watch.path.is_dir():
             yield f"watch[{index}].path: {watch.path} is not a directory (yet)"
+    if config.anchor.bitcoin is None and any("ots" in w.evidence for w in config.watches):
+        yield UNCHECKED_ANCHORS
+
+
+#: Why ``[anchor.bitcoin]`` matters (daemon/evidence/ots_judge.py): a calendar's upgrade is a
+#: tree of ops that fits any message, so only the block header tells a real attestation from
+#: one made for another commitment (reference/opentimestamps.md §5).
+UNCHECKED_ANCHORS = (
+    "anchor.bitcoin: not set: the Bitcoin attestations calendars return are recorded without"
+    " checking them against the block header, so one made for another commitment would only"
+    " show when `stampd verify` runs with a header source (set [anchor.bitcoin] to a bitcoind"
+    " JSON-RPC URL; a pruned node is fine)"
+)
 
 
 def _toml_lines(table: Mapping[str, Any], prefix: str = "") -> Iterator[str]:

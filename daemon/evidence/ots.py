@@ -284,10 +284,18 @@ def strategy_from_config(config: Config, *, http: httpx.AsyncClient) -> Strategy
         raise config_error(
             config.source, [ConfigProblem("anchor.allow", None, str(error))]
         ) from None
+    headers = header_source(config)
+    if headers is None:
+        # Not an error (reference §5, manual mode), but the operator must know what it means.
+        log.warning(
+            "anchor_unchecked",
+            reason="no [anchor.bitcoin] header source: Bitcoin attestations from calendars"
+            " are recorded without checking their block header",
+        )
     return OtsStrategy(
         pool=ProviderPool(calendars, selection="priority"),
         fetcher=UpgradeFetcher(allow=allow, client=http, timeout=anchor.timeout),
-        verifier=OtsJobVerifier(header_source(config)),
+        verifier=OtsJobVerifier(headers),
         min_replies=anchor.min_replies,
         timeout=anchor.timeout,
         upgrade_after=anchor.upgrade_after,

@@ -13,7 +13,11 @@ The index needs more of a verdict than ``stampd verify`` does:
   for one forever: a proof whose ops all evaluate (the decoder evaluates each one) and that
   has a Bitcoin attestation counts as complete — the reference client stops upgrading at
   that point too (§4) — with ``reason = "not_checked"`` and no block time: ``stampd verify``
-  with a header source checks it later.
+  with a header source checks it later. Such a leaf cannot be told from one a calendar made
+  for another commitment (an upgrade is a chain of ops, which fits any message; §2): the
+  reference client's ``ots upgrade`` takes it too. So ``stampd config check`` warns when
+  ``ots`` runs without ``[anchor.bitcoin]``, the daemon logs ``anchor_unchecked``, and the
+  lie shows as ``merkle_root_mismatch`` as soon as a header source checks the proof.
 
 Upgrades are checked before they are merged: with a header source, a calendar's reply whose
 Bitcoin leaf does not match its block is refused (``verify``), so a proof never takes in a

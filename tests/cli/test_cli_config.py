@@ -94,6 +94,21 @@ def test_a_missing_watch_directory_is_a_warning(tmp_path: Path) -> None:
     ]
 
 
+def test_ots_without_a_header_source_is_a_warning_and_with_one_is_not(tmp_path: Path) -> None:
+    (tmp_path / "inbox").mkdir()
+    ots = GOOD.replace('evidence = ["tsr"]', 'evidence = ["tsr", "ots"]')
+    result = _invoke("--config", str(_write(tmp_path, ots)), "config", "check")
+    assert result.exit_code == 0, result.output
+    [warning, ok] = result.stderr.splitlines()
+    assert warning.startswith("warning: anchor.bitcoin: not set: the Bitcoin attestations")
+    assert "set [anchor.bitcoin] to a bitcoind JSON-RPC URL" in warning and ok.startswith("config")
+    (tmp_path / "cookie").write_text("__cookie__:x\n")
+    node = '[anchor.bitcoin]\nurl = "http://127.0.0.1:8332/"\ncookie_file = "cookie"\n'
+    result = _invoke("--config", str(_write(tmp_path, ots + node)), "config", "check")
+    assert result.exit_code == 0, result.output
+    assert result.stderr == f"configuration OK: {tmp_path / 'config.toml'}\n"
+
+
 def test_the_file_argument_overrides_config_option(tmp_path: Path) -> None:
     config = _write(tmp_path, GOOD)
     result = _invoke("--config", str(tmp_path / "absent.toml"), "config", "check", str(config))

@@ -27,6 +27,7 @@ import pytest
 
 from stampd.daemon.config.model import Config
 from stampd.daemon.config.reader import load_config
+from stampd.daemon.evidence.bitcoind import BitcoindHeaders
 from stampd.daemon.evidence.locks import PathLocks
 from stampd.daemon.evidence.ots import (
     MIN_UPGRADE_WAIT_S,
@@ -43,6 +44,7 @@ from stampd.store.index.database import Index, index_path, open_reader
 from stampd.store.index.jobs import DueJob
 from stampd.store.index.times import format_time
 from stampd.store.kinds import JobAction
+from stampd.store.ots_verifier import OtsVerifier
 from tests.conftest import settled
 from tests.evidence.test_fake_calendar import run_ots
 from tests.fake_bitcoind import FakeBitcoind
@@ -371,6 +373,37 @@ def test_a_decoy_upgrade_is_refused_by_the_header_check(
             assert upgraded.verdict.gen_time is not None
 
     asyncio.run(scenario())
+
+
+def test_without_a_header_source_a_decoy_is_recorded_unchecked_until_a_header_shows_it(
+    make_config: Callable[..., Path],
+    tmp_path: Path,
+    calendars: tuple[FakeCalendar, FakeCalendar],
+    bitcoind: FakeBitcoind,
+) -> None:
+    """The limit of running without ``[anchor.bitcoin]`` (daemon/evidence/ots_judge.py): an
+    upgrade made for another commitment evaluates like a real one, so it is recorded as
+    complete but ``not_checked``, never with a block time; the first header check refuses it."""
+    config = anchor_config(make_config, tmp_path, calendars[:1], min_replies=1)
+    digest = hashlib.sha256(b"x").digest()
+
+    async def scenario() -> bytes:
+        async with httpx.AsyncClient() as client:
+            strategy = _strategy(config, client)
+            [obtained] = await strategy.obtain([_request(digest)])
+            assert isinstance(obtained, Obtained)
+            calendars[0].mine()
+            calendars[0].mode = "wrong_commitment"
+            [decoy] = await strategy.extend([_request(digest, proof=obtained.data)])
+            assert isinstance(decoy, Obtained)
+            assert (decoy.verdict.status, decoy.verdict.reason) == ("valid", "not_checked")
+            assert decoy.verdict.gen_time is None and "not checked" in str(decoy.verdict.message)
+            return decoy.data
+
+    data = asyncio.run(scenario())
+    with BitcoindHeaders(bitcoind.url, username="u", password="p") as headers:
+        checked = OtsVerifier(headers).verify(data, source="x", digest_of=lambda _a: digest)
+    assert (checked.status, checked.reason) == ("invalid", "merkle_root_mismatch")
 
 
 def test_a_pending_uri_outside_the_allow_list_is_never_asked(
