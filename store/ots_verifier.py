@@ -22,9 +22,16 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from stampd.store.errors import StampdError
-from stampd.store.formats.ots import BlockHeader, OtsDecodeError, OtsProof, Pending, decode
+from stampd.store.formats.ots import (
+    BlockHeader,
+    OtsDecodeError,
+    OtsProof,
+    Pending,
+    Timestamp,
+    decode,
+)
 from stampd.store.kinds import EvidenceKind
-from stampd.store.verify import DigestOf, Status, Verdict, iso_time
+from stampd.store.verify import Commitment, DigestOf, Status, Verdict, iso_time
 
 #: The 80-byte header of the block at a height, or None when there is no header to be had.
 HeaderLookup = Callable[[int], bytes | None]
@@ -146,14 +153,17 @@ def check(proof: OtsProof, *, digest: bytes | None, headers: HeaderLookup, sourc
     """The verdict on a decoded proof for data with ``digest`` (of ``proof.algorithm``).
 
     ValueError when ``headers`` gives something that is not an 80-byte header: that is a
-    broken header source, not a bad proof.
+    broken header source, not a bad proof. The verdict's ``commitments`` are the Pending
+    leaves (calendar URI, message), each anchored when a Bitcoin leaf lies below it.
     """
     checks: list[BitcoinCheck] = []
     pending: list[str] = []
+    waits: dict[Commitment, None] = {}
     other: list[str] = []
     for node, attestation in proof.timestamp.leaves():
         if isinstance(attestation, Pending):
             pending.append(attestation.uri)
+            waits[Commitment(attestation.uri, node.message, _anchored(node))] = None
         elif isinstance(attestation, BlockHeader) and attestation.chain == "bitcoin":
             checks.append(_check_leaf(attestation.height, node.message, headers))
         elif isinstance(attestation, BlockHeader):
@@ -167,7 +177,7 @@ def check(proof: OtsProof, *, digest: bytes | None, headers: HeaderLookup, sourc
     def verdict(status: Status, reason: str | None, message: str, **more: Any) -> Verdict:
         return Verdict(
             EvidenceKind.OTS, source, status, reason, message,
-            algorithm=proof.algorithm, detail=detail, **more,
+            algorithm=proof.algorithm, detail=detail, commitments=tuple(waits), **more,
         )  # fmt: skip
 
     if matches is False:
@@ -232,6 +242,15 @@ def _judge(detail: OtsDetail, verdict: _Make) -> Verdict:
         "unverifiable",
         "no_bitcoin_attestation",
         f"no Bitcoin attestation, only {', '.join(detail.other)}, which stampd cannot check",
+    )
+
+
+def _anchored(node: Timestamp) -> bool:
+    """Whether the calendar's reply is in the proof: a Bitcoin attestation below the node of
+    its Pending leaf, where the upgrade was merged (reference/opentimestamps.md §2)."""
+    return any(
+        isinstance(attestation, BlockHeader) and attestation.chain == "bitcoin"
+        for _, attestation in node.leaves()
     )
 
 

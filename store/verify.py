@@ -35,6 +35,24 @@ Status = Literal["valid", "invalid", "unverifiable", "pending"]
 DigestOf = Callable[[str], bytes]
 
 
+@dataclass(frozen=True)
+class Commitment:
+    """One place a proof waits for its anchor (issue 12): the provider holding it, under which
+    commitment, and whether that provider's anchor has been delivered into the proof.
+
+    An ``.ots`` proof waits at each calendar that answered (its Pending leaf's URI) under the
+    message of that leaf (reference/opentimestamps.md §2); the index records each one
+    (store/index/commitments.py). Kinds whose proofs are complete at once have none.
+    """
+
+    #: Who holds the proof (an OpenTimestamps calendar's URI).
+    provider: str
+    #: What it holds it under, as the provider is asked for the anchor.
+    commitment: bytes
+    #: Whether the provider's anchor is in the proof (its reply has been merged).
+    anchored: bool = False
+
+
 class VerdictDetail(Protocol):
     """What one kind's verdict adds to the kind-neutral fields."""
 
@@ -80,6 +98,9 @@ class Verdict:
     chain_not_after: datetime | None = None
     renewal_overdue: bool = False
     detail: VerdictDetail | None = None
+    #: Where the proof waits for its anchor, as its bytes say (kinds that are upgraded later);
+    #: recorded when a proof is adopted or reused. Not part of :meth:`to_dict`.
+    commitments: tuple[Commitment, ...] = ()
 
     @property
     def valid(self) -> bool:

@@ -281,7 +281,8 @@ class NotIndexedError(StampdError):
 @click.argument("path", type=click.Path())
 @json_option
 def show_command(path: str, as_json: bool) -> None:
-    """Show every version of PATH with its proofs, jobs and attempts."""
+    """Show every version of PATH with its proofs (and where each waits for its anchor),
+    jobs and attempts."""
     config = cli_context().config()
     target = argument_path(path)
     with index_reader(config) as conn:
@@ -313,6 +314,13 @@ def show_command(path: str, as_json: bool) -> None:
             when = f" at {proof.gen_time}" if proof.gen_time else ""
             by = f" by {proof.authority}" if proof.authority else ""
             click.echo(f"    proof {proof.kind} {proof.status} from {proof.provider}{when}{by}")
+            # Where a pending proof waits: ask that calendar for that commitment by hand.
+            for wait in proof.commitments:
+                if wait.anchored_at is None:
+                    state = f"pending {wait.recorded_at}"
+                else:
+                    state = f"anchored {wait.anchored_at}"
+                click.echo(f"      calendar {wait.provider} commitment {wait.commitment} {state}")
         for job in version.jobs:
             error = f", last error {job.last_error_class}" if job.last_error_class else ""
             click.echo(f"    job {job.kind} {job.action}: {job.state}, {job.tries} tries{error}")

@@ -9,7 +9,9 @@ What is OpenTimestamps about running ``ots`` jobs lives here; the job runner
   deadline (``anchor.timeout``), and at least ``anchor.min_replies`` must answer, as
   ``ots stamp -m`` requires. Each reply is a fork under the root; each file's proof is its
   path to the root plus that tree. Such a proof is ``pending``: the runner records it and
-  creates its ``upgrade`` job, first due after ``anchor.upgrade_after``.
+  creates its ``upgrade`` job, first due after ``anchor.upgrade_after``. The index records
+  where it waits: each replying calendar's URI and commitment (store/index/commitments.py);
+  the upgrade that merges a calendar's reply marks that pair anchored.
 - **upgrade**: each Pending leaf of the proof is asked at its own URI, only if the allow-list
   accepts it (daemon/evidence/calendar.py), and a reply is merged only at the leaf whose
   commitment was asked. Once a Bitcoin leaf exists the proof is complete; until then the job
@@ -56,7 +58,7 @@ from stampd.store.formats.ots_batch import make_batch
 from stampd.store.index.jobs import Attempt
 from stampd.store.index.times import utc_now
 from stampd.store.kinds import EvidenceKind
-from stampd.store.verify import DigestOf
+from stampd.store.verify import Commitment, DigestOf
 
 log = get_logger("stampd.ots")
 
@@ -152,6 +154,10 @@ class OtsStrategy:
         tree = Timestamp(root)
         for reply in quorum.replies:
             tree = merge(tree, root, reply.value)  # a fork per calendar (§3.3)
+        # Where the proofs wait (issue 12): each reply's calendar URI and the message at its
+        # Pending leaf, the commitment the calendar is asked about (§2). The same for every
+        # file of the batch: each file's proof is its path to the root, then this tree.
+        waits = [Commitment(uri, commitment) for uri, commitment in pending_leaves(tree)]
         outcomes: list[Outcome] = []
         for request, leaf in zip(requests, batch.leaves, strict=True):
             data = encode(leaf.proof(tree))
@@ -163,7 +169,7 @@ class OtsStrategy:
                     NotObtained(ErrorClass.VERIFY, verdict.message or str(verdict.reason), attempts)
                 )
                 continue
-            outcomes.append(Obtained(data, verdict, attempts))
+            outcomes.append(Obtained(data, verdict, attempts, waits))
         return outcomes
 
     # --- upgrade ------------------------------------------------------------------------
@@ -188,6 +194,7 @@ class OtsStrategy:
         attempts: list[Attempt] = []
         pending: list[str] = []
         problems: list[tuple[str, str]] = []
+        merged: set[tuple[str, bytes]] = set()
         for (uri, commitment), (attempt, reply) in zip(leaves, fetched, strict=True):
             attempts.append(attempt)
             if attempt.error_class is not None:
@@ -196,8 +203,11 @@ class OtsStrategy:
                 pending.append(uri)
             else:
                 tree = merge(tree, commitment, reply)  # only at the leaf that was asked (§2)
+                merged.add((uri, commitment))
         if bitcoin_leaves(tree):
-            return await self._complete(request, OtsProof(proof.file_op, tree), attempts)
+            # Every pair the proof waits at; anchored are those whose calendar's reply is in.
+            waits = [Commitment(uri, c, (uri, c) in merged) for uri, c in leaves]
+            return await self._complete(request, OtsProof(proof.file_op, tree), attempts, waits)
         if not leaves:
             problems.append((ErrorClass.REJECTED, "the proof names no calendar to ask"))
         parts = []
@@ -230,7 +240,11 @@ class OtsStrategy:
         return Attempt(uri, started_at, latency, None, 200, "upgraded"), reply
 
     async def _complete(
-        self, request: ProofRequest, proof: OtsProof, attempts: Sequence[Attempt]
+        self,
+        request: ProofRequest,
+        proof: OtsProof,
+        attempts: Sequence[Attempt],
+        waits: Sequence[Commitment],
     ) -> Outcome:
         data = encode(proof)
         try:
@@ -249,7 +263,7 @@ class OtsStrategy:
                 request.job.tries + 1, after=self.upgrade_after, cap=self.upgrade_max, rng=self._rng
             )
             return NotObtained(ErrorClass.VERIFY, verdict.message or "", attempts, retry)
-        return Obtained(data, verdict, attempts)
+        return Obtained(data, verdict, attempts, waits)
 
     # --- reloads and status ---------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from stampd.store.files.sidecar import Layout, read_sidecar, write_sidecar
 from stampd.store.index.jobs import KnownProof, NewProof
 from stampd.store.index.times import format_time
 from stampd.store.kinds import KindSpec
-from stampd.store.verify import DigestOf, Verdict, Verifier
+from stampd.store.verify import Commitment, DigestOf, Verdict, Verifier
 
 log = get_logger("stampd.runner")
 
@@ -105,13 +105,21 @@ def reusable(
         # A proof whose chain has expired since still proves its time, but a new version
         # deserves evidence that needs no renewal yet.
         if usable(verdict, algorithm) and not verdict.renewal_overdue:
-            return Obtained(data, verdict, ())
+            # Its pairs as its bytes say: the new row waits (or waited) where the old one did.
+            return Obtained(data, verdict, (), verdict.commitments)
     return None
 
 
-def proof_row(kind: str, data: bytes, verdict: Verdict, digest: bytes) -> NewProof:
+def proof_row(
+    kind: str,
+    data: bytes,
+    verdict: Verdict,
+    digest: bytes,
+    *,
+    commitments: Sequence[Commitment] = (),
+) -> NewProof:
     """The index row of a valid (or pending) proof of ``kind`` over ``digest`` (under the
-    verdict's algorithm), made by the provider the verdict names."""
+    verdict's algorithm), made by the provider the verdict names, waiting at ``commitments``."""
     return NewProof(
         kind=kind,
         provider=verdict.provider or "",
@@ -123,4 +131,5 @@ def proof_row(kind: str, data: bytes, verdict: Verdict, digest: bytes) -> NewPro
         not_after=None if verdict.chain_not_after is None else format_time(verdict.chain_not_after),
         sidecar_sha256=hashlib.sha256(data).hexdigest(),
         status="pending" if verdict.status == "pending" else "complete",
+        commitments=tuple(commitments),
     )

@@ -316,7 +316,8 @@ class JobRunner:
         )
         if verdict.algorithm not in known or not usable(verdict, verdict.algorithm):
             return None
-        return proof_row(self._kind.name, data, verdict, known[verdict.algorithm])
+        digest = known[verdict.algorithm]
+        return proof_row(self._kind.name, data, verdict, digest, commitments=verdict.commitments)
 
     async def _adopt(
         self, strategy: Strategy, job: DueJob, digest: bytes, versions: DigestOf, layout: Layout
@@ -337,7 +338,7 @@ class JobRunner:
             if not usable(verdict, strategy.digest_alg):
                 return False  # an older version's proof, or not a proof: archived on write
             await asyncio.to_thread(self._at_rest.archive, existing)
-            found = Obtained(existing, verdict, ())
+            found = Obtained(existing, verdict, (), verdict.commitments)  # as its bytes say
             await self._complete(strategy, job, digest, found, source="sidecar", sidecar=True)
         return True
 
@@ -418,7 +419,9 @@ class JobRunner:
                 self._index,
                 job_id=job.job_id,
                 version_id=job.version_id,
-                proof=proof_row(self._kind.name, found.data, verdict, digest),
+                proof=proof_row(
+                    self._kind.name, found.data, verdict, digest, commitments=found.commitments
+                ),
                 attempts=found.attempts,
                 follow_up=follow_up,
                 extends=job.proof_id,

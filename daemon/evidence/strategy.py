@@ -27,7 +27,7 @@ from typing import Any, Protocol
 from stampd.daemon.evidence.backoff import Backoff
 from stampd.store.index.jobs import Attempt, DueJob
 from stampd.store.kinds import JobAction
-from stampd.store.verify import Verdict, Verifier
+from stampd.store.verify import Commitment, Verdict, Verifier
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,10 @@ class Obtained:
     verdict: Verdict
     #: The attempts of the round that produced it (shared by every request of a batch).
     attempts: Sequence[Attempt]
+    #: Where a pending proof waits: each provider holding it under its commitment, and
+    #: whether that provider's anchor is in this proof (an ``ots`` upgrade merged its reply).
+    #: The index records them with the proof; none for kinds that are complete at once.
+    commitments: Sequence[Commitment] = ()
 
 
 @dataclass(frozen=True)

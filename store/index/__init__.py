@@ -6,6 +6,7 @@
 - ``versions``: recording settled files — versions, renames, unreadable and missing files.
 - ``jobs``: evidence jobs — due work and how each round ends (proofs, attempts).
 - ``scan_rows``: the rows the reconciliation scan compares with the disk.
+- ``commitments``: where each pending proof waits — its (provider, commitment) pairs.
 - ``queries``: what ``status``, ``ls``, ``show`` and ``providers`` read.
 - ``counts``: what the metrics export reads.
 """

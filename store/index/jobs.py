@@ -18,6 +18,7 @@ from pathlib import Path
 
 from stampd.store.errors import ErrorClass
 from stampd.store.files.pathnames import unescape_path
+from stampd.store.index.commitments import Commitment, record_commitments
 from stampd.store.index.database import Index
 from stampd.store.index.scan_rows import subtree_bounds
 from stampd.store.index.schema import inserted_id, require_kind
@@ -81,6 +82,9 @@ class NewProof:
     #: ``complete``, or ``pending`` for a proof that waits for its anchor (an ``.ots``
     #: before its Bitcoin block): an ``upgrade`` job follows it.
     status: str = "complete"
+    #: Where the proof waits for its anchor, and which providers delivered it
+    #: (store/index/commitments.py); none for kinds that are complete at once.
+    commitments: tuple[Commitment, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -261,7 +265,9 @@ def record_proof(index: Index, *, version_id: int, proof: NewProof) -> int:
     now = utc_now()
     with index.write() as conn:
         cursor = conn.execute(_SQL_INSERT_PROOF, (version_id, *_proof_values(proof), now, now))
-        return inserted_id(cursor)
+        proof_id = inserted_id(cursor)
+        record_commitments(conn, proof_id, proof.commitments, now=now)
+        return proof_id
 
 
 def complete_job(
@@ -274,9 +280,9 @@ def complete_job(
     follow_up: FollowUp | None = None,
     extends: int | None = None,
 ) -> int | None:
-    """Record the proof, the round's attempts, the job's end and the job that follows (if
-    any) in one transaction. With ``extends``, the proof is an upgrade of that proof row,
-    which it updates; otherwise a new row is inserted.
+    """Record the proof (with its commitments), the round's attempts, the job's end and the
+    job that follows (if any) in one transaction. With ``extends``, the proof is an upgrade of
+    that proof row, which it updates; otherwise a new row is inserted.
 
     Returns the proof's id, or None when the job was no longer pending (then nothing is
     written: a second runner, or an operator, ended it first).
@@ -292,6 +298,8 @@ def complete_job(
         else:
             conn.execute(_SQL_EXTEND_PROOF, (*_proof_values(proof), now, extends))
             proof_id = extends
+        # New pairs are added, pairs now anchored get their time; none is ever removed.
+        record_commitments(conn, proof_id, proof.commitments, now=now)
         _insert_attempts(conn, job_id, attempts)
         conn.execute(_SQL_JOB_DONE, (proof_id, now, job_id))
         if follow_up is not None:

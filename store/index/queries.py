@@ -18,6 +18,7 @@ from typing import Any
 
 from stampd.store.files.pathnames import escape
 from stampd.store.index.anchors import PendingAnchors, pending_anchors
+from stampd.store.index.commitments import CommitmentRow, commitments_of, has_commitments_table
 from stampd.store.index.scan_rows import subtree_bounds
 
 
@@ -105,6 +106,8 @@ class ProofRow:
     not_after: str | None
     sidecar_sha256: str | None
     parent_id: int | None
+    #: Where the proof waits for its anchor, one row per (provider, commitment).
+    commitments: tuple[CommitmentRow, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -264,6 +267,7 @@ def file_detail(conn: sqlite3.Connection, path: Path) -> FileDetail | None:
     ).fetchone()
     if row is None:
         return None
+    waits = has_commitments_table(conn)
     versions = tuple(
         VersionDetail(
             id=v["id"],
@@ -275,7 +279,7 @@ def file_detail(conn: sqlite3.Connection, path: Path) -> FileDetail | None:
             seen_at=v["seen_at"],
             hashed_at=v["hashed_at"],
             current=v["id"] == row["current_version_id"],
-            proofs=_proofs_of(conn, v["id"]),
+            proofs=_proofs_of(conn, v["id"], waits=waits),
             jobs=_jobs_of(conn, v["id"]),
         )
         for v in conn.execute(
@@ -293,7 +297,7 @@ def file_detail(conn: sqlite3.Connection, path: Path) -> FileDetail | None:
     )
 
 
-def _proofs_of(conn: sqlite3.Connection, version_id: int) -> tuple[ProofRow, ...]:
+def _proofs_of(conn: sqlite3.Connection, version_id: int, *, waits: bool) -> tuple[ProofRow, ...]:
     return tuple(
         ProofRow(
             id=p["id"],
@@ -308,6 +312,7 @@ def _proofs_of(conn: sqlite3.Connection, version_id: int) -> tuple[ProofRow, ...
             not_after=p["not_after"],
             sidecar_sha256=p["sidecar_sha256"],
             parent_id=p["parent_id"],
+            commitments=commitments_of(conn, p["id"]) if waits else (),
         )
         for p in conn.execute(
             "SELECT * FROM proofs WHERE version_id = ? ORDER BY id", (version_id,)

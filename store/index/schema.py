@@ -257,6 +257,25 @@ def _rebuild(conn: sqlite3.Connection, table: str, definition: str) -> None:
         conn.execute(sql)
 
 
+@migrations(name="0005_proof_commitments")
+def _proof_commitments(db: Database) -> None:
+    # Issue 12: where each pending proof waits — (provider, commitment) — and when each
+    # provider's anchor arrived (store/index/commitments.py). Every statement on it names a
+    # proof (show reads a proof's rows; complete_job writes by the whole key), so the key is
+    # the table: WITHOUT ROWID, no index besides (sqlite.org/withoutrowid.html), and its
+    # prefix proof_id is the index the foreign key wants (sqlite.org/foreignkeys.html §3).
+    db.execute(
+        """CREATE TABLE proof_commitments (
+            proof_id INTEGER NOT NULL REFERENCES proofs(id),
+            provider TEXT NOT NULL,
+            commitment BLOB NOT NULL,
+            recorded_at TEXT NOT NULL,
+            anchored_at TEXT,
+            PRIMARY KEY (proof_id, provider, commitment)
+        ) WITHOUT ROWID"""
+    )
+
+
 class UnknownKindError(StampdError):
     """A job or proof row for an evidence kind the registry does not know."""
 
