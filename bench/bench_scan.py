@@ -1,23 +1,32 @@
 """First scan, readiness, close-to-version latency and peak RSS of `stampd run` (DESIGN §11).
 
-1. Builds a tree of 100k files of 4 KiB (100 per directory).
-2. Reference: `find TREE -type f -print0 | xargs -0 sha256sum > /dev/null`, files/s.
-3. stampd: `stampd run` on the tree with an empty state directory; time to `daemon_ready`
-   (must not depend on the tree's size) and until every file has a version in the index
-   (hashed with SHA-256 and SHA-512 and committed; an inventory watch, `evidence = []`, so
-   no jobs: only what works is configurable, and a TSA would add network to a scan figure);
-   files/s and the ratio.
-4. Close-to-version latency: with the scan done, 100 files written and closed one at a time;
+1. Builds a tree of 100k files of 4 KiB (100 per directory), syncs it, and reads it once
+   untimed: the page cache is warm for every run below, and nothing is dropped between runs.
+2. First scan, ``--rounds`` times, the three interleaved in each round (the machine is shared:
+   a slow patch then hits all three alike), median files/s and CPU µs per file of each:
+   - `find TREE -type f -print0 | xargs -0 sha256sum > /dev/null`: one digest, nothing kept,
+     the limit;
+   - `aide --init` (bench/aide_reference.py: SHA-256 + SHA-512 and the stat attributes into
+     its database), the C peer and the target (issue 13); its database is checked once to
+     hold both digests of every file. Without AIDE its column is skipped with the reason;
+   - stampd: `stampd run` on the tree with an empty state directory; time to `daemon_ready`
+     (must not depend on the tree's size) and until every file has a version in the index
+     (hashed with SHA-256 and SHA-512 and committed; an inventory watch, `evidence = []`, so
+     no jobs: only what works is configurable, and a TSA would add network to a scan
+     figure); the ratios stampd/AIDE and stampd/sha256sum.
+   The daemon of the last round goes on to the steps below (bench/first_scan.py).
+3. Close-to-version latency: with the scan done, 100 files written and closed one at a time;
    the time from close() until the version is in the index, p50/p99, next to `quiet`.
-5. Peak RSS (VmHWM) of the daemon.
-6. The cost follows the change: the daemon's CPU time (user + system, /proc/PID/stat) for
+4. Peak RSS (VmHWM) of the daemon.
+5. The cost follows the change: the daemon's CPU time (user + system, /proc/PID/stat) for
    100 new directories with one file each, made in a burst, until all 100 files are recorded
    and the daemon is idle again (no scan running or pending, queues empty: the walks the
    directories caused are counted too); next to the CPU time of one full rescan of the same
    tree (`stampd rescan`) until idle, and of the idle daemon over as long as the directories
    took (its ticks and root checks).
 
-    python bench/bench_scan.py [--files 100000] [--quiet 0.5s]
+    python bench/bench_scan.py [--files 100000] [--quiet 0.5s] [--rounds 3]
+                               [--aide-workers N]
 """
 
 from __future__ import annotations
@@ -25,25 +34,34 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-from stampd.daemon.service import control
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.aide_reference import find_aide, missing_reason, write_config  # noqa: E402
+from bench.first_scan import (  # noqa: E402
+    STAMPD,
+    ScanLog,
+    cpu_seconds,
+    machine,
+    measure_first_scans,
+    stop,
+    warm_page_cache,
+)
+from stampd.daemon.service import control  # noqa: E402
 
 # STAMPD_BENCH_RESULTS: elsewhere (tests/test_bench_smoke.py runs tiny sizes, whose figures
 # must not replace the real ones).
 RESULTS = Path(
     os.environ.get("STAMPD_BENCH_RESULTS") or Path(__file__).resolve().parent / "results"
 )
-STAMPD = str(Path(sys.executable).with_name("stampd"))
 
 
 def build_tree(root: Path, files: int) -> None:
@@ -56,28 +74,6 @@ def build_tree(root: Path, files: int) -> None:
         (directory / f"f{number:06}.dat").write_bytes(number.to_bytes(8, "big") + block[8:])
 
 
-def reference_files_per_s(root: Path, files: int) -> float:
-    subprocess.run(["sync"], check=False)
-    start = time.perf_counter()
-    subprocess.run(
-        f"find {root} -type f -print0 | xargs -0 sha256sum > /dev/null", shell=True, check=True
-    )
-    return files / (time.perf_counter() - start)
-
-
-def count_versions(db: Path) -> int:
-    if not db.exists():
-        return 0
-    try:
-        conn = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=5)
-        try:
-            return int(conn.execute("SELECT COUNT(*) FROM versions").fetchone()[0])
-        finally:
-            conn.close()
-    except sqlite3.OperationalError:
-        return 0
-
-
 def has_version(db: Path, path: Path) -> bool:
     conn = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=5)
     try:
@@ -87,28 +83,6 @@ def has_version(db: Path, path: Path) -> bool:
         return row is not None
     finally:
         conn.close()
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of the process so far, every thread included (proc(5))."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    # After the command name: state is field 3, utime field 14, stime field 15.
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-class ScanLog:
-    """Drains the daemon's JSON log (it must never block on a full pipe) and counts the
-    full scans it reports (``scan_finished`` without a ``subtree``)."""
-
-    def __init__(self, lines: Iterator[str]) -> None:
-        self.full_scans = 0
-        self._lines = lines
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        for line in self._lines:
-            if '"scan_finished"' in line and json.loads(line).get("subtree") is None:
-                self.full_scans += 1
 
 
 def wait_idle(control_socket: Path) -> None:
@@ -173,47 +147,42 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--files", type=int, default=100_000)
     parser.add_argument("--quiet", default="0.5s")
+    parser.add_argument("--rounds", type=int, default=3, help="first scans of each, interleaved")
+    parser.add_argument(
+        "--aide-workers",
+        default=None,
+        help="AIDE's num_workers (e.g. 2 or 100%%); default: AIDE's own (1), as DESIGN §11",
+    )
     parser.add_argument("--latency-samples", type=int, default=100)
     parser.add_argument("--new-directories", type=int, default=100)
     args = parser.parse_args()
     quiet_s = float(args.quiet.removesuffix("s"))
+    aide_path = find_aide()
+    aide_skipped = None if aide_path else missing_reason()
+    if aide_skipped:
+        print(f"AIDE column skipped: {aide_skipped}", file=sys.stderr)
 
     with tempfile.TemporaryDirectory(prefix="stampd-bench-scan-") as tmp:
         base = Path(tmp)
         tree = base / "tree"
         print(f"building {args.files:,} files of 4 KiB ...", flush=True)
         build_tree(tree, args.files)
-        reference = reference_files_per_s(tree, args.files)
-
-        state = base / "state"
-        config = base / "config.toml"
-        config.write_text(
-            f'[daemon]\nstate_dir = "{state}"\ncontrol_socket = "{base}/control.sock"\n'
-            f'log_format = "json"\n[[watch]]\npath = "{tree}"\nevidence = []\n'
-            f'quiet = "{args.quiet}"\n'
-        )
-        db = state / "index.sqlite"
-        start = time.perf_counter()
-        proc = subprocess.Popen(
-            [STAMPD, "--config", str(config), "run"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if '"daemon_ready"' in line:
-                break
-        ready_s = time.perf_counter() - start
-        scans = ScanLog(proc.stdout)
-        while count_versions(db) < args.files:
-            time.sleep(0.05)
-            if proc.poll() is not None:
-                print("stampd exited early", file=sys.stderr)
-                return 1
-        scan_s = time.perf_counter() - start
-        ours = args.files / scan_s
+        warm_page_cache(tree)
+        aide = None
+        if aide_path is not None:
+            aide = (aide_path, write_config(base / "aide", tree, workers=args.aide_workers))
+        measured = measure_first_scans(base, tree, args, aide)
+        if measured is None:
+            return 1
+        rounds, check = measured
+        if check is not None and (
+            check.with_both_digests != args.files or not check.sample_matches
+        ):
+            print(f"AIDE's database does not hold both digests of every file: {check}")
+            stop(rounds.stampd[-1].proc)
+            return 1
+        daemon = rounds.stampd[-1]
+        proc, db, control_socket = daemon.proc, daemon.db, daemon.control_socket
 
         latencies = []
         fresh = tree / "fresh"
@@ -230,30 +199,49 @@ def main() -> int:
 
         time.sleep(2.0)  # let the last samples' work finish before counting CPU
         started = time.perf_counter()
-        control_socket = base / "control.sock"
         mkdir_cpu = new_directories_cpu(proc, db, tree, args.new_directories, control_socket)
         mkdir_wall = time.perf_counter() - started
         idle_before = cpu_seconds(proc.pid)
         time.sleep(mkdir_wall)
         idle_cpu = cpu_seconds(proc.pid) - idle_before
-        rescan_cpu = full_rescan_cpu(proc, config, scans, control_socket)
+        rescan_cpu = full_rescan_cpu(proc, daemon.config, daemon.scans, control_socket)
         rss = peak_rss_mib(proc.pid)
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
+        stop(proc)
 
+    reference = rounds.files_per_s([run.wall_s for run in rounds.sha256sum])
+    ours = rounds.files_per_s([scan.scan_s for scan in rounds.stampd])
+    ours_cpu = rounds.cpu_us_per_file([scan.cpu_s for scan in rounds.stampd])
+    sum_cpu = rounds.cpu_us_per_file([run.cpu_s for run in rounds.sha256sum])
+    aide_rate = rounds.files_per_s([run.wall_s for run in rounds.aide]) if rounds.aide else None
+    aide_cpu = rounds.cpu_us_per_file([run.cpu_s for run in rounds.aide]) if rounds.aide else None
+    ratio = ours / reference
+    ratio_aide = ours / aide_rate if aide_rate else None
     latencies.sort()
     p50 = statistics.median(latencies)
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
-    ratio = ours / reference
     rows = [
         (
             "first scan, files/s (hashed + indexed)",
             f"{ours:,.0f}",
-            f"find|xargs sha256sum {reference:,.0f}/s",
-            f"{ratio:.2f}x",
+            f"aide --init {aide_rate:,.0f}/s" if aide_rate else "AIDE skipped (not installed)",
+            f"{ratio_aide:.2f}x" if ratio_aide else "",
             "≥ 1.0x",
         ),
-        ("start → daemon_ready", f"{ready_s * 1000:.0f} ms", "", "", "< 1 s"),
+        (
+            "  the same against the limit",
+            f"{ours:,.0f}",
+            f"find|xargs sha256sum {reference:,.0f}/s",
+            f"{ratio:.2f}x",
+            "",
+        ),
+        (
+            "  CPU per file",
+            f"{ours_cpu:.0f} µs",
+            (f"AIDE {aide_cpu:.0f} µs, " if aide_cpu else "") + f"sha256sum {sum_cpu:.0f} µs",
+            "",
+            "",
+        ),
+        ("start → daemon_ready", f"{daemon.ready_s * 1000:.0f} ms", "", "", "< 1 s"),
         (
             "close → version p50",
             f"{p50 * 1000:.0f} ms",
@@ -284,7 +272,13 @@ def main() -> int:
             "",
         ),
     ]
-    print(f"\n{args.files:,} files of 4 KiB")
+    host = machine()
+    print(
+        f"\n{args.files:,} files of 4 KiB, median of {args.rounds} interleaved rounds,"
+        f" {host['nproc']} CPUs ({host['cpu_model']}); a shared machine: figures are noisy"
+    )
+    if aide_skipped:
+        print(f"AIDE column skipped: {aide_skipped}")
     for row in rows:
         target = f"  target {row[4]}" if row[4] else ""
         print(f"{row[0]:<40} {row[1]:>12}  {row[2]:<32} {row[3]:>9}{target}")
@@ -293,10 +287,25 @@ def main() -> int:
         json.dumps(
             {
                 "files": args.files,
+                "machine": host,
+                "rounds": args.rounds,
+                "page_cache": "warm: the tree is written, synced and read once untimed; "
+                "nothing is dropped between runs",
                 "reference_files_per_s": reference,
                 "stampd_files_per_s": ours,
                 "ratio": ratio,
-                "ready_ms": ready_s * 1000,
+                "aide_files_per_s": aide_rate,
+                "ratio_aide": ratio_aide,
+                "aide_skipped": aide_skipped,
+                "aide_config": aide[1].text if aide else None,
+                "aide_database": vars(check) if check else None,
+                "cpu_us_per_file": {"sha256sum": sum_cpu, "aide": aide_cpu, "stampd": ours_cpu},
+                "per_round_files_per_s": {
+                    "sha256sum": [args.files / run.wall_s for run in rounds.sha256sum],
+                    "aide": [args.files / run.wall_s for run in rounds.aide],
+                    "stampd": [args.files / scan.scan_s for scan in rounds.stampd],
+                },
+                "ready_ms": daemon.ready_s * 1000,
                 "latency_p50_ms": p50 * 1000,
                 "latency_p99_ms": p99 * 1000,
                 "quiet_ms": quiet_s * 1000,

@@ -2,6 +2,9 @@
 
 Each benchmark prints its own table and writes bench/results/<name>.json; targets are the
 ratios of DESIGN §11, measured against a reference run on the same machine in the same run.
+First, the references that are packages are got: AIDE (bench/aide_reference.py) is installed
+with apt-get when it is missing and this is root; otherwise that step says how, and
+bench_scan.py leaves AIDE's column empty with the reason.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ BENCHMARKS = [
 
 def main() -> int:
     failed = []
+    # Never fails the run: without AIDE, bench_scan.py still measures the rest.
+    subprocess.run([sys.executable, str(HERE / "aide_reference.py")], check=False)
     for name in BENCHMARKS:
         print(f"\n=== {name} ===", flush=True)
         if subprocess.run([sys.executable, str(HERE / name)], check=False).returncode:

@@ -1,0 +1,200 @@
+"""The first-scan measurement of bench_scan.py: stampd against its references, interleaved.
+
+Each round times, one after the other on the same tree with the page cache warm,
+`find | xargs sha256sum` (the limit), `aide --init` (the C peer, bench/aide_reference.py) and
+a `stampd run` first scan with an empty state directory; the machine is shared, so a slow
+patch then hits all three alike, and the medians over the rounds are reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.aide_reference import AideSetup, DatabaseCheck, Timed, check_database, children_cpu_s
+from bench.aide_reference import run_init as run_aide
+
+STAMPD = str(Path(sys.executable).with_name("stampd"))
+
+
+def sha256sum_run(root: Path) -> Timed:
+    """`find | xargs sha256sum` over the tree, timed (wall, and CPU of all its processes)."""
+    subprocess.run(["sync"], check=False)
+    cpu = children_cpu_s()
+    start = time.perf_counter()
+    subprocess.run(
+        f"find {root} -type f -print0 | xargs -0 sha256sum > /dev/null", shell=True, check=True
+    )
+    return Timed(wall_s=time.perf_counter() - start, cpu_s=children_cpu_s() - cpu)
+
+
+def warm_page_cache(root: Path) -> None:
+    """Read every file once, untimed: each run then reads from the page cache alike."""
+    subprocess.run(["sync"], check=False)
+    subprocess.run(
+        f"find {root} -type f -print0 | xargs -0 cat > /dev/null", shell=True, check=True
+    )
+
+
+def machine() -> dict[str, object]:
+    """The machine the figures come from: CPUs usable (`nproc`) and the CPU model."""
+    model = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.partition(":")[2].strip()
+            break
+    return {"nproc": len(os.sched_getaffinity(0)), "cpu_model": model}
+
+
+def count_versions(db: Path) -> int:
+    if not db.exists():
+        return 0
+    try:
+        conn = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=5)
+        try:
+            return int(conn.execute("SELECT COUNT(*) FROM versions").fetchone()[0])
+        finally:
+            conn.close()
+    except sqlite3.OperationalError:
+        return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of the process so far, every thread included (proc(5))."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    # After the command name: state is field 3, utime field 14, stime field 15.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class ScanLog:
+    """Drains the daemon's JSON log (it must never block on a full pipe) and counts the
+    full scans it reports (``scan_finished`` without a ``subtree``)."""
+
+    def __init__(self, lines: Iterator[str]) -> None:
+        self.full_scans = 0
+        self._lines = lines
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self._lines:
+            if '"scan_finished"' in line and json.loads(line).get("subtree") is None:
+                self.full_scans += 1
+
+
+@dataclass
+class FirstScan:
+    """One `stampd run` whose first scan of the tree is done: how long it took, and the
+    daemon, still running."""
+
+    proc: subprocess.Popen[str]
+    config: Path
+    db: Path
+    control_socket: Path
+    scans: ScanLog
+    ready_s: float
+    scan_s: float
+    #: The daemon's CPU seconds from its start until every file had a version.
+    cpu_s: float
+
+
+def first_scan(base: Path, tree: Path, files: int, quiet: str) -> FirstScan | None:
+    """Start `stampd run` on ``tree`` with an empty state directory under ``base`` and wait
+    until every one of ``files`` has a version in the index; None if the daemon died."""
+    base.mkdir()
+    state = base / "state"
+    config = base / "config.toml"
+    control_socket = base / "control.sock"
+    config.write_text(
+        f'[daemon]\nstate_dir = "{state}"\ncontrol_socket = "{control_socket}"\n'
+        f'log_format = "json"\n[[watch]]\npath = "{tree}"\nevidence = []\n'
+        f'quiet = "{quiet}"\n'
+    )
+    db = state / "index.sqlite"
+    subprocess.run(["sync"], check=False)
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        [STAMPD, "--config", str(config), "run"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if '"daemon_ready"' in line:
+            break
+    ready_s = time.perf_counter() - start
+    scans = ScanLog(proc.stdout)
+    while count_versions(db) < files:
+        time.sleep(0.05)
+        if proc.poll() is not None:
+            print("stampd exited early", file=sys.stderr)
+            return None
+    scan_s = time.perf_counter() - start
+    return FirstScan(
+        proc, config, db, control_socket, scans, ready_s, scan_s, cpu_seconds(proc.pid)
+    )
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM, as systemd stops it, and wait for the clean shutdown."""
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+
+
+@dataclass
+class Rounds:
+    """The first-scan figures of every round: the references and stampd, interleaved."""
+
+    files: int
+    sha256sum: list[Timed] = field(default_factory=list)
+    aide: list[Timed] = field(default_factory=list)
+    stampd: list[FirstScan] = field(default_factory=list)
+
+    def files_per_s(self, walls: list[float]) -> float:
+        """Median files/s over the rounds."""
+        return statistics.median(self.files / wall for wall in walls)
+
+    def cpu_us_per_file(self, cpus: list[float]) -> float:
+        """Median CPU µs per file over the rounds."""
+        return statistics.median(cpus) / self.files * 1e6
+
+
+def measure_first_scans(
+    base: Path, tree: Path, args: argparse.Namespace, aide: tuple[str, AideSetup] | None
+) -> tuple[Rounds, DatabaseCheck | None] | None:
+    """``args.rounds`` rounds of sha256sum, AIDE (when there) and a stampd first scan; every
+    daemon but the last round's is stopped. None if a daemon died."""
+    rounds = Rounds(args.files)
+    check = None
+    for number in range(args.rounds):
+        rounds.sha256sum.append(sha256sum_run(tree))
+        if aide is not None:
+            rounds.aide.append(run_aide(*aide))
+            if check is None:
+                # Once: the reference must really hash (a rule without digests is a stat walk).
+                check = check_database(aide[1], tree / "d00000" / "f000000.dat")
+        scan = first_scan(base / f"stampd-{number}", tree, args.files, args.quiet)
+        if scan is None:
+            return None
+        rounds.stampd.append(scan)
+        print(
+            f"round {number + 1}: sha256sum {args.files / rounds.sha256sum[-1].wall_s:,.0f}/s"
+            + (f", AIDE {args.files / rounds.aide[-1].wall_s:,.0f}/s" if rounds.aide else "")
+            + f", stampd {args.files / scan.scan_s:,.0f}/s",
+            flush=True,
+        )
+        if number < args.rounds - 1:
+            stop(scan.proc)
+    return rounds, check
