@@ -12,8 +12,7 @@ import sqlite3
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import cast
+from typing import NamedTuple, cast
 
 import click
 
@@ -51,9 +50,12 @@ def _size(size: int | None) -> str:
     return f"{size} B"  # pragma: no cover - the loop always returns
 
 
-@dataclass(frozen=True)
-class DaemonState:
-    """What the CLI knows of the daemon: its ``status`` reply, or why there is none."""
+class DaemonState(NamedTuple):
+    """What the CLI knows of the daemon: its ``status`` reply, or why there is none.
+
+    A NamedTuple rather than a frozen dataclass: it is built when ``status`` starts, and a
+    dataclass compiles its generated methods at import (~0.6 ms of that start-up).
+    """
 
     running: bool
     #: The daemon's live state, when it answered ``status``.
