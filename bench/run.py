@@ -15,6 +15,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = [
+    "bench_cli.py",
     "bench_digest.py",
     "bench_index.py",
     "bench_scan.py",

@@ -25,6 +25,7 @@ import pytest
 from tests.conftest import REPO, require_tool
 
 SMALL = {
+    "bench_cli.py": (["--runs", "1"], "cli.json"),
     "bench_digest.py": (["--size-mib", "4", "--runs", "1"], "digest.json"),
     "bench_index.py": (
         ["--dirs", "2", "--files-per-dir", "20", "--versions", "2", "--runs", "1"],

@@ -20,7 +20,7 @@ from stampd.daemon.cli.exit_codes import ExitCode
 from stampd.daemon.cli.output import emit_json, json_option, say
 from stampd.daemon.cli.paths import argument_path, shown
 from stampd.daemon.config.problems import ConfigError, ConfigProblem
-from stampd.daemon.service import control
+from stampd.daemon.service import control_client
 from stampd.daemon.service.replies import (
     ControlError,
     PauseReply,
@@ -68,9 +68,9 @@ def ask_daemon(payload: dict[str, Any], *, timeout: float = 10.0) -> dict[str, o
     The caller reads the reply as its command's type of daemon/service/replies.py.
     """
     config = cli_context().config()
-    reply = control.request(config.daemon.control_socket, payload, timeout=timeout)
+    reply = control_client.request(config.daemon.control_socket, payload, timeout=timeout)
     if not isinstance(reply, dict):
-        raise control.DaemonUnreachableError(
+        raise control_client.DaemonUnreachableError(
             f"the daemon at {config.daemon.control_socket} sent an unexpected reply"
         )
     if not reply.get("ok"):
@@ -207,7 +207,7 @@ def _scan_progress() -> Iterator[None]:
     def show() -> None:
         while not done.wait(PROGRESS_INTERVAL_S):
             try:
-                status = control.request(socket_path, {"command": "status"}, timeout=2.0)
+                status = control_client.request(socket_path, {"command": "status"}, timeout=2.0)
             except StampdError:
                 continue
             if not isinstance(status, dict):

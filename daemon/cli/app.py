@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from typing import Any
+from typing import Any, NamedTuple
 
 import click
 
@@ -22,24 +22,82 @@ from stampd.store.errors import ErrorClass, StampdError
 #: What a shell reports for a process ended by SIGPIPE (128 + 13).
 EXIT_BROKEN_PIPE = 141
 
-#: Every command, as "module:attribute", imported only when it is run or listed. Start-up
-#: time is part of every command's run time (DESIGN §11): `stampd digest` then loads click and
-#: store.digest, not the index, asyncio, httpx and X.509 that other commands need (~0.2 s).
-COMMANDS: dict[str, str] = {
-    "run": "stampd.daemon.cli.run:run_command",
-    "status": "stampd.daemon.cli.query:status_command",
-    "ls": "stampd.daemon.cli.query:ls_command",
-    "show": "stampd.daemon.cli.query:show_command",
-    "digest": "stampd.daemon.cli.digest:digest_command",
-    "config": "stampd.daemon.cli.config:config_group",
-    "verify": "stampd.daemon.cli.verify:verify_command",
-    "providers": "stampd.daemon.cli.providers:providers_command",
-    "stamp": "stampd.daemon.cli.actions:stamp_command",
-    "rescan": "stampd.daemon.cli.actions:rescan_command",
-    "upgrade": "stampd.daemon.cli.actions:upgrade_command",
-    "reload": "stampd.daemon.cli.actions:reload_command",
-    "pause": "stampd.daemon.cli.actions:pause_command",
-    "resume": "stampd.daemon.cli.actions:resume_command",
+
+class LazyCommand(NamedTuple):
+    """A command known by its name and one-line help, imported only when it runs.
+
+    A NamedTuple rather than a frozen dataclass: a dataclass compiles its generated methods
+    when the module is imported (~0.6 ms here), which every `stampd` call would pay.
+    """
+
+    #: Where the command is: ``"module:attribute"``.
+    target: str
+    #: Its one-line help as ``stampd --help`` lists it: the first sentence of its docstring
+    #: (tests/cli/test_cli_startup.py checks the two stay equal).
+    help: str
+
+
+#: Every command, imported only when it runs. Start-up is part of every command's run time
+#: (DESIGN §11: ≤ 100 ms over `python -c pass`): `stampd digest` loads click and store's digest,
+#: `status` the config reader, the control client and the index reader, none of them asyncio,
+#: httpx, X.509 or sqlite-utils; `stampd --help` lists the commands from this table alone.
+COMMANDS: dict[str, LazyCommand] = {
+    "run": LazyCommand(
+        "stampd.daemon.cli.run:run_command",
+        "Run the daemon in the foreground until SIGTERM or Ctrl-C.",
+    ),
+    "status": LazyCommand(
+        "stampd.daemon.cli.query:status_command",
+        "Show the daemon, the watches, and counts of files, proofs and jobs.",
+    ),
+    "ls": LazyCommand(
+        "stampd.daemon.cli.query:ls_command",
+        "List recorded files at or under PATH (default: everything) with their evidence.",
+    ),
+    "show": LazyCommand(
+        "stampd.daemon.cli.query:show_command",
+        "Show every version of PATH with its proofs, jobs and attempts.",
+    ),
+    "digest": LazyCommand(
+        "stampd.daemon.cli.digest:digest_command",
+        "Print the SHA-256 (or SHA-512) of each PATH as sha256sum does; '-' reads stdin.",
+    ),
+    "config": LazyCommand(
+        "stampd.daemon.cli.config:config_group",
+        "Inspect the configuration file.",
+    ),
+    "verify": LazyCommand(
+        "stampd.daemon.cli.verify:verify_command",
+        "Verify the evidence of each PATH offline and say what it proves.",
+    ),
+    "providers": LazyCommand(
+        "stampd.daemon.cli.providers:providers_command",
+        "Show each TSA's health: attempts, failures by class, breaker state, last success.",
+    ),
+    "stamp": LazyCommand(
+        "stampd.daemon.cli.actions:stamp_command",
+        "Record PATHS now, without waiting for them to settle, and queue their evidence.",
+    ),
+    "rescan": LazyCommand(
+        "stampd.daemon.cli.actions:rescan_command",
+        "Walk the watches again (or only the one holding PATH) to find what inotify missed.",
+    ),
+    "upgrade": LazyCommand(
+        "stampd.daemon.cli.actions:upgrade_command",
+        "Try every pending upgrade now (or those of the files at or under PATHs).",
+    ),
+    "reload": LazyCommand(
+        "stampd.daemon.cli.actions:reload_command",
+        "Re-read the configuration (as SIGHUP does) and wait for the result.",
+    ),
+    "pause": LazyCommand(
+        "stampd.daemon.cli.actions:pause_command",
+        "Hold hashing, scans and stamping; watching goes on and nothing is lost.",
+    ),
+    "resume": LazyCommand(
+        "stampd.daemon.cli.actions:resume_command",
+        "Continue after `stampd pause`.",
+    ),
 }
 
 
@@ -47,7 +105,7 @@ def exit_code_for(error: StampdError) -> ExitCode:
     """The exit code an error maps to; anything not listed means the work failed."""
     # Imported here, on the error path, to keep them off every command's start-up.
     from stampd.daemon.config.problems import ConfigError  # noqa: PLC0415
-    from stampd.daemon.service.control import DaemonUnreachableError  # noqa: PLC0415
+    from stampd.daemon.service.control_client import DaemonUnreachableError  # noqa: PLC0415
 
     if isinstance(error, ConfigError):
         return ExitCode.USAGE
@@ -66,8 +124,8 @@ class StampdGroup(click.Group):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         add_global_options(self)
-        #: Commands not imported yet: name -> "module:attribute" (see COMMANDS).
-        self.lazy_commands: dict[str, str] = {}
+        #: Commands not imported yet (see COMMANDS).
+        self.lazy_commands: dict[str, LazyCommand] = {}
 
     def add_command(self, cmd: click.Command, name: str | None = None) -> None:
         add_global_options(cmd)
@@ -77,12 +135,33 @@ class StampdGroup(click.Group):
         return sorted({*self.commands, *self.lazy_commands})
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        target = self.lazy_commands.pop(cmd_name, None)
-        if target is not None:
-            module, _, attribute = target.partition(":")
+        lazy = self.lazy_commands.pop(cmd_name, None)
+        if lazy is not None:
+            module, _, attribute = lazy.target.partition(":")
             command = getattr(importlib.import_module(module), attribute)
             self.add_command(command, cmd_name)
         return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The "Commands" section of ``--help``, without importing a command not yet loaded.
+
+        The same rows click's own ``format_commands`` writes: a command not imported yet
+        stands in as a bare ``click.Command`` with its one-line help from COMMANDS, which
+        click shortens to the width exactly as it shortens the real docstring.
+        """
+        commands: list[tuple[str, click.Command]] = []
+        for name in self.list_commands(ctx):
+            lazy = self.lazy_commands.get(name)
+            command = click.Command(name, help=lazy.help) if lazy else self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                commands.append((name, command))
+        if not commands:
+            return
+        # Click's own arithmetic (click.Group.format_commands): the width left for the help.
+        limit = formatter.width - 6 - max(len(name) for name, _ in commands)
+        rows = [(name, command.get_short_help_str(limit)) for name, command in commands]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context) -> Any:
         # There before any subcommand parses its options, so that its --config/--debug land

@@ -6,7 +6,6 @@ Modelled on pip-audit: machine output never mixes with messages, and an error un
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -51,6 +50,9 @@ def json_option(func: F) -> F:
 
 def emit_json(document: object) -> None:
     """Write ``document`` as the one JSON document of this invocation."""
+    # Imported here: `--version`, `--help` and a plain `digest` never print JSON (~1 ms).
+    import json  # noqa: PLC0415
+
     click.echo(json.dumps(document, indent=2, default=_json_default, ensure_ascii=False))
 
 

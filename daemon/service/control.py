@@ -1,6 +1,7 @@
 """The control socket: one JSON request and one JSON reply per line over a Unix socket (DESIGN §8).
 
-The server side runs in the daemon's asyncio loop; the client side is what the CLI uses.
+The server side runs in the daemon's asyncio loop; the client side, what the CLI uses, is
+:mod:`.control_client` (re-exported here), which needs neither asyncio nor logging.
 Requests are ``{"command": NAME, ...}``; replies are ``{"ok": true, ...}`` or
 ``{"ok": false, "error": {"error_class": ..., "message": ...}}``.
 
@@ -23,12 +24,16 @@ import os
 import re
 import socket
 import struct
-import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+# The client side, re-exported (`X as X`, PEP 484): callers keep `control.request`.
+from stampd.daemon.service.control_client import (
+    DaemonUnreachableError as DaemonUnreachableError,  # noqa: PLC0414
+)
+from stampd.daemon.service.control_client import request as request  # noqa: PLC0414
 from stampd.daemon.service.logs import get_logger
 from stampd.store.errors import ErrorClass, StampdError
 
@@ -41,9 +46,6 @@ MAX_REQUEST_BYTES = 64 * 1024
 REQUEST_TIMEOUT_S = 5.0
 #: Socket mode: owner and group (``stampd``) may connect, nobody else (DESIGN §8).
 SOCKET_MODE = 0o660
-#: The client reads at most this much of a reply (a confused peer cannot make the CLI buffer
-#: forever).
-MAX_REPLY_BYTES = 16 * 1024 * 1024
 
 #: A command's handler: the request in, the reply (without ``ok``) out; a typed reply of
 #: daemon/service/replies.py is a Mapping like any other.
@@ -58,12 +60,6 @@ _UCRED = struct.Struct("iII")
 _GID = struct.Struct("I")
 # A command is named in an error only when it looks like one (a request may carry secrets).
 _COMMAND_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,31}", re.ASCII)
-
-
-class DaemonUnreachableError(StampdError):
-    """The CLI could not talk to the daemon over its control socket."""
-
-    error_class = ErrorClass.DAEMON_UNREACHABLE
 
 
 class ControlRequestError(StampdError):
@@ -389,102 +385,3 @@ class ControlServer:
         if not isinstance(request, dict) or not isinstance(request.get("command"), str):
             raise ControlRequestError('request needs a "command" string')
         return request
-
-
-def _remaining(deadline: float) -> float:
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise TimeoutError
-    return left
-
-
-def _connect(sock: socket.socket, path: Path, deadline: float) -> None:
-    while True:
-        sock.settimeout(_remaining(deadline))
-        try:
-            sock.connect(str(path))
-        except BlockingIOError:
-            # EAGAIN: the daemon's listen backlog is full (it is busy), not gone; try again.
-            time.sleep(min(0.01, _remaining(deadline)))
-        else:
-            return
-
-
-def _send_request(sock: socket.socket, data: bytes, deadline: float) -> None:
-    sock.settimeout(_remaining(deadline))
-    # The daemon may answer early and close (a refused peer, an oversized request): the
-    # reply is then already waiting to be read, whatever happened to the rest of the request.
-    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-        sock.sendall(data)
-
-
-def _read_reply(sock: socket.socket, socket_path: Path, deadline: float) -> bytes:
-    data = bytearray()
-    while True:
-        sock.settimeout(_remaining(deadline))
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-        if b"\n" in chunk:
-            break
-        if len(data) > MAX_REPLY_BYTES:
-            break
-    line = bytes(data).split(b"\n", 1)[0]
-    if len(line) > MAX_REPLY_BYTES:
-        raise DaemonUnreachableError(
-            f"the daemon at {socket_path} sent a reply larger than "
-            f"{MAX_REPLY_BYTES // (1024 * 1024)} MiB",
-            hint="is something other than stampd listening there?",
-        )
-    return line
-
-
-def request(socket_path: Path, payload: Mapping[str, Any], *, timeout: float = 5.0) -> Any:
-    """Send one request to the daemon and return its reply (blocking; for the CLI).
-
-    Raises :class:`DaemonUnreachableError` when nothing listens at ``socket_path``, when the
-    daemon does not answer within ``timeout`` seconds, or when its reply is unreadable.
-    """
-    deadline = time.monotonic() + timeout
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            _connect(sock, socket_path, deadline)
-            _send_request(sock, json.dumps(payload).encode() + b"\n", deadline)
-            line = _read_reply(sock, socket_path, deadline)
-    except FileNotFoundError as error:
-        raise DaemonUnreachableError(
-            f"the daemon is not running (no control socket at {socket_path})",
-            hint="start it with `systemctl start stampd` or `stampd run`",
-        ) from error
-    except ConnectionRefusedError as error:
-        raise DaemonUnreachableError(
-            f"the daemon is not running (stale control socket at {socket_path})",
-            hint="start it with `systemctl start stampd` or `stampd run`",
-        ) from error
-    except PermissionError as error:
-        raise DaemonUnreachableError(
-            f"permission denied on the control socket at {socket_path}",
-            hint="add your user to the socket's group (stampd) or run as root",
-        ) from error
-    except TimeoutError as error:
-        raise DaemonUnreachableError(
-            f"the daemon at {socket_path} did not answer within {timeout:g} s",
-            hint="it may be overloaded or stuck: see `systemctl status stampd` and its log",
-        ) from error
-    except OSError as error:
-        raise DaemonUnreachableError(
-            f"cannot reach the daemon at {socket_path}: {error.strerror or error}",
-            hint="check that it runs and that you are in the stampd group",
-        ) from error
-    if not line:
-        raise DaemonUnreachableError(
-            f"the daemon at {socket_path} closed the connection without answering",
-            hint="the daemon's log may say why",
-        )
-    try:
-        return json.loads(line)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DaemonUnreachableError(
-            f"the daemon at {socket_path} sent an unreadable reply"
-        ) from error

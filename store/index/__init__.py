@@ -1,7 +1,9 @@
 """The SQLite index (DESIGN §7): one writer, read-only readers, every table under migrations.
 
 - ``schema``: tables, allowed values and the migrations; the evidence-kind check.
-- ``database``: connections — the writer's :class:`~.database.Index` and read-only readers.
+- ``connection``: where the index lives, opening a connection, read-only readers (no
+  sqlite-utils: the CLI's queries load only this).
+- ``database``: the writer's :class:`~.database.Index` (readers re-exported).
 - ``times``: the index's time format.
 - ``versions``: recording settled files — versions, renames, unreadable and missing files.
 - ``jobs``: evidence jobs — due work and how each round ends (proofs, attempts).

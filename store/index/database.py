@@ -28,25 +28,14 @@ from stampd.store.errors import IndexUnavailableError
 from stampd.store.files.filestat import FileStat
 from stampd.store.files.pathnames import escape
 from stampd.store.index import versions
+
+# The readers live in .connection, free of sqlite-utils; re-exported (`X as X`, PEP 484).
+from stampd.store.index.connection import connect as _connect
+from stampd.store.index.connection import index_path as index_path  # noqa: PLC0414
+from stampd.store.index.connection import open_reader as open_reader  # noqa: PLC0414
 from stampd.store.index.schema import inserted_id, migrations
 from stampd.store.index.times import utc_now
 from stampd.store.index.versions import Recorded, Settled
-
-#: Seconds a connection waits for another connection's write lock before giving up.
-BUSY_TIMEOUT_S = 10.0
-
-
-def _connect(target: str, *, uri: bool = False) -> sqlite3.Connection:
-    try:
-        conn = sqlite3.connect(target, timeout=BUSY_TIMEOUT_S, uri=uri, check_same_thread=False)
-    except sqlite3.Error as error:
-        raise IndexUnavailableError(
-            f"cannot open the index {target}: {error}",
-            hint="check that the state directory exists and is readable by this user",
-        ) from error
-    conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-    conn.execute("PRAGMA foreign_keys = ON")
-    return conn
 
 
 class Index:
@@ -182,31 +171,3 @@ class Index:
         now = utc_now()
         with self.write() as conn:
             return versions.mark_missing(conn, paths, now=now)
-
-
-def index_path(state_dir: Path) -> Path:
-    """Where the index of a state directory lives."""
-    return state_dir / "index.sqlite"
-
-
-def open_reader(path: Path) -> sqlite3.Connection:
-    """A read-only connection for queries; it can never write, even by mistake.
-
-    Raises :class:`IndexUnavailableError` when there is no index yet (the daemon never ran).
-    """
-    if not path.exists():
-        raise IndexUnavailableError(
-            f"no index at {path} yet",
-            hint="start the daemon (`stampd run` or `systemctl start stampd`) to create it",
-        )
-    conn = _connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-    try:
-        conn.execute("SELECT 1 FROM watches LIMIT 1").fetchall()
-    except sqlite3.DatabaseError as error:
-        conn.close()
-        raise IndexUnavailableError(
-            f"{path}: not a readable stampd index ({error})",
-            hint="check the file's permissions, or that it belongs to stampd",
-        ) from error
-    conn.row_factory = sqlite3.Row
-    return conn
