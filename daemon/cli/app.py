@@ -56,7 +56,8 @@ COMMANDS: dict[str, LazyCommand] = {
     ),
     "show": LazyCommand(
         "stampd.daemon.cli.query:show_command",
-        "Show every version of PATH with its proofs, jobs and attempts.",
+        "Show every version of PATH with its proofs (and where each waits for its anchor),"
+        " jobs and attempts.",
     ),
     "digest": LazyCommand(
         "stampd.daemon.cli.digest:digest_command",
