@@ -9,6 +9,7 @@ import queue
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ import pytest
 from stampd.daemon.watch import dir_hash
 from stampd.daemon.watch.dir_hash import Item, Reply, hash_directory, hash_task
 from stampd.daemon.watch.hash_workers import HashWorkers, Job
+from stampd.store.files.digest import digest_fd_sized
 
 
 def _key(path: Path) -> tuple[int, int, int, int, int]:
@@ -137,7 +139,7 @@ def test_a_file_on_another_filesystem_is_skipped(tmp_path: Path) -> None:
     shm = Path("/dev/shm")
     if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
         pytest.skip("no tmpfs at /dev/shm on another filesystem than the test's tmp_path")
-    directory = Path(__import__("tempfile").mkdtemp(dir=shm))
+    directory = Path(tempfile.mkdtemp(dir=shm))
     try:
         _write(directory / "f", b"elsewhere")
         # The watch root is tmp_path's filesystem; a bind mount put this file under it.
@@ -272,3 +274,17 @@ def test_a_worker_imports_nothing_of_the_daemon_runtime() -> None:
         "stampd.store.files.digest",
     }, ours
     assert not {"asyncio", "sqlite3", "click", "structlog", "httpx"} & imported
+
+
+def test_a_sized_read_sees_a_file_that_shrank_or_grew(tmp_path: Path) -> None:
+    path = _write(tmp_path / "f", b"abcdef" * 1000)
+    with path.open("rb") as handle:
+        # fstat said 6,000 bytes; the file is truncated before the read: what was read counts.
+        path.write_bytes(b"abc")
+        digests = digest_fd_sized(handle.fileno(), 6000)
+    assert (digests.size, digests.sha256) == (3, hashlib.sha256(b"abc").digest())
+    data = os.urandom((1 << 20) + 1)
+    path.write_bytes(data)
+    with path.open("rb") as handle:
+        digests = digest_fd_sized(handle.fileno(), len(data))
+    assert (digests.size, digests.sha512) == (len(data), hashlib.sha512(data).digest())
