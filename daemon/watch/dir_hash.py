@@ -42,7 +42,8 @@ RACY_WINDOW_NS = 1_000_000_000
 Item = tuple[str, tuple[int, int, int, int, int]]
 #: One task: the root's device and, per directory path, the items to hash there.
 Task = tuple[int, list[tuple[str, list[Item]]]]
-#: One reply per item, in task order: ``("h", key, sha256, sha512, racy)`` hashed;
+#: One reply per item, in task order: ``("h", sha256, sha512, racy)`` hashed, and its
+#: ``fstat`` before and after the read equal to the walk's key (so the key is not sent back);
 #: ``("c", reason)`` changed since the walk or while read (settle it again);
 #: ``("s", reason)`` skipped; ``("u", key or None, message)`` unreadable.
 Reply = tuple[Any, ...]
@@ -120,13 +121,7 @@ def _hash_one(  # noqa: PLR0911 - one return per outcome, as in hasher.py
         after = _key(os.fstat(fd))
         if after != key or digests.size != after[2]:
             return ("c", "changed while it was read")
-        return (
-            "h",
-            after,
-            digests.sha256,
-            digests.sha512,
-            after[3] >= hashed_at_ns - RACY_WINDOW_NS,
-        )
+        return ("h", digests.sha256, digests.sha512, after[3] >= hashed_at_ns - RACY_WINDOW_NS)
     finally:
         os.close(fd)
 

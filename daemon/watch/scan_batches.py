@@ -156,15 +156,18 @@ class ScanBatches:
         found: list[tuple[str, Found]] = job.tag  # type: ignore[assignment]
         outcomes, index = self.outcomes, 0
         for directory, items in found:
+            # One parse per directory: "dir / name" costs half of Path(directory, name).
+            parent = Path(directory)
             for name, key in items:
                 reply = replies[index]
                 index += 1
                 code = reply[0]
-                path = Path(directory, name)
+                path = parent / name
                 if code == "h":
-                    after = FileStat(*reply[1])
-                    digests = FileDigests(after.size, reply[2], reply[3])
-                    outcomes.append(Hashed(path, after, digests, hashed_at, reply[4]))
+                    # The worker checked fstat before and after the read against this very
+                    # key, so the walk's FileStat is the hashed file's (none built per file).
+                    digests = FileDigests(key.size, reply[1], reply[2])
+                    outcomes.append(Hashed(path, key, digests, hashed_at, reply[3]))
                 elif code == "c":
                     age = max(0.0, self._now_wall - max(key.mtime_ns, key.ctime_ns) / 1e9)
                     self.unsettled.append((path, key, self._now_mono - age))
