@@ -47,6 +47,10 @@ IN_FLIGHT = 2
 MAX_TRIES = 3
 #: Seconds :meth:`HashWorkers.close` waits for workers to exit before killing them.
 CLOSE_TIMEOUT_S = 5.0
+#: Workers that die this many times in a row before their first reply mean that no worker
+#: can run here (the interpreter or the module cannot be started): hashing goes on in the
+#: daemon's own threads, once logged, instead of a restart per task.
+FAILED_STARTS = 3
 
 _COMMAND = (sys.executable, "-m", "stampd.daemon.watch.dir_hash")
 
@@ -88,6 +92,8 @@ class _Worker:
     process: subprocess.Popen[bytes] | None = None
     jobs: deque[Job] = field(default_factory=deque)
     thread: threading.Thread | None = None
+    #: Whether this process has sent a reply (one that dies before that failed to start).
+    replied: bool = False
 
 
 class HashWorkers(Hashing):
@@ -99,6 +105,11 @@ class HashWorkers(Hashing):
         self._closing = threading.Event()
         self._workers = [_Worker(index) for index in range(count)]
         self._started = False
+        # Guards the choice between queueing a job and hashing it here (submit), against the
+        # pool giving up on processes (_give_up), so that no job is queued after the drain.
+        self._lock = threading.Lock()
+        self._broken = False
+        self._failed_starts = 0
         self.restarts = 0
 
     def start(self) -> None:
@@ -117,10 +128,12 @@ class HashWorkers(Hashing):
 
     def submit(self, job: Job) -> None:
         """Queue ``job`` for the next free worker."""
-        if not self._started or self._closing.is_set():
+        with self._lock:
+            queued = self._started and not self._broken and not self._closing.is_set()
+            if queued:
+                self._jobs.put(job)
+        if not queued:
             super().submit(job)  # no workers (any more): hash it here rather than lose it
-            return
-        self._jobs.put(job)
 
     def close(self) -> None:
         """Stop feeding, close each worker's stdin (it exits), wait, then kill stragglers.
@@ -184,6 +197,8 @@ class HashWorkers(Hashing):
             self._restart(worker)
             return
         job = worker.jobs.popleft()
+        worker.replied = True
+        self._failed_starts = 0
         started, replies = reply
         job.results.put((job, started, replies))
 
@@ -196,7 +211,12 @@ class HashWorkers(Hashing):
             return
         self.restarts += 1
         log.warning("hash_worker_died", worker=worker.index, exit_code=code, tasks=len(held))
+        self._failed_starts = 0 if worker.replied else self._failed_starts + 1
+        if self._failed_starts >= FAILED_STARTS or self._broken:
+            self._give_up(held, code)
+            return
         worker.process = self._spawn()
+        worker.replied = False
         for job in held:
             job.tries += 1
             if job.tries >= MAX_TRIES:
@@ -204,6 +224,31 @@ class HashWorkers(Hashing):
                 Hashing.submit(self, job)  # in this thread, with the same guards
             else:
                 self._jobs.put(job)
+
+    def _give_up(self, held: list[Job], code: int | None) -> None:
+        """No worker process can run: hash what this feeder held and everything queued in
+        this thread, and every later job in the thread that submits it."""
+        with self._lock:
+            first = not self._broken
+            self._broken = True
+            queued: list[Job] = []
+            while True:
+                try:
+                    job = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is not None:
+                    queued.append(job)
+        if first:
+            log.error(
+                "hash_workers_unavailable",
+                command=" ".join(_COMMAND),
+                exit_code=code,
+                action="hashing in the daemon's own threads; set daemon.hash_workers = 1 to"
+                " silence this, or fix the installation so that the command runs",
+            )
+        for job in [*held, *queued]:
+            Hashing.submit(self, job)
 
     def _end(self, worker: _Worker) -> int | None:
         process = worker.process

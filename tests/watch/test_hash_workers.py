@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from stampd.daemon.watch import dir_hash
+from stampd.daemon.watch import dir_hash, hash_workers
 from stampd.daemon.watch.dir_hash import Item, Reply, hash_directory, hash_task
 from stampd.daemon.watch.hash_workers import HashWorkers, Job
 from stampd.store.files.digest import digest_fd_sized
@@ -283,3 +283,27 @@ def test_a_sized_read_sees_a_file_that_shrank_or_grew(tmp_path: Path) -> None:
     with path.open("rb") as handle:
         digests = digest_fd_sized(handle.fileno(), len(data))
     assert (digests.size, digests.sha512) == (len(data), hashlib.sha512(data).digest())
+
+
+def test_workers_that_cannot_start_leave_the_hashing_to_the_daemon(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An installation where `python -m stampd.daemon.watch.dir_hash` cannot run.
+    monkeypatch.setattr(hash_workers, "_COMMAND", (sys.executable, "-c", "raise SystemExit(3)"))
+    pool = HashWorkers(2)
+    pool.start()
+    try:
+        dev = tmp_path.stat().st_dev
+        tree = _tree(tmp_path, 12, 5)
+        results: queue.SimpleQueue[tuple[Job, int, list[Reply]]] = queue.SimpleQueue()
+        jobs = [Job(task=(dev, [directory]), results=results) for directory in tree]
+        done = _run(pool, jobs)
+        for job in jobs:
+            assert [reply[0] for reply in done[id(job)]] == ["h"] * 5
+        # Given up after a few failed starts, not a restart (or three) per task.
+        assert pool.restarts <= 2 * hash_workers.FAILED_STARTS
+        late = Job(task=(dev, [tree[0]]), results=results)
+        pool.submit(late)  # hashed at once, in this thread
+        assert results.get_nowait()[0] is late
+    finally:
+        pool.close()
