@@ -100,7 +100,8 @@ class ScanBatches:
         """The walk is over: hash what is left, wait for every task (unless stopping), and
         hand everything over."""
         try:
-            self._submit()
+            if not self._stopping():  # a stopped walk's last files wait for the next start
+                self._submit()
         finally:
             while self._in_flight and not self._stopping():
                 self._collect(block=True)
