@@ -51,6 +51,9 @@ _TRANSIENT = re.compile(
     re.VERBOSE | re.DOTALL,
 )
 
+#: The endings of the _TRANSIENT forms that do not start with "." or "#".
+_TRANSIENT_ENDS = (".part", ".crdownload", ".swp", "~")
+
 
 def is_transient(name: str) -> bool:
     """Whether the file name ``name`` looks like another tool's in-progress write (reference
@@ -225,7 +228,13 @@ class WatchFilter:
             name, backups=True
         ) is not None:
             return False
-        if not transient_ok and is_transient(name):
+        # Every transient form starts with "." or "#" or ends in one of these (_TRANSIENT):
+        # most names skip the regex.
+        if (
+            not transient_ok
+            and (name[:1] in ".#" or name.endswith(_TRANSIENT_ENDS))
+            and is_transient(name)
+        ):
             return False
         if self._everything:
             return True
