@@ -179,8 +179,11 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
-    while (task := read_message(stdin)) is not None:
-        write_message(stdout, hash_task(task))
+    try:
+        while (task := read_message(stdin)) is not None:
+            write_message(stdout, hash_task(task))
+    except BrokenPipeError:
+        pass  # the daemon went away while we answered: nobody is left to tell
 
 
 if __name__ == "__main__":

@@ -88,9 +88,12 @@ class ScanBatches:
                 ready.append((name, key))
             else:
                 self.unsettled.append((Path(directory, name), key, self._now_mono - max(0.0, age)))
-        if ready:
-            self._filling.append((directory, ready))
-            self._filling_files += len(ready)
+        # A large directory is cut into tasks too, so that every worker takes part and each
+        # reply stays well below a pipe's 64 KiB (hash_workers.py: no writer waits on both).
+        for start in range(0, len(ready), TASK_FILES):
+            chunk = ready[start : start + TASK_FILES]
+            self._filling.append((directory, chunk))
+            self._filling_files += len(chunk)
             if self._filling_files >= TASK_FILES:
                 self._submit()
         self._collect(block=False)

@@ -17,10 +17,15 @@ from pathlib import Path
 
 import pytest
 
+from stampd.daemon.config.model import WatchConfig
 from stampd.daemon.watch import dir_hash, hash_workers
 from stampd.daemon.watch.dir_hash import Item, Reply, hash_directory, hash_task
-from stampd.daemon.watch.hash_workers import HashWorkers, Job
+from stampd.daemon.watch.hash_workers import TASK_FILES, HashWorkers, InlineHashing, Job
+from stampd.daemon.watch.hasher import Hashed, HashOutcome
+from stampd.daemon.watch.runtime import WatchRuntime
+from stampd.daemon.watch.scan_batches import ScanBatches
 from stampd.store.files.digest import digest_fd_sized
+from stampd.store.files.filestat import FileStat
 
 
 def _key(path: Path) -> tuple[int, int, int, int, int]:
@@ -307,3 +312,56 @@ def test_workers_that_cannot_start_leave_the_hashing_to_the_daemon(
         assert results.get_nowait()[0] is late
     finally:
         pool.close()
+
+
+class _CountingInline(InlineHashing):
+    """Hashes in the submitting thread, as hash_workers = 1 does, and keeps each task's size."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    def submit(self, job: Job) -> None:
+        self.sizes.append(sum(len(items) for _directory, items in job.task[1]))
+        super().submit(job)
+
+
+def test_a_large_directory_is_cut_into_tasks_and_every_file_comes_out_once(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "watched"
+    for number in range(300):
+        _write(root / "big" / f"f{number:03}", f"{number}".encode())
+    time.sleep(0.05)  # unchanged for longer than quiet (below): settled
+    watch = WatchRuntime.of(
+        WatchConfig(
+            path=root,
+            evidence=(),
+            include=("**",),
+            exclude=(),
+            quiet=0.01,
+            sidecars="adjacent",
+            max_wait=3600.0,
+        ),
+        1,
+    )
+    watch.root_dev = root.stat().st_dev
+    hashing = _CountingInline()
+    handed: list[HashOutcome] = []
+    batches = ScanBatches(
+        watch,
+        hashing,
+        hand_over=lambda _u, outcomes: handed.extend(outcomes),
+        stopping=lambda: False,
+    )
+    found = [
+        (name, FileStat.of((root / "big" / name).lstat()))
+        for name in sorted(os.listdir(root / "big"))
+    ]
+    batches.directory(str(root / "big"), found)
+    batches.finish()
+    assert max(hashing.sizes) <= TASK_FILES and sum(hashing.sizes) == 300
+    assert sorted(str(o.path) for o in handed) == sorted(str(root / "big" / n) for n, _ in found)
+    assert all(
+        isinstance(o, Hashed) and o.stat == key
+        for o, (_n, key) in zip(sorted(handed, key=lambda o: str(o.path)), found, strict=True)
+    )
