@@ -24,6 +24,10 @@
    directories caused are counted too); next to the CPU time of one full rescan of the same
    tree (`stampd rescan`) until idle, and of the idle daemon over as long as the directories
    took (its ticks and root checks).
+6. Restart is cheap (issue 13 item 2): the last daemon is stopped, then ``--rounds`` times,
+   interleaved, `find TREE -printf '%i %s %T@ %C@\\n'` (the stat walk alone) and a `stampd run`
+   on the same state directory until its first full scan is done (start-up included), with
+   the files that scan handed on to be hashed (0 but racy rows: nothing is hashed again).
 
     python bench/bench_scan.py [--files 100000] [--quiet 0.5s] [--rounds 3]
                                [--aide-workers N]
@@ -50,8 +54,10 @@ from bench.first_scan import (  # noqa: E402
     STAMPD,
     ScanLog,
     cpu_seconds,
+    find_stat_walk,
     machine,
     measure_first_scans,
+    restart_scan,
     stop,
     warm_page_cache,
 )
@@ -207,6 +213,17 @@ def main() -> int:
         rescan_cpu = full_rescan_cpu(proc, daemon.config, daemon.scans, control_socket)
         rss = peak_rss_mib(proc.pid)
         stop(proc)
+        finds, restarts = [], []
+        for _round in range(args.rounds):
+            finds.append(find_stat_walk(tree))
+            restarts.append(restart_scan(daemon.config))
+        files_now = restarts[-1].files
+        find_rate = statistics.median(files_now / run.wall_s for run in finds)
+        restart_rate = statistics.median(files_now / run.wall_s for run in restarts)
+        restart_scan_s = statistics.median(run.scan_s for run in restarts)
+        restart_cpu = statistics.median(run.cpu_s for run in restarts) / files_now * 1e6
+        find_cpu = statistics.median(run.cpu_s for run in finds) / files_now * 1e6
+        rehashed = max(run.candidates for run in restarts)
 
     reference = rounds.files_per_s([run.wall_s for run in rounds.sha256sum])
     ours = rounds.files_per_s([scan.scan_s for scan in rounds.stampd])
@@ -265,6 +282,20 @@ def main() -> int:
             "≪ 1x",
         ),
         (
+            "restart, unchanged tree, files/s",
+            f"{restart_rate:,.0f}",
+            f"find -printf stat walk {find_rate:,.0f}/s",
+            f"{restart_rate / find_rate:.2f}x",
+            "≥ 0.5x",
+        ),
+        (
+            "  its scan alone / CPU per file",
+            f"{restart_scan_s:.2f} s",
+            f"{restart_cpu:.1f} µs CPU (find {find_cpu:.1f} µs)",
+            f"{rehashed} hashed",
+            "",
+        ),
+        (
             "  idle daemon CPU, as long",
             f"{idle_cpu * 1000:.0f} ms",
             f"over {mkdir_wall:.1f} s",
@@ -316,6 +347,18 @@ def main() -> int:
                 "idle_cpu_s_same_wall": idle_cpu,
                 "full_rescan_cpu_s": rescan_cpu,
                 "new_directories_vs_rescan": mkdir_cpu / rescan_cpu,
+                "restart": {
+                    "files": files_now,
+                    "find_files_per_s": find_rate,
+                    "stampd_files_per_s": restart_rate,
+                    "ratio": restart_rate / find_rate,
+                    "stampd_scan_s": restart_scan_s,
+                    "stampd_cpu_us_per_file": restart_cpu,
+                    "find_cpu_us_per_file": find_cpu,
+                    "candidates_max": rehashed,
+                    "per_round": [vars(run) for run in restarts],
+                    "find_per_round_s": [run.wall_s for run in finds],
+                },
             },
             indent=2,
         )

@@ -71,10 +71,28 @@ def count_versions(db: Path) -> int:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of the process so far, every thread included (proc(5))."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    """User + system CPU time of the process so far, every thread included (proc(5)), and
+    of its live child processes (the daemon's hash workers, daemon.hash_workers)."""
+    return _own_cpu_seconds(pid) + sum(_own_cpu_seconds(child) for child in _children(pid))
+
+
+def _own_cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except FileNotFoundError:
+        return 0.0  # a child that ended meanwhile
     # After the command name: state is field 3, utime field 14, stime field 15.
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> set[int]:
+    children: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            children.update(int(word) for word in (task / "children").read_text().split())
+        except FileNotFoundError:
+            continue
+    return children
 
 
 class ScanLog:
@@ -198,3 +216,62 @@ def measure_first_scans(
         if number < args.rounds - 1:
             stop(scan.proc)
     return rounds, check
+
+
+def find_stat_walk(root: Path) -> Timed:
+    """`find TREE -printf '%i %s %T@ %C@\\n'`: the stat walk alone, what a restart's scan
+    compares with the index (inode, size, mtime, ctime), timed."""
+    cpu = children_cpu_s()
+    start = time.perf_counter()
+    subprocess.run(
+        ["find", str(root), "-printf", r"%i %s %T@ %C@\n"], stdout=subprocess.DEVNULL, check=True
+    )
+    return Timed(wall_s=time.perf_counter() - start, cpu_s=children_cpu_s() - cpu)
+
+
+@dataclass
+class Restart:
+    """One `stampd run` on a state directory that already holds the whole tree."""
+
+    #: From the start of the process until its first full scan finished.
+    wall_s: float
+    #: The scan itself, as its ``scan_finished`` line says.
+    scan_s: float
+    #: Files that scan handed on to be hashed (0 on an unchanged tree, but racy rows).
+    candidates: int
+    files: int
+    #: The daemon's CPU (workers included) until then.
+    cpu_s: float
+
+
+def restart_scan(config: Path) -> Restart:
+    """Start `stampd run` on ``config`` (an index of the unchanged tree) and time it until
+    its first full scan is done; then stop it."""
+    subprocess.run(["sync"], check=False)
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        [STAMPD, "--config", str(config), "run"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.stdout is not None
+    finished: dict[str, object] = {}
+    for line in proc.stdout:
+        if '"scan_finished"' in line:
+            event = json.loads(line)
+            if event.get("subtree") is None:
+                finished = event
+                break
+    wall_s = time.perf_counter() - start
+    cpu_s = cpu_seconds(proc.pid)
+    threading.Thread(target=lambda: [None for _ in proc.stdout or ()], daemon=True).start()
+    stop(proc)
+    return Restart(
+        wall_s=wall_s,
+        scan_s=float(finished.get("seconds", float("nan"))),  # type: ignore[arg-type]
+        candidates=int(finished.get("candidates", -1)),  # type: ignore[call-overload]
+        files=int(finished.get("files", -1)),  # type: ignore[call-overload]
+        cpu_s=cpu_s,
+    )

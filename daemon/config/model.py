@@ -8,6 +8,7 @@ parser per table); what is wrong with a file is :mod:`stampd.daemon.config.probl
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -24,6 +25,15 @@ DigestName = Literal["sha256", "sha384", "sha512"]
 #: Every mode the format knows; the reader accepts only "per-file" today (see PLANNED_MODES).
 TimestampMode = Literal["per-file", "batch"]
 TsaAuth = Literal["none", "basic", "bearer"]
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask, as ``nproc`` counts them (a
+    container or ``taskset`` limit counts, unlike ``os.cpu_count``)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -43,6 +53,9 @@ class DaemonSettings:
     #: Seconds a component may have work waiting without progress before the daemon counts
     #: as unhealthy and stops the systemd watchdog pings (systemd then restarts it).
     stall_after: float = 60.0
+    #: Worker processes that hash a scan's files (default: the CPUs this process may use);
+    #: 1 hashes in the scan thread itself (daemon/watch/hash_workers.py).
+    hash_workers: int = field(default_factory=usable_cpus)
 
 
 @dataclass(frozen=True)

@@ -244,6 +244,7 @@ def config_to_dict(config: Config) -> dict[str, Any]:
             "rescan": format_duration(daemon.rescan),
             "fallback_rescan": format_duration(daemon.fallback_rescan),
             "stall_after": format_duration(daemon.stall_after),
+            "hash_workers": daemon.hash_workers,
         },
         "watch": [
             {

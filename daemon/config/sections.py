@@ -33,6 +33,7 @@ from stampd.daemon.config.model import (
     TsaAuth,
     TsaConfig,
     WatchConfig,
+    usable_cpus,
 )
 from stampd.daemon.config.table import MISSING, Table, show
 from stampd.store import kinds
@@ -47,6 +48,7 @@ _DAEMON_KEYS = (
     "rescan",
     "fallback_rescan",
     "stall_after",
+    "hash_workers",
 )
 _WATCH_KEYS = ("path", "evidence", "include", "exclude", "quiet", "sidecars", "max_wait")
 _TIMESTAMP_KEYS = (
@@ -86,7 +88,31 @@ def read_daemon_settings(table: Table) -> DaemonSettings:
         rescan=table.duration("rescan", "24h", allow_zero=False),
         fallback_rescan=table.duration("fallback_rescan", "10m", allow_zero=False),
         stall_after=table.duration("stall_after", "60s", allow_zero=False),
+        hash_workers=_hash_workers(table),
     )
+
+
+#: More hash workers than this is a typo rather than a machine (each is a process).
+_MOST_HASH_WORKERS = 256
+
+
+def _hash_workers(table: Table) -> int:
+    """``daemon.hash_workers``: a whole number from 1 up; unset, the CPUs this process may
+    run on (its affinity mask, as ``nproc`` counts them)."""
+    value = table.get("hash_workers")
+    if value is MISSING:
+        return usable_cpus()
+    if isinstance(value, bool) or not isinstance(value, int):
+        table.add("hash_workers", f"{show(value)} must be a whole number (like 2)")
+        return 1
+    if not 1 <= value <= _MOST_HASH_WORKERS:
+        table.add(
+            "hash_workers",
+            f"{value} must be from 1 to {_MOST_HASH_WORKERS}",
+            "leave it unset for one worker per CPU; 1 hashes in the scan thread",
+        )
+        return 1
+    return value
 
 
 def _metrics_address(table: Table) -> tuple[str, int] | None:

@@ -45,6 +45,7 @@ from stampd.daemon.service.notify import Notifier
 from stampd.daemon.service.pause import PauseState
 from stampd.daemon.service.reloading import Reloader
 from stampd.daemon.service.replies import ReloadReply
+from stampd.daemon.watch.hash_workers import Hashing, HashWorkers, InlineHashing
 from stampd.daemon.watch.intake import Intake
 from stampd.daemon.watch.recorder import Recorder
 from stampd.daemon.watch.rescans import Rescans
@@ -137,6 +138,7 @@ class Daemon:
             self._recorder.close()
             index.close()
             raise
+        self._hashing.start()  # once, before any scan; closed by _shutdown
         for configured in config.watches:
             self._watches.add(WatchRuntime.of(configured, index.ensure_watch(configured.path)))
         watched = set(self._watcher.start())
@@ -199,6 +201,10 @@ class Daemon:
         )
         recorder.on_commit = repairer.after_commit
         scans = ScanQueue()
+        # The scan's hash workers (daemon/watch/hash_workers.py), started by run().
+        self._hashing: Hashing = (
+            HashWorkers(settings.hash_workers) if settings.hash_workers > 1 else InlineHashing()
+        )
         intake = self._intake = Intake(
             watches=watches,
             recorder=recorder,
@@ -218,6 +224,7 @@ class Daemon:
             loop=loop,
             stopping=self._stopping,
             metrics=metrics.counters,
+            hashing=self._hashing,
         )
         watcher = self._watcher = Watcher(
             [watch.path for watch in config.watches],
@@ -320,6 +327,8 @@ class Daemon:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 async with asyncio.timeout(30):
                     await scanner
+        # The scan is over: its workers close their stdin and exit.
+        await asyncio.to_thread(self._hashing.close)
         tasks: list[asyncio.Task[Any]] = [*self._components.values(), *self._tasks]
         if watchdog is not None:
             tasks.append(watchdog)

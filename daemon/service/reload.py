@@ -21,6 +21,7 @@ RESTART_ONLY = {
     "state_dir": "the index is open there",
     "control_socket": "the socket is bound there",
     "log_format": "the log stream is set up once",
+    "hash_workers": "the hash worker processes start once",
 }
 
 

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from stampd.store.errors import ErrorClass, FileAccessError
-from stampd.store.files.digest import CHUNK_SIZE, FileDigests, Progress, digest_fd
+from stampd.store.files.digest import CHUNK_SIZE, FileDigests, Progress, digest_fd_sized
 from stampd.store.files.filestat import FileStat
 from stampd.store.index.times import format_time
 
@@ -125,7 +125,9 @@ def _hash_open_file(  # noqa: PLR0911 - one return per outcome
         return Skipped(path, "reached through a symbolically linked directory")
     hashed_at_ns = time.time_ns()
     try:
-        digests = digest_fd(fd, progress=progress)
+        # fstat said the size: a small file is one read, without readahead advice or a read
+        # to see end of file (the fstat after catches growth; store/files/digest.py).
+        digests = digest_fd_sized(fd, before.st_size, progress=progress)
     except OSError as error:
         return Unreadable(path, key, ErrorClass.IO, f"read failed: {error.strerror}")
     after = FileStat.of(os.fstat(fd))

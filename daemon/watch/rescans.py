@@ -22,15 +22,16 @@ from typing import TYPE_CHECKING, Protocol
 from stampd.daemon.config.model import DaemonSettings
 from stampd.daemon.service.logs import get_logger
 from stampd.daemon.service.pause import PauseState
-from stampd.daemon.watch.hasher import Hashed, HashOutcome, Retry
+from stampd.daemon.watch.hash_workers import Hashing, InlineHashing
+from stampd.daemon.watch.hasher import HashOutcome
 from stampd.daemon.watch.intake import Candidate, Intake
 from stampd.daemon.watch.runtime import Watches, WatchRuntime
 from stampd.daemon.watch.scan import ScanReport, scan_watch
+from stampd.daemon.watch.scan_batches import SCAN_BATCH, ScanBatches
 from stampd.daemon.watch.scan_queue import ScanQueue
 from stampd.daemon.watch.scan_tracker import FullScanTracker
 from stampd.daemon.watch.sidecar_check import SidecarCheck
 from stampd.daemon.watch.watcher import count_inotify_watches
-from stampd.store.files.filestat import FileStat
 from stampd.store.index.database import index_path, open_reader
 
 if TYPE_CHECKING:
@@ -39,8 +40,8 @@ if TYPE_CHECKING:
 # The events were the daemon's before the rescans had a module of their own: one logger name.
 log = get_logger("stampd.daemon")
 
-#: Scan candidates handed to the loop at a time.
-SCAN_BATCH = 256
+__all__ = ["MAX_BACKLOG", "SCAN_BATCH", "Rescans", "SidecarRepairs"]
+
 #: The scan pauses while this many files wait to settle, hash or be committed (bounded memory).
 MAX_BACKLOG = 20_000
 
@@ -72,8 +73,11 @@ class Rescans:
         loop: asyncio.AbstractEventLoop,
         stopping: threading.Event,
         metrics: Callable[[], Metrics | None],
+        hashing: Hashing | None = None,
     ) -> None:
         self._watches = watches
+        #: Where settled scan candidates are hashed: the worker processes, or this thread.
+        self._hashing = hashing or InlineHashing()
         self._intake = intake
         self._queue = queue
         self._pause = pause
@@ -249,53 +253,24 @@ class Rescans:
         subtree: Path | None = None,
         deep: bool = False,
     ) -> tuple[ScanReport, SidecarCheck]:
-        """The scan thread: walk, hash what has settled already, hand the rest to the loop.
-
-        A file unchanged for longer than ``quiet`` (by its own mtime and ctime) whose fstat at
-        open still equals what the walk saw has met the settle rule (two equal stats a quiet
-        period apart), so the scan thread hashes it at once rather than sending it through
-        the settler and the hash pool: each hand-off between threads costs more than hashing
-        a small file, and a first scan is mostly such files. Other candidates settle as
-        usual. Everything crosses to the loop in batches.
-        """
+        """The scan thread: walk, have what has settled already hashed by the hash workers
+        while the walk goes on, hand the rest to the loop (daemon/watch/scan_batches.py).
+        Everything crosses to the loop in batches."""
         loop, intake = self._loop, self._intake
-        now_wall, now_mono = time.time(), time.monotonic()
-        unsettled: list[Candidate] = []
-        outcomes: list[HashOutcome] = []
 
-        def hand_over() -> None:
+        def hand_over(unsettled: list[Candidate], outcomes: list[HashOutcome]) -> None:
             if unsettled:
-                loop.call_soon_threadsafe(intake.add_candidates, watch, unsettled.copy())
-                unsettled.clear()
+                loop.call_soon_threadsafe(intake.add_candidates, watch, unsettled)
             if outcomes:
-                loop.call_soon_threadsafe(intake.add_outcomes, watch, outcomes.copy())
-                outcomes.clear()
+                loop.call_soon_threadsafe(intake.add_outcomes, watch, outcomes)
             while (
                 intake.backlog() > MAX_BACKLOG or self._pause.paused
             ) and not self._stopping.is_set():
                 time.sleep(0.05)
 
-        def on_candidate(path: Path, stat: FileStat) -> None:
-            # Settled for as long as neither content nor metadata changed (settle.py).
-            age = max(0.0, now_wall - max(stat.mtime_ns, stat.ctime_ns) / 1e9)
-            outcome: HashOutcome | None = None
-            # A pending path is the settler's: events may say it is still open for writing.
-            if (
-                age > watch.config.quiet
-                and watch.root_dev is not None
-                and path not in watch.settler
-            ):
-                outcome = intake.hash(path, root_dev=watch.root_dev, expected=stat)
-                if isinstance(outcome, Retry) or (
-                    isinstance(outcome, Hashed) and outcome.stat != stat
-                ):
-                    outcome = None  # changed since the walk saw it: settle it after all
-            if outcome is None:
-                unsettled.append((path, stat, now_mono - age))
-            else:
-                outcomes.append(outcome)
-            if len(unsettled) + len(outcomes) >= SCAN_BATCH:
-                hand_over()
+        batches = ScanBatches(
+            watch, self._hashing, hand_over=hand_over, stopping=self._stopping.is_set
+        )
 
         def on_progress(_directories: int, files: int) -> None:
             self._scan_files = files
@@ -319,15 +294,18 @@ class Rescans:
                 watch.root,
                 conn=conn,
                 file_filter=watch.filter,
-                on_candidate=on_candidate,
+                on_candidate=batches.settle_later,  # not called: the next one takes them
                 on_missing=on_missing,
                 should_stop=self._stopping.is_set,
                 on_progress=on_progress,
                 subtree=subtree,
                 sidecars=sidecars,
+                on_directory_candidates=batches.directory,
             )
         finally:
-            hand_over()
+            # What is in flight is waited for; on a stop it is not (a worker may be deep in
+            # a large file): the next start's scan finds what was not recorded.
+            batches.finish()
         return report, sidecars
 
     def check_watch_limit(self) -> None:

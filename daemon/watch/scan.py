@@ -115,6 +115,7 @@ def scan_watch(
     on_progress: Callable[[int, int], None] | None = None,
     subtree: Path | None = None,
     sidecars: DirectoryCheck | None = None,
+    on_directory_candidates: Callable[[str, list[tuple[str, FileStat]]], None] | None = None,
 ) -> ScanReport:
     """Walk ``root`` (or only ``subtree``) and report its differences with the index through
     the callbacks.
@@ -135,9 +136,15 @@ def scan_watch(
 
     ``sidecars`` is shown each directory walked, with its listing and rows, to check that
     every file's sidecars are where they belong (daemon/watch/sidecar_check.py).
+
+    ``on_directory_candidates(directory, [(name, key), ...])``, if given, replaces
+    ``on_candidate``: it is called once per directory walked that has candidates, with
+    their names in sorted order and no ``Path`` object built per file (the daemon's scan
+    hashes them in batches, daemon/watch/hash_workers.py).
     """
     started = time.monotonic()
     walk = _Walk(root, conn, file_filter, on_candidate, on_missing, sidecars=sidecars)
+    walk.on_directory_candidates = on_directory_candidates
     problem = walk.run(should_stop, on_progress, subtree)
     return ScanReport(
         root=root,
@@ -173,6 +180,12 @@ class _Walk:
         self.on_candidate = on_candidate
         self.on_missing = on_missing
         self.sidecars = sidecars
+        self.on_directory_candidates: Callable[[str, list[tuple[str, FileStat]]], None] | None = (
+            None
+        )
+        # A filter that can answer from the directory text and the name (WatchFilter) is
+        # asked that way: no pathlib per file. Test stand-ins have accepts() only.
+        self.accepts_name: Callable[..., bool] | None = getattr(file_filter, "accepts_name", None)
         self.device = 0
         self.now_ns = time.time_ns()
         self.directories = self.files = self.candidates = self.missing = 0
@@ -282,6 +295,7 @@ class _Walk:
         rows = rows_in_directory(self.conn, Path(directory))
         here: set[str] = set()  # names whose rows stay as they are
         subdirectories: list[str] = []
+        candidates: list[tuple[str, FileStat]] = []
         for entry in entries:
             try:
                 st = entry.stat(follow_symlinks=False)
@@ -306,9 +320,13 @@ class _Walk:
                 if st.st_dev != self.device:  # a file bind-mounted from elsewhere
                     self.skipped += 1
                     here.add(entry.name)
-                elif self._file(entry.path, FileStat.of(st), rows.get(entry.name)):
+                elif self._file(
+                    directory, entry, FileStat.of(st), rows.get(entry.name), candidates
+                ):
                     here.add(entry.name)
             # Anything else (symlink, FIFO, socket, device) is never stamped nor followed.
+        if candidates and self.on_directory_candidates is not None:
+            self.on_directory_candidates(directory, candidates)
         if self.sidecars is not None:
             self.sidecars.directory(directory, {entry.name for entry in entries}, rows, here)
         self._report_missing(
@@ -320,16 +338,30 @@ class _Walk:
         )
         return subdirectories
 
-    def _file(self, path: str, key: FileStat, row: ScanRow | None) -> bool:
-        """Offer one regular file if it needs hashing; return whether the filter accepts it."""
-        file_path = Path(path)
-        untouched_ns = self.now_ns - max(key.mtime_ns, key.ctime_ns)
-        if not self.filter.accepts(file_path, transient_ok=untouched_ns >= TRANSIENT_AFTER_NS):
+    def _file(
+        self,
+        directory: str,
+        entry: os.DirEntry[str],
+        key: FileStat,
+        row: ScanRow | None,
+        candidates: list[tuple[str, FileStat]],
+    ) -> bool:
+        """Offer one regular file if it needs hashing (to ``on_candidate``, or into
+        ``candidates`` for ``on_directory_candidates``); return whether the filter accepts it."""
+        transient_ok = self.now_ns - max(key.mtime_ns, key.ctime_ns) >= TRANSIENT_AFTER_NS
+        if self.accepts_name is not None:
+            accepted = self.accepts_name(directory, entry.name, transient_ok=transient_ok)
+        else:
+            accepted = self.filter.accepts(Path(entry.path), transient_ok=transient_ok)
+        if not accepted:
             return False
         self.files += 1
         if _needs_hash(row, key):
             self.candidates += 1
-            self.on_candidate(file_path, key)
+            if self.on_directory_candidates is not None:
+                candidates.append((entry.name, key))
+            else:
+                self.on_candidate(Path(entry.path), key)
         return True
 
     def _unvisited_directories(self, start: Path, should_stop: Callable[[], bool]) -> None:

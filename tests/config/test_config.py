@@ -83,7 +83,7 @@ BAD_CONFIGS = {
         '[daemon]\nstat_dir = "/var/lib/stampd"\n' + WATCH + TSA,
         'daemon.stat_dir: unknown key (did you mean "state_dir"?)'
         " (valid keys in [daemon]: state_dir, control_socket, log_format, log_level, metrics,"
-        " rescan, fallback_rescan, stall_after)",
+        " rescan, fallback_rescan, stall_after, hash_workers)",
     ),
     "key placed in the wrong table": (
         WATCH + TSA + 'quiet = "5s"\n',

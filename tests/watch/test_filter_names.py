@@ -1,0 +1,56 @@
+"""``WatchFilter.accepts_name``, the scan's pathlib-free question, gives the same answer as
+``accepts`` for every kind of pattern and name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from stampd.daemon.watch.filters import WatchFilter
+
+ROOT = Path("/srv/records")
+NAMES = [
+    "a.pdf",
+    "notes.txt",
+    ".hidden",
+    "a.pdf.tsr",
+    "a.pdf.ots",
+    "a.pdf.ots.bak",
+    ".a.pdf.stampd-0123456789abcdef.tmp",
+    ".x.tmp",
+    "report.part",
+    "draft~",
+    ".notes.abcdef",
+    "#12345",
+    "plain.tmp",
+    "ünïcode.pdf",
+]
+DIRECTORIES = ["/srv/records", "/srv/records/docs", "/srv/records/a/.git", "/srv/records/x/y"]
+PATTERNS = [
+    (["**"], []),
+    (["**"], ["**/.git/**"]),
+    (["*.pdf"], []),
+    (["**/*.pdf"], ["docs/**"]),
+    (["docs/**", "x/**/*.txt"], ["**/.hidden"]),
+]
+
+
+@pytest.mark.parametrize(("include", "exclude"), PATTERNS)
+@pytest.mark.parametrize("transient_ok", [False, True])
+def test_accepts_name_agrees_with_accepts(
+    include: list[str], exclude: list[str], transient_ok: bool
+) -> None:
+    for root in (ROOT, Path("/")):
+        file_filter = WatchFilter(root, include, exclude)
+        for directory in [*DIRECTORIES, "/elsewhere"]:
+            for name in NAMES:
+                expected = file_filter.accepts(Path(directory, name), transient_ok=transient_ok)
+                got = file_filter.accepts_name(directory, name, transient_ok=transient_ok)
+                assert got == expected, (root, include, exclude, directory, name)
+
+
+def test_a_directory_that_only_shares_the_roots_prefix_is_outside() -> None:
+    file_filter = WatchFilter(ROOT, ["**"], [])
+    assert not file_filter.accepts_name("/srv/records-old", "a.pdf")
+    assert file_filter.accepts_name("/srv/records", "a.pdf")
