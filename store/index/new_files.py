@@ -1,0 +1,119 @@
+"""The set-wise half of recording: a batch's files that are new to the index, in a few
+statements (issue 13, Build 1).
+
+A first scan hands the writer batches of paths the index has never seen. Recorded one by one
+(:func:`.versions.record_each`) each costs two point lookups, three inserts and an update,
+each a statement of its own. Here the whole batch takes two lookups (which of its paths, and
+which of its inodes, the index already has) and then one ``executemany`` per table: the
+items that touch no existing row — no row at their path, no row with their (dev, ino), and
+neither shared with another item of the batch — cannot be ``unchanged`` or ``renamed``, so
+each is a new file with one version and its jobs, and nothing else in the batch depends on it.
+:func:`.versions.record_settled` decides which items those are; every other item takes the
+per-file path, in batch order.
+
+The rows are the ones the per-file path writes, ids included: the writer allocates them as
+SQLite would, ``max(id) + 1`` upward (sqlite.org/autoinc.html: without AUTOINCREMENT a new
+rowid is one more than the largest), which is safe because the caller holds the one write
+transaction (``BEGIN IMMEDIATE``) and nothing else inserts meanwhile.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+#: Host parameters per lookup statement: far below SQLite's limit (32,766 since 3.32,
+#: sqlite.org/limits.html §9) and one statement per 500 items.
+CHUNK = 500
+#: Above this id SQLite no longer takes ``max + 1`` but a random unused rowid
+#: (sqlite.org/autoinc.html); the caller then records item by item.
+MAX_ROWID = 2**63 - 1
+
+# Named for tests/store/test_index.py, which checks their plans: each a SEARCH on the index
+# meant for it, one b-tree probe per listed value.
+_SQL_PATHS_KNOWN = "SELECT path FROM files WHERE path IN ({marks})"
+_SQL_INODES_KNOWN = "SELECT ino FROM files WHERE dev = ? AND ino IN ({marks})"
+_SQL_NEXT_IDS = (
+    "SELECT (SELECT COALESCE(MAX(id), 0) FROM files), (SELECT COALESCE(MAX(id), 0) FROM versions),"
+    " (SELECT COALESCE(MAX(id), 0) FROM jobs)"
+)
+_SQL_INSERT_FILES = (
+    "INSERT INTO files (id, watch_id, path, dir, dev, ino, size, mtime_ns, ctime_ns, racy,"
+    " state, first_seen_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'present', ?, ?)"
+)
+_SQL_INSERT_VERSIONS = (
+    "INSERT INTO versions (id, file_id, size, mtime_ns, ctime_ns, dev, ino, sha256, sha512,"
+    " seen_at, hashed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_SQL_INSERT_JOBS = (
+    "INSERT INTO jobs (id, kind, action, version_id, state, next_try_at, created_at,"
+    " updated_at) VALUES (?, ?, 'obtain', ?, 'pending', ?, ?, ?)"
+)
+# The two tables reference each other, and foreign keys are checked at once: a file row is
+# inserted without its version, then gets it. Deferring the check instead would make every
+# version insert search files by current_version_id, which has no index (sqlite.org/
+# foreignkeys.html §3), while a violation is outstanding.
+_SQL_SET_CURRENT_BY_ID = "UPDATE files SET current_version_id = ? WHERE id = ?"
+
+
+def known_paths(conn: sqlite3.Connection, paths: Sequence[str]) -> set[str]:
+    """Which of these escaped paths have a row in ``files`` (any state)."""
+    found: set[str] = set()
+    for start in range(0, len(paths), CHUNK):
+        chunk = paths[start : start + CHUNK]
+        sql = _SQL_PATHS_KNOWN.format(marks=", ".join("?" * len(chunk)))
+        found.update(row[0] for row in conn.execute(sql, chunk))
+    return found
+
+
+def known_inodes(
+    conn: sqlite3.Connection, inodes: Iterable[tuple[int, int]]
+) -> set[tuple[int, int]]:
+    """Which of these (dev, ino) pairs some row of ``files`` has (any state, any path)."""
+    by_dev: dict[int, list[int]] = {}
+    for dev, ino in inodes:
+        by_dev.setdefault(dev, []).append(ino)
+    found: set[tuple[int, int]] = set()
+    for dev, inos in by_dev.items():
+        for start in range(0, len(inos), CHUNK):
+            chunk = inos[start : start + CHUNK]
+            sql = _SQL_INODES_KNOWN.format(marks=", ".join("?" * len(chunk)))
+            found.update((dev, row[0]) for row in conn.execute(sql, (dev, *chunk)))
+    return found
+
+
+@dataclass(frozen=True)
+class NextIds:
+    """The ids the next inserted file, version and job get (``max(id) + 1`` of each table)."""
+
+    file: int
+    version: int
+    job: int
+
+
+def next_ids(conn: sqlite3.Connection) -> NextIds | None:
+    """The next ids, or None when SQLite would no longer allocate them as ``max + 1``."""
+    files, versions, jobs = conn.execute(_SQL_NEXT_IDS).fetchone()
+    if max(files, versions, jobs) >= MAX_ROWID - 1_000_000:
+        return None
+    return NextIds(files + 1, versions + 1, jobs + 1)
+
+
+@dataclass
+class NewRows:
+    """The rows of a run of new files, each list in id order (one tuple per row)."""
+
+    files: list[tuple[object, ...]]
+    versions: list[tuple[object, ...]]
+    jobs: list[tuple[object, ...]]
+
+
+def insert(conn: sqlite3.Connection, rows: NewRows) -> None:
+    """Insert the files, their versions and jobs, and point each file at its version."""
+    conn.executemany(_SQL_INSERT_FILES, rows.files)
+    conn.executemany(_SQL_INSERT_VERSIONS, rows.versions)
+    # versions rows are (id, file_id, ...): the file's current version is that id.
+    conn.executemany(_SQL_SET_CURRENT_BY_ID, [(row[0], row[1]) for row in rows.versions])
+    if rows.jobs:
+        conn.executemany(_SQL_INSERT_JOBS, rows.jobs)
