@@ -276,6 +276,17 @@ def _proof_commitments(db: Database) -> None:
     )
 
 
+@migrations(name="0006_no_versions_sha256")
+def _no_versions_sha256(db: Database) -> None:
+    # Issue 13: versions_sha256 was read by one statement only, the rename lookup
+    # (versions._SQL_RENAME_SOURCES), which finds its candidates by (dev, ino) through
+    # files_dev_ino and reaches each one's version by files.current_version_id, the primary
+    # key. Its random 64-hex key dirtied a random leaf page per new version: on a first scan
+    # it was most of COMMIT's cost (a third of the writer's time per file). Lookups by digest
+    # go to proofs (proofs_digest, proofs_sidecar), which keep their indexes.
+    db.execute("DROP INDEX versions_sha256")
+
+
 class UnknownKindError(StampdError):
     """A job or proof row for an evidence kind the registry does not know."""
 
