@@ -53,8 +53,13 @@ _SQL_INSERT_JOBS = (
 # The two tables reference each other, and foreign keys are checked at once: a file row is
 # inserted without its version, then gets it. Deferring the check instead would make every
 # version insert search files by current_version_id, which has no index (sqlite.org/
-# foreignkeys.html §3), while a violation is outstanding.
-_SQL_SET_CURRENT_BY_ID = "UPDATE files SET current_version_id = ? WHERE id = ?"
+# foreignkeys.html §3), while a violation is outstanding. A run's files and versions have
+# consecutive ids in the same order, so one statement over the run's id range sets them all:
+# current_version_id = id + (first version id - first file id).
+_SQL_SET_CURRENT_OF_RUN = (
+    "UPDATE files SET current_version_id = id + ? WHERE id BETWEEN ? AND ?"
+    " AND current_version_id IS NULL"
+)
 
 
 def known_paths(conn: sqlite3.Connection, paths: Sequence[str]) -> set[str]:
@@ -109,11 +114,20 @@ class NewRows:
     jobs: list[tuple[object, ...]]
 
 
-def insert(conn: sqlite3.Connection, rows: NewRows) -> None:
-    """Insert the files, their versions and jobs, and point each file at its version."""
+def insert(conn: sqlite3.Connection, ids: NextIds, rows: NewRows) -> None:
+    """Insert the files, their versions and jobs, and point each file at its version.
+
+    ``rows`` are one run: file ``ids.file + k`` has version ``ids.version + k``, the k-th of
+    ``rows.versions``.
+    """
     conn.executemany(_SQL_INSERT_FILES, rows.files)
     conn.executemany(_SQL_INSERT_VERSIONS, rows.versions)
-    # versions rows are (id, file_id, ...): the file's current version is that id.
-    conn.executemany(_SQL_SET_CURRENT_BY_ID, [(row[0], row[1]) for row in rows.versions])
+    last = ids.file + len(rows.files) - 1
+    cursor = conn.execute(_SQL_SET_CURRENT_OF_RUN, (ids.version - ids.file, ids.file, last))
+    if cursor.rowcount != len(rows.files):  # pragma: no cover - ids are ours (BEGIN IMMEDIATE)
+        raise sqlite3.IntegrityError(
+            f"files {ids.file}..{last}: {cursor.rowcount} rows got their version, not"
+            f" {len(rows.files)}"
+        )
     if rows.jobs:
         conn.executemany(_SQL_INSERT_JOBS, rows.jobs)

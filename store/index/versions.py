@@ -249,7 +249,7 @@ def _record_new(
         results.append(Recorded(item.path, "new_file", file_id, version_id, job_ids, None))
         file_id += 1
         version_id += 1
-    new_files.insert(conn, rows)
+    new_files.insert(conn, ids, rows)
     return results
 
 

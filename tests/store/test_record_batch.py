@@ -214,7 +214,7 @@ PLANS = {
     "_SQL_INODES_KNOWN": "COVERING INDEX files_dev_ino (dev=? AND ino=?)",
     # MAX(id) is the last entry of each table's rowid b-tree (sqlite.org/optoverview.html §13).
     "_SQL_NEXT_IDS": "SEARCH files | SCALAR SUBQUERY 2 | SEARCH versions",
-    "_SQL_SET_CURRENT_BY_ID": "INTEGER PRIMARY KEY",
+    "_SQL_SET_CURRENT_OF_RUN": "INTEGER PRIMARY KEY (rowid>? AND rowid<?)",
     "_SQL_INSERT_FILES": "",
     "_SQL_INSERT_VERSIONS": "",
     "_SQL_INSERT_JOBS": "",
