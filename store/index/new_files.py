@@ -8,8 +8,8 @@ which of its inodes, the index already has) and then one ``executemany`` per tab
 items that touch no existing row — no row at their path, no row with their (dev, ino), and
 neither shared with another item of the batch — cannot be ``unchanged`` or ``renamed``, so
 each is a new file with one version and its jobs, and nothing else in the batch depends on it.
-:func:`.versions.record_settled` decides which items those are; every other item takes the
-per-file path, in batch order.
+:func:`fresh` says which items those are; :func:`.versions.record_settled` records each run
+of them with :func:`record_run`, and every other item by the per-file path, in batch order.
 
 The rows are the ones the per-file path writes, ids included: the writer allocates them as
 SQLite would, ``max(id) + 1`` upward (sqlite.org/autoinc.html: without AUTOINCREMENT a new
@@ -22,6 +22,12 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from stampd.store.index.schema import require_kind
+
+if TYPE_CHECKING:  # versions imports this module; the type is only named here
+    from stampd.store.index.versions import Settled
 
 #: Host parameters per lookup statement: far below SQLite's limit (32,766 since 3.32,
 #: sqlite.org/limits.html §9) and one statement per 500 items.
@@ -106,7 +112,7 @@ def next_ids(conn: sqlite3.Connection) -> NextIds | None:
 
 
 @dataclass
-class NewRows:
+class _NewRows:
     """The rows of a run of new files, each list in id order (one tuple per row)."""
 
     files: list[tuple[object, ...]]
@@ -114,7 +120,7 @@ class NewRows:
     jobs: list[tuple[object, ...]]
 
 
-def insert(conn: sqlite3.Connection, ids: NextIds, rows: NewRows) -> None:
+def _insert(conn: sqlite3.Connection, ids: NextIds, rows: _NewRows) -> None:
     """Insert the files, their versions and jobs, and point each file at its version.
 
     ``rows`` are one run: file ``ids.file + k`` has version ``ids.version + k``, the k-th of
@@ -131,3 +137,90 @@ def insert(conn: sqlite3.Connection, ids: NextIds, rows: NewRows) -> None:
         )
     if rows.jobs:
         conn.executemany(_SQL_INSERT_JOBS, rows.jobs)
+
+
+def fresh(conn: sqlite3.Connection, batch: Sequence[Settled], paths: Sequence[str]) -> list[bool]:
+    """Per item: whether it touches no row and no other item — no row at its path or with its
+    (dev, ino), and neither shared within the batch — so that it can only be a new file whose
+    recording changes nothing any other item looks at."""
+    inodes = [(item.stat.dev, item.stat.ino) for item in batch]
+    path_count: dict[str, int] = {}
+    for path in paths:
+        path_count[path] = path_count.get(path, 0) + 1
+    inode_count: dict[tuple[int, int], int] = {}
+    for inode in inodes:
+        inode_count[inode] = inode_count.get(inode, 0) + 1
+    taken_paths = known_paths(conn, paths)
+    taken_inodes = known_inodes(conn, inode_count)
+    return [
+        path_count[path] == 1
+        and inode_count[inode] == 1
+        and path not in taken_paths
+        and inode not in taken_inodes
+        for path, inode in zip(paths, inodes, strict=True)
+    ]
+
+
+def record_run(
+    conn: sqlite3.Connection,
+    run: Sequence[Settled],
+    escaped: Sequence[tuple[str, str]],
+    ids: NextIds,
+    *,
+    now: str,
+) -> list[tuple[int, int, tuple[int, ...]]]:
+    """Record a run of items :func:`fresh` found new, with their escaped ``(path, parent)``:
+    the rows of the per-file path's ``new_file`` branch (:func:`.versions.record_each`), ids
+    included (the next ones, ``ids``), inserted set-wise. Per item, its
+    ``(file_id, version_id, job_ids)``."""
+    rows = _NewRows([], [], [])
+    results: list[tuple[int, int, tuple[int, ...]]] = []
+    file_id, version_id, job_id = ids.file, ids.version, ids.job
+    kinds_checked: set[tuple[str, ...]] = set()
+    for item, (path, parent) in zip(run, escaped, strict=True):
+        stat = item.stat
+        rows.files.append(
+            (
+                file_id,
+                item.watch_id,
+                path,
+                parent,
+                stat.dev,
+                stat.ino,
+                stat.size,
+                stat.mtime_ns,
+                stat.ctime_ns,
+                int(item.racy),
+                # First seen when its content was first in hand: never after "hashed".
+                min(item.hashed_at, now),
+                now,
+            )
+        )
+        rows.versions.append(
+            (
+                version_id,
+                file_id,
+                stat.size,
+                stat.mtime_ns,
+                stat.ctime_ns,
+                stat.dev,
+                stat.ino,
+                item.sha256,
+                item.sha512,
+                item.hashed_at,
+                item.hashed_at,
+            )
+        )
+        if item.evidence not in kinds_checked:
+            for kind in item.evidence:
+                require_kind(kind)
+            kinds_checked.add(item.evidence)
+        first_job = job_id
+        for kind in item.evidence:
+            rows.jobs.append((job_id, kind, version_id, now, now, now))
+            job_id += 1
+        results.append((file_id, version_id, tuple(range(first_job, job_id))))
+        file_id += 1
+        version_id += 1
+    _insert(conn, ids, rows)
+    return results

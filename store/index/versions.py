@@ -132,7 +132,7 @@ def record_settled(
     was recorded under another path.
     """
     escaped = [_escaped(item.path) for item in batch]
-    fresh = _fresh(conn, batch, [path for path, _parent in escaped])
+    fresh = new_files.fresh(conn, batch, [path for path, _parent in escaped])
     results: list[Recorded] = []
     start = 0
     while start < len(batch):
@@ -145,7 +145,12 @@ def record_settled(
             # A run of new files: set-wise, then the next per-file item sees their rows.
             while end < len(batch) and fresh[end]:
                 end += 1
-            results.extend(_record_new(conn, batch[start:end], escaped[start:end], ids, now))
+            run = batch[start:end]
+            recorded = new_files.record_run(conn, run, escaped[start:end], ids, now=now)
+            results.extend(
+                Recorded(item.path, "new_file", file_id, version_id, job_ids, None)
+                for item, (file_id, version_id, job_ids) in zip(run, recorded, strict=True)
+            )
         start = end
     return results
 
@@ -166,91 +171,6 @@ def _escaped(path: Path) -> tuple[str, str]:
     if head and not text.startswith("//"):
         return text, head
     return text, escape(path.parent)
-
-
-def _fresh(conn: sqlite3.Connection, batch: Sequence[Settled], paths: Sequence[str]) -> list[bool]:
-    """Per item: whether it touches no row and no other item — no row at its path or with its
-    (dev, ino), and neither shared within the batch — so that it can only be a new file whose
-    recording changes nothing any other item looks at (:mod:`.new_files`)."""
-    inodes = [(item.stat.dev, item.stat.ino) for item in batch]
-    path_count: dict[str, int] = {}
-    for path in paths:
-        path_count[path] = path_count.get(path, 0) + 1
-    inode_count: dict[tuple[int, int], int] = {}
-    for inode in inodes:
-        inode_count[inode] = inode_count.get(inode, 0) + 1
-    taken_paths = new_files.known_paths(conn, paths)
-    taken_inodes = new_files.known_inodes(conn, inode_count)
-    return [
-        path_count[path] == 1
-        and inode_count[inode] == 1
-        and path not in taken_paths
-        and inode not in taken_inodes
-        for path, inode in zip(paths, inodes, strict=True)
-    ]
-
-
-def _record_new(
-    conn: sqlite3.Connection,
-    run: Sequence[Settled],
-    escaped: Sequence[tuple[str, str]],
-    ids: new_files.NextIds,
-    now: str,
-) -> list[Recorded]:
-    """A run of items :func:`_fresh` found new: the rows of :func:`_record_one`'s
-    ``new_file`` branch, ids included (the next ones, ``ids``), inserted set-wise."""
-    rows = new_files.NewRows([], [], [])
-    results: list[Recorded] = []
-    file_id, version_id, job_id = ids.file, ids.version, ids.job
-    kinds_checked: set[tuple[str, ...]] = set()
-    for item, (path, parent) in zip(run, escaped, strict=True):
-        stat = item.stat
-        rows.files.append(
-            (
-                file_id,
-                item.watch_id,
-                path,
-                parent,
-                stat.dev,
-                stat.ino,
-                stat.size,
-                stat.mtime_ns,
-                stat.ctime_ns,
-                int(item.racy),
-                # First seen when its content was first in hand: never after "hashed".
-                min(item.hashed_at, now),
-                now,
-            )
-        )
-        rows.versions.append(
-            (
-                version_id,
-                file_id,
-                stat.size,
-                stat.mtime_ns,
-                stat.ctime_ns,
-                stat.dev,
-                stat.ino,
-                item.sha256,
-                item.sha512,
-                item.hashed_at,
-                item.hashed_at,
-            )
-        )
-        if item.evidence not in kinds_checked:
-            for kind in item.evidence:
-                require_kind(kind)
-            kinds_checked.add(item.evidence)
-        first_job = job_id
-        for kind in item.evidence:
-            rows.jobs.append((job_id, kind, version_id, now, now, now))
-            job_id += 1
-        job_ids = tuple(range(first_job, job_id))
-        results.append(Recorded(item.path, "new_file", file_id, version_id, job_ids, None))
-        file_id += 1
-        version_id += 1
-    new_files.insert(conn, ids, rows)
-    return results
 
 
 def record_unreadable(
