@@ -32,6 +32,8 @@ if TYPE_CHECKING:  # versions imports this module; the type is only named here
 #: Host parameters per lookup statement: far below SQLite's limit (32,766 since 3.32,
 #: sqlite.org/limits.html §9) and one statement per 500 items.
 CHUNK = 500
+#: Rows per INSERT statement (x 12 columns: far below the host parameter limit).
+ROWS_PER_INSERT = 64
 #: Above this id SQLite no longer takes ``max + 1`` but a random unused rowid
 #: (sqlite.org/autoinc.html); the caller then records item by item.
 MAX_ROWID = 2**63 - 1
@@ -126,8 +128,8 @@ def _insert(conn: sqlite3.Connection, ids: NextIds, rows: _NewRows) -> None:
     ``rows`` are one run: file ``ids.file + k`` has version ``ids.version + k``, the k-th of
     ``rows.versions``.
     """
-    conn.executemany(_SQL_INSERT_FILES, rows.files)
-    conn.executemany(_SQL_INSERT_VERSIONS, rows.versions)
+    _insert_many(conn, _SQL_INSERT_FILES, rows.files)
+    _insert_many(conn, _SQL_INSERT_VERSIONS, rows.versions)
     last = ids.file + len(rows.files) - 1
     cursor = conn.execute(_SQL_SET_CURRENT_OF_RUN, (ids.version - ids.file, ids.file, last))
     if cursor.rowcount != len(rows.files):  # pragma: no cover - ids are ours (BEGIN IMMEDIATE)
@@ -135,8 +137,26 @@ def _insert(conn: sqlite3.Connection, ids: NextIds, rows: _NewRows) -> None:
             f"files {ids.file}..{last}: {cursor.rowcount} rows got their version, not"
             f" {len(rows.files)}"
         )
-    if rows.jobs:
-        conn.executemany(_SQL_INSERT_JOBS, rows.jobs)
+    _insert_many(conn, _SQL_INSERT_JOBS, rows.jobs)
+
+
+def _insert_many(conn: sqlite3.Connection, sql: str, rows: Sequence[tuple[object, ...]]) -> None:
+    """``executemany(sql, rows)``, :data:`ROWS_PER_INSERT` rows per statement: one step (and
+    one release of the GIL, which sqlite3 drops around each step) per chunk, not per row.
+    The remainder goes row by row, so only one statement text per table is ever prepared."""
+    head, _, one = sql.partition(" VALUES ")
+    full = len(rows) - len(rows) % ROWS_PER_INSERT
+    if full:
+        chunked = f"{head} VALUES {', '.join([one] * ROWS_PER_INSERT)}"
+        conn.executemany(
+            chunked,
+            (
+                [value for row in rows[start : start + ROWS_PER_INSERT] for value in row]
+                for start in range(0, full, ROWS_PER_INSERT)
+            ),
+        )
+    if full < len(rows):
+        conn.executemany(sql, rows[full:])
 
 
 def fresh(conn: sqlite3.Connection, batch: Sequence[Settled], paths: Sequence[str]) -> list[bool]:

@@ -71,9 +71,9 @@ def _watches(*roots: Path) -> Callable[[sqlite3.Connection], None]:
 def test_a_batch_of_new_files_is_recorded_set_wise(tmp_path: Path) -> None:
     tree = tmp_path / "watched"
     tree.mkdir()
-    for n in range(20):
-        (tree / f"f{n:02}").write_bytes(b"x%d" % n)
-    items = [_settled(1, tree / f"f{n:02}", evidence=("tsr", "ots")) for n in range(20)]
+    for n in range(150):
+        (tree / f"f{n:03}").write_bytes(b"x%d" % n)
+    items = [_settled(1, tree / f"f{n:03}", evidence=("tsr", "ots")) for n in range(150)]
     (tmp_path / "trace").mkdir()
     with Index.open(index_path(tmp_path / "trace")) as index:
         index.ensure_watch(tree)
@@ -81,7 +81,7 @@ def test_a_batch_of_new_files_is_recorded_set_wise(tmp_path: Path) -> None:
         index.conn.set_trace_callback(statements.append)
         recorded = index.record_settled(items)
         index.conn.set_trace_callback(None)
-    assert [r.outcome for r in recorded] == ["new_file"] * 20
+    assert [r.outcome for r in recorded] == ["new_file"] * 150
     assert all(len(r.job_ids) == 2 for r in recorded)
     # Not two lookups per file: two for the batch (its paths, its inodes) and its next ids;
     # then the inserts (the trace shows each row of an executemany as a statement).
