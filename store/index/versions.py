@@ -126,6 +126,10 @@ def record_settled(
        if its path is gone; the source's proofs stay with it, and the job runner may reuse
        a valid proof for the same digest rather than asking a provider again.
 
+    Items that touch no row and no other item of the batch can only be new files; each run
+    of them is recorded set-wise (:mod:`.new_files`: a few statements for the run), with the
+    rows and ids the per-file path (:func:`record_each`) would give them.
+
     Any error rolls the whole batch back (nothing of it is recorded) and is re-raised.
     The rename check ``lstat``s the old path inside the transaction: one call per
     candidate row, and candidates exist only when a file with this inode and this content

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from stampd.store.files.filestat import FileStat
+from stampd.store.files.pathnames import escape
 from stampd.store.index import new_files, versions
 from stampd.store.index.database import Index, index_path
 from stampd.store.index.schema import UnknownKindError
@@ -236,3 +237,11 @@ def test_the_set_wise_statements_use_an_index(tmp_path: Path, name: str, expecte
     # SCAN CONSTANT ROW is the one-row SELECT around the MAX() subqueries.
     assert "SCAN" not in plan.replace("SCAN CONSTANT ROW", ""), plan
     assert expected in plan, plan
+
+
+@pytest.mark.parametrize(
+    "name", ["/a", "/", "/srv/a/b", "a", "a/b", "//srv/a", "/srv/caf\udce9/x\\y", "/srv/t\tab"]
+)
+def test_a_path_and_its_parent_are_escaped_as_escape_would(name: str) -> None:
+    path = Path(name)
+    assert versions._escaped(path) == (escape(path), escape(path.parent))
