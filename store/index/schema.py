@@ -276,6 +276,80 @@ def _proof_commitments(db: Database) -> None:
     )
 
 
+@migrations(name="0006_no_versions_sha256")
+def _no_versions_sha256(db: Database) -> None:
+    # Issue 13: versions_sha256 was read by one statement only, the rename lookup
+    # (versions._SQL_RENAME_SOURCES), which finds its candidates by (dev, ino) through
+    # files_dev_ino and reaches each one's version by files.current_version_id, the primary
+    # key. Its random 64-hex key dirtied a random leaf page per new version: on a first scan
+    # it was most of COMMIT's cost (a third of the writer's time per file). Lookups by digest
+    # go to proofs (proofs_digest, proofs_sidecar), which keep their indexes.
+    db.execute("DROP INDEX versions_sha256")
+
+
+def _one_of(column: str, values: Sequence[str]) -> str:
+    """The CHECK of :func:`_check` written as comparisons: SQLite builds an ephemeral table
+    for a CHECK's ``IN`` list of three or more values at every row it checks (EXPLAIN shows
+    OpenEphemeral and one IdxInsert per value), ~2 us per constraint per row; ``=`` chains
+    cost nothing. Same values, same verdict (NULL passes both, as in every CHECK)."""
+    compared = " OR ".join(f"{column} = '{value}'" for value in values)
+    return f"CHECK ({compared})"
+
+
+# files as 0001 made it, and jobs as 0004 made it, column for column in the same order, with
+# each CHECK of three or more values written by _one_of. ``{name}`` is the new table's name.
+_FILES_0007 = f"""CREATE TABLE {{name}} (
+    id INTEGER PRIMARY KEY,
+    watch_id INTEGER NOT NULL REFERENCES watches(id),
+    path TEXT NOT NULL UNIQUE,
+    dir TEXT NOT NULL,
+    dev INTEGER,
+    ino INTEGER,
+    size INTEGER,
+    mtime_ns INTEGER,
+    ctime_ns INTEGER,
+    racy INTEGER NOT NULL DEFAULT 0 CHECK (racy IN (0, 1)),
+    state TEXT NOT NULL DEFAULT 'present' {_one_of("state", FILE_STATES)},
+    current_version_id INTEGER REFERENCES versions(id),
+    problem_class TEXT,
+    problem TEXT,
+    first_seen_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+)"""
+_JOBS_0007 = f"""CREATE TABLE {{name}} (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    action TEXT NOT NULL {_one_of("action", JOB_ACTIONS)},
+    version_id INTEGER REFERENCES versions(id),
+    proof_id INTEGER REFERENCES proofs(id),
+    state TEXT NOT NULL {_one_of("state", JOB_STATES)},
+    tries INTEGER NOT NULL DEFAULT 0,
+    next_try_at TEXT NOT NULL,
+    last_error_class TEXT,
+    last_error TEXT,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+)"""
+
+
+@migrations(name="0007_checks_as_comparisons")
+def _checks_as_comparisons(db: Database) -> None:
+    # Issue 13: every new file inserts a files row and one jobs row per evidence kind, and
+    # their CHECK (... IN (3+ values)) built an ephemeral table per row: ~4 us per files row
+    # and ~4 us per jobs row on a first scan. The same constraints as comparisons, by the
+    # table rebuild of 0004 (sqlite.org/lang_altertable.html §7; Index.open turns foreign
+    # keys off around the migration, and the step checks them itself). proofs keeps its
+    # CHECK: one row per proof obtained, not per file seen.
+    conn = db.conn
+    for table, definition in (("files", _FILES_0007), ("jobs", _JOBS_0007)):
+        _rebuild(conn, table, definition)
+    broken = conn.execute("PRAGMA foreign_key_check").fetchall()
+    if broken:
+        raise sqlite3.IntegrityError(
+            f"foreign keys broken by the rebuild of files and jobs: {broken[:5]}"
+        )
+
+
 class UnknownKindError(StampdError):
     """A job or proof row for an evidence kind the registry does not know."""
 

@@ -21,6 +21,7 @@ from typing import Literal
 
 from stampd.store.files.filestat import FileStat
 from stampd.store.files.pathnames import escape, unescape_path
+from stampd.store.index import new_files
 from stampd.store.index.schema import inserted_id, require_kind
 
 
@@ -125,12 +126,55 @@ def record_settled(
        if its path is gone; the source's proofs stay with it, and the job runner may reuse
        a valid proof for the same digest rather than asking a provider again.
 
+    Items that touch no row and no other item of the batch can only be new files; each run
+    of them is recorded set-wise (:mod:`.new_files`: a few statements for the run), with the
+    rows and ids the per-file path (:func:`record_each`) would give them.
+
     Any error rolls the whole batch back (nothing of it is recorded) and is re-raised.
     The rename check ``lstat``s the old path inside the transaction: one call per
     candidate row, and candidates exist only when a file with this inode and this content
     was recorded under another path.
     """
-    return [_record_one(conn, item, now) for item in batch]
+    escaped = [_escaped(item.path) for item in batch]
+    fresh = new_files.fresh(conn, batch, [path for path, _parent in escaped])
+    results: list[Recorded] = []
+    start = 0
+    while start < len(batch):
+        end = start + 1
+        # The ids after whatever the items before inserted (None: past max + 1 allocation).
+        ids = new_files.next_ids(conn) if fresh[start] else None
+        if ids is None:
+            results.append(_record_one(conn, batch[start], now, escaped[start]))
+        else:
+            # A run of new files: set-wise, then the next per-file item sees their rows.
+            while end < len(batch) and fresh[end]:
+                end += 1
+            run = batch[start:end]
+            recorded = new_files.record_run(conn, run, escaped[start:end], ids, now=now)
+            results.extend(
+                Recorded(item.path, "new_file", file_id, version_id, job_ids, None)
+                for item, (file_id, version_id, job_ids) in zip(run, recorded, strict=True)
+            )
+        start = end
+    return results
+
+
+def record_each(conn: sqlite3.Connection, batch: Sequence[Settled], *, now: str) -> list[Recorded]:
+    """:func:`record_settled` item by item, each with its own lookups and statements: the
+    path every item that is not plainly new takes, kept whole as the reference that the
+    set-wise path must match row for row (tests/store/test_record_batch.py)."""
+    return [_record_one(conn, item, now, _escaped(item.path)) for item in batch]
+
+
+def _escaped(path: Path) -> tuple[str, str]:
+    """``(escape(path), escape(path.parent))``, escaping once: escape commutes with joining
+    (:mod:`~stampd.store.files.pathnames`), so the parent's text is the path's up to its
+    last ``/``. The root and a leading ``//`` (which pathlib keeps) are left to pathlib."""
+    text = escape(path)
+    head = text.rpartition("/")[0]
+    if head and not text.startswith("//"):
+        return text, head
+    return text, escape(path.parent)
 
 
 def record_unreadable(
@@ -187,9 +231,12 @@ def mark_missing(conn: sqlite3.Connection, paths: Sequence[Path], *, now: str) -
     return cursor.rowcount
 
 
-def _record_one(conn: sqlite3.Connection, item: Settled, now: str) -> Recorded:
-    """One item of :func:`record_settled`, inside its transaction."""
-    path, parent = escape(item.path), escape(item.path.parent)
+def _record_one(
+    conn: sqlite3.Connection, item: Settled, now: str, escaped: tuple[str, str]
+) -> Recorded:
+    """One item of :func:`record_settled`, inside its transaction; ``escaped`` is
+    :func:`_escaped` of its path."""
+    path, parent = escaped
     row = conn.execute(_SQL_FILE_AT_PATH, (path,)).fetchone()
     if row is not None and int(row[3]) != item.watch_id:
         # The path now belongs to another watch (the configuration changed).
@@ -199,7 +246,7 @@ def _record_one(conn: sqlite3.Connection, item: Settled, now: str) -> Recorded:
         _set_present(conn, file_id, item.stat, racy=item.racy, now=now)
         return Recorded(item.path, "unchanged", file_id, version_id, (), None)
 
-    source = _rename_source(conn, item)
+    source = _rename_source(conn, item, path)
     if source is not None:
         source_id, source_path, source_version, source_gone = source
         if row is None:
@@ -215,7 +262,8 @@ def _record_one(conn: sqlite3.Connection, item: Settled, now: str) -> Recorded:
         file_id = _insert_file(
             conn,
             watch_id=item.watch_id,
-            path=item.path,
+            path=path,
+            parent=parent,
             stat=item.stat,
             racy=item.racy,
             # First seen when its content was first in hand: never after "hashed".
@@ -245,15 +293,17 @@ def _record_one(conn: sqlite3.Connection, item: Settled, now: str) -> Recorded:
     return Recorded(item.path, outcome, file_id, version_id, job_ids, None)
 
 
-def _rename_source(conn: sqlite3.Connection, item: Settled) -> tuple[int, Path, int, bool] | None:
+def _rename_source(
+    conn: sqlite3.Connection, item: Settled, path: str
+) -> tuple[int, Path, int, bool] | None:
     """``(file_id, old path, current version id, old path gone)`` of the row this file was
-    renamed from, or None.
+    renamed from (``path`` is its escaped path), or None.
 
     Reference §3.4: the row must have the same (dev, ino) — ctime is left out because
     ``rename`` updates it — and the same content, and its path must no longer name this inode.
     """
     rows = conn.execute(
-        _SQL_RENAME_SOURCES, (item.stat.dev, item.stat.ino, escape(item.path), item.sha256)
+        _SQL_RENAME_SOURCES, (item.stat.dev, item.stat.ino, path, item.sha256)
     ).fetchall()
     for file_id, old, version_id in rows:
         old_path = unescape_path(old)
@@ -287,18 +337,20 @@ def _insert_file(
     conn: sqlite3.Connection,
     *,
     watch_id: int,
-    path: Path,
+    path: str,
+    parent: str,
     stat: FileStat,
     racy: bool = False,
     first_seen: str,
     now: str,
 ) -> int:
-    """A new present row without a version yet (the caller adds one in the same transaction
-    and then sets ``current_version_id``: the two tables reference each other)."""
+    """A new present row without a version yet at the escaped ``path`` in ``parent`` (the
+    caller adds one in the same transaction and then sets ``current_version_id``: the two
+    tables reference each other)."""
     cursor = conn.execute(
         "INSERT INTO files (watch_id, path, dir, dev, ino, size, mtime_ns, ctime_ns, racy,"
         " state, first_seen_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'present', ?, ?)",
-        (watch_id, escape(path), escape(path.parent), *_key(stat), int(racy), first_seen, now),
+        (watch_id, path, parent, *_key(stat), int(racy), first_seen, now),
     )
     return inserted_id(cursor)
 

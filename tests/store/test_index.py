@@ -45,6 +45,8 @@ def test_migrations_create_every_table_from_empty(tmp_path: Path) -> None:
         ("0003_proofs_by_sidecar",),
         ("0004_kinds_from_registry",),
         ("0005_proof_commitments",),
+        ("0006_no_versions_sha256",),
+        ("0007_checks_as_comparisons",),
     ]
 
 
@@ -57,7 +59,7 @@ def test_reopening_applies_nothing_twice_and_keeps_data(tmp_path: Path) -> None:
         assert index.ensure_watch(Path("/srv/a")) == watch
         count = index.conn.execute("SELECT COUNT(*) FROM _sqlite_migrations").fetchone()[0]
         version_count = index.conn.execute("SELECT COUNT(*) FROM versions").fetchone()[0]
-    assert count == 5
+    assert count == 7
     assert version_count == 1
 
 

@@ -115,6 +115,8 @@ def _index_before_0004(path: Path) -> None:
 
 #: Tables that steps after 0004 add (empty after the upgrade): not what 0004 keeps.
 LATER_TABLES = ("proof_commitments",)
+#: Indexes that steps after 0004 drop (0006: versions_sha256): not what 0004 keeps.
+LATER_DROPPED_INDEXES = ("versions_sha256",)
 
 
 def _snapshot(conn: sqlite3.Connection) -> dict[str, object]:
@@ -129,7 +131,11 @@ def _snapshot(conn: sqlite3.Connection) -> dict[str, object]:
     return {
         "rows": {t: conn.execute(f"SELECT * FROM {t} ORDER BY id").fetchall() for t in tables},
         "indexes": sorted(
-            conn.execute("SELECT name, tbl_name, sql FROM sqlite_master WHERE type = 'index'")
+            row
+            for row in conn.execute(
+                "SELECT name, tbl_name, sql FROM sqlite_master WHERE type = 'index'"
+            )
+            if row[0] not in LATER_DROPPED_INDEXES
         ),
         "plans": [
             [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
@@ -157,8 +163,8 @@ def test_an_index_from_before_0004_keeps_every_row_index_and_plan(old_index: Pat
         assert _snapshot(conn) == before
         tables = dict(conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'"))
         assert "kind IN" not in tables["proofs"] and "kind IN" not in tables["jobs"]
-        # The other constraints stay.
-        assert "CHECK (status IN" in tables["proofs"] and "CHECK (action IN" in tables["jobs"]
+        # The other constraints stay (jobs' as comparisons since 0007).
+        assert "CHECK (status IN" in tables["proofs"] and "CHECK (action = " in tables["jobs"]
         assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
         # Foreign keys are enforced again after the upgrade (off only around the rebuild).
@@ -248,3 +254,56 @@ def test_an_unknown_kind_is_refused_with_nothing_written(tmp_path: Path) -> None
 
 def test_the_action_check_lists_every_job_action() -> None:
     assert set(JOB_ACTIONS) == {action.value for action in JobAction}
+
+
+def test_0006_drops_versions_sha256_and_renames_are_still_found_by_primary_key(
+    tmp_path: Path,
+) -> None:
+    """The rename lookup was the only reader of versions_sha256 (issue 13): after 0006 it
+    reaches each candidate's version through files.current_version_id, and still finds it."""
+    tree = tmp_path / "watched"
+    tree.mkdir()
+    old = tree / "a.pdf"
+    old.write_bytes(b"contract")
+    path = index_path(tmp_path)
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA foreign_keys = ON")
+    migrations.apply(Database(conn), stop_before="0006_no_versions_sha256")
+    with conn:
+        watch = conn.execute(
+            "INSERT INTO watches (path, added_at) VALUES (?, 'x')", (str(tree),)
+        ).lastrowid
+        assert watch is not None
+        stat = old.lstat()
+        item = settled(
+            watch, old, sha256="c" * 64, sha512="c" * 128, dev=stat.st_dev, ino=stat.st_ino
+        )
+        versions.record_each(conn, [item], now=utc_now())
+    before = {t: conn.execute(f"SELECT * FROM {t}").fetchall() for t in ("files", "versions")}
+    conn.close()
+
+    with Index.open(path) as index:
+        names = {row[0] for row in index.conn.execute("SELECT name FROM sqlite_master")}
+        assert "versions_sha256" not in names and "versions_file" in names
+        after = {
+            t: index.conn.execute(f"SELECT * FROM {t}").fetchall() for t in ("files", "versions")
+        }
+        assert after == before
+        plan = " | ".join(
+            row[3]
+            for row in index.conn.execute(
+                f"EXPLAIN QUERY PLAN {versions._SQL_RENAME_SOURCES}", (1, 2, "/x", "c")
+            )
+        )
+        assert "files_dev_ino (dev=? AND ino=?)" in plan, plan
+        assert "SEARCH v USING INTEGER PRIMARY KEY (rowid=?)" in plan, plan
+        new = tree / "b.pdf"
+        old.rename(new)
+        (moved,) = index.record_settled(
+            [
+                settled(
+                    watch, new, sha256="c" * 64, sha512="c" * 128, dev=stat.st_dev, ino=stat.st_ino
+                )
+            ]
+        )
+        assert (moved.outcome, moved.renamed_from) == ("renamed", old)

@@ -214,3 +214,22 @@ def test_a_scan_hands_what_it_finds_to_the_intake(tmp_path: Path) -> None:
         assert parts.rescans.full_scans.ticket(parts.root) == 2
 
     _run(tmp_path, scenario)
+
+
+def test_outcomes_the_scan_hands_over_are_recorded_in_order_and_counted(tmp_path: Path) -> None:
+    async def scenario(parts: _Parts) -> None:
+        root_dev = parts.root.stat().st_dev
+        paths = [parts.root / f"f{n}" for n in range(5)]
+        for n, path in enumerate(paths):
+            path.write_bytes(b"x" * n)  # f0 is empty: hashed, no read
+        outcomes = [parts.intake.hash(p, root_dev=root_dev, expected=None) for p in paths]
+        gone = parts.root / "gone"
+        outcomes.insert(2, Skipped(gone, "vanished"))
+        reads = parts.intake.hash_reads
+        parts.intake.add_outcomes(parts.watch, outcomes)
+        # One count per file hashed, as for the hash pool's files (each read counted already).
+        assert parts.intake.hash_reads == reads + len(paths)
+        await _until(lambda: len(parts.versions()) == len(paths), "the versions recorded")
+        assert list(parts.versions()) == [str(p) for p in paths]
+
+    _run(tmp_path, scenario)

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 from pathlib import Path
 
-from stampd.daemon.watch.recorder import Recorder
+import pytest
+
+from stampd.daemon.service.logs import configure_logging
+from stampd.daemon.watch.recorder import MAX_BATCH, Recorder
 from stampd.store.files.filestat import FileStat
 from stampd.store.index.database import Index, index_path
 from stampd.store.index.times import utc_now
@@ -46,3 +51,62 @@ def test_a_refused_file_is_isolated_and_the_rest_is_recorded(tmp_path: Path) -> 
         return paths
 
     assert asyncio.run(main()) == ["/srv/a", "/srv/c"]
+
+
+def test_files_submitted_many_at_once_are_committed_in_order_in_bounded_batches(
+    tmp_path: Path,
+) -> None:
+    count = 2 * MAX_BATCH + 7
+
+    async def main() -> tuple[list[int], list[str]]:
+        index = Index.open(index_path(tmp_path))
+        recorder = Recorder(index)
+        watch_id = index.ensure_watch(Path("/srv"))
+        sizes: list[int] = []
+        recorder.on_commit = lambda results: sizes.append(len(results))
+        recorder.submit_many([])  # nothing queued: nothing to wake up for
+        recorder.submit_many(_settled(watch_id, f"f{n:04}", evidence=()) for n in range(count))
+        assert recorder.backlog() == count
+        runner = asyncio.create_task(recorder.run())
+        while sum(sizes) < count:
+            await asyncio.sleep(0.01)
+        assert recorder.backlog() == 0
+        # A later file wakes the idle writer again.
+        recorder.submit(_settled(watch_id, "late", evidence=()))
+        while sum(sizes) < count + 1:
+            await asyncio.sleep(0.01)
+        runner.cancel()
+        paths = [row[0] for row in index.conn.execute("SELECT path FROM files ORDER BY id")]
+        recorder.close()
+        index.close()
+        return sizes, paths
+
+    sizes, paths = asyncio.run(main())
+    assert sizes == [MAX_BATCH, MAX_BATCH, 7, 1]
+    assert paths == [f"/srv/f{n:04}" for n in range(count)] + ["/srv/late"]
+
+
+@pytest.mark.parametrize("level", ["debug", "info"])
+def test_each_recorded_file_is_logged_at_debug_only(tmp_path: Path, level: str) -> None:
+    """The per-file events stay with --debug; without it they are not even built."""
+    out = io.StringIO()
+    configure_logging(log_format="json", level=level, stream=out, environ={})
+
+    async def main() -> None:
+        index = Index.open(index_path(tmp_path))
+        recorder = Recorder(index)
+        watch_id = index.ensure_watch(Path("/srv"))
+        recorder.submit_many([_settled(watch_id, "a"), _settled(watch_id, "b")])
+        await recorder.flush()
+        recorder.close()
+        index.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        configure_logging(log_format="json", level="info", stream=io.StringIO(), environ={})
+    events = [json.loads(line) for line in out.getvalue().splitlines() if line]
+    per_file = [e["path"] for e in events if e["event"] == "version_recorded"]
+    assert per_file == (["/srv/a", "/srv/b"] if level == "debug" else [])
+    (committed,) = [e for e in events if e["event"] == "versions_committed"]
+    assert (committed["files"], committed["new_file"]) == (2, 2)
