@@ -16,6 +16,11 @@ those that arrive while a set is under way, as one set:
 2. where each file is now, in one read;
 3. the set's path locks taken together (daemon/evidence/locks.py), every sidecar written,
    again over :data:`LANES` threads;
+
+   in both, each file is fsynced and renamed into place as before, but a lane fsyncs each
+   directory once after all its renames (store/files/atomic.py ``DirectorySyncs``), and the
+   files are sorted by directory so that a directory's files share a lane: a drop of 512
+   files into one directory costs 8 directory fsyncs instead of 512;
 4. every completion committed in ONE write transaction (store/index/jobs.py
    ``complete_jobs``); should it fail as a whole, each is committed on its own, so one bad
    row fails only its job.
@@ -28,6 +33,7 @@ anywhere leaves the jobs of the set pending, and their next round adopts what wa
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +47,7 @@ from stampd.daemon.evidence.locks import PathLocks
 from stampd.daemon.evidence.proof_files import ProofFiles
 from stampd.daemon.watch.recorder import Recorder
 from stampd.store.errors import StampdError
+from stampd.store.files.atomic import DirectorySyncs
 from stampd.store.files.sidecar import Layout
 from stampd.store.index.jobs import Completion, DueJob, complete_jobs, current_path
 
@@ -166,7 +173,9 @@ class Finisher:
     async def _endings(self, items: Sequence[Finishing]) -> list[Ending | BaseException]:
         endings: list[Ending | BaseException | None] = [None] * len(items)
         # 1. Archive copies first (DESIGN rule 1): the archive outlives any sidecar.
-        archived = await self._in_lanes(self._files.archive, [item.data for item in items])
+        archived = await self._in_lanes(
+            self._files.archive, [item.data for item in items], _archive_directory
+        )
         for number, problem in enumerate(archived):
             if problem is not None:
                 endings[number] = _failed("archive", problem)
@@ -185,7 +194,7 @@ class Finisher:
                 targets.append(number)
                 sidecars.append((path, layout, items[number].data))
         async with self._locks.hold(where.get(number) or items[number].job.path for number in live):
-            written = await self._in_lanes(self._place, sidecars)
+            written = await self._in_lanes(self._place, sidecars, _sidecar_directory)
             for number, problem in zip(targets, written, strict=True):
                 if problem is not None:
                     endings[number] = _failed("sidecar", problem)
@@ -204,8 +213,9 @@ class Finisher:
         # Every file has its ending by now: failed at a step, or committed (or raising).
         return [RuntimeError("no ending") if ending is None else ending for ending in endings]
 
-    def _place(self, sidecar: tuple[Path, Layout, bytes]) -> None:
-        self._files.place_sidecar(*sidecar)
+    def _place(self, sidecar: tuple[Path, Layout, bytes], syncs: DirectorySyncs) -> None:
+        path, layout, data = sidecar
+        self._files.place_sidecar(path, layout, data, syncs)
 
     async def _commit(self, completions: Sequence[Completion]) -> list[int | Exception | None]:
         if not completions:
@@ -228,16 +238,27 @@ class Finisher:
         return ids
 
     async def _in_lanes(
-        self, step: Callable[[_T], object], args: Sequence[_T]
+        self,
+        step: Callable[[_T, DirectorySyncs], object],
+        args: Sequence[_T],
+        directory: Callable[[_T], str],
     ) -> list[Exception | None]:
-        """``step`` for each of ``args``, spread over the lanes; each one's exception or None."""
+        """``step`` for each of ``args``, spread over the lanes; each one's exception or None.
+
+        Sorted by ``directory`` and cut into contiguous runs, one per lane: the files of one
+        directory share as few lanes as possible, and so as few directory fsyncs.
+        """
         if not args:
             return []
         if self._threads is None:
             self._threads = ThreadPoolExecutor(self._lanes, thread_name_prefix="stampd-files")
         loop = asyncio.get_running_loop()
         count = min(self._lanes, len(args))
-        lanes = [list(range(lane, len(args), count)) for lane in range(count)]
+        order = sorted(range(len(args)), key=lambda number: directory(args[number]))
+        lanes = [
+            order[lane * len(order) // count : (lane + 1) * len(order) // count]
+            for lane in range(count)
+        ]
         done = await asyncio.gather(
             *(loop.run_in_executor(self._threads, _run_lane, step, args, lane) for lane in lanes)
         )
@@ -249,17 +270,35 @@ class Finisher:
 
 
 def _run_lane(
-    step: Callable[[_T], object], args: Sequence[_T], numbers: Sequence[int]
+    step: Callable[[_T, DirectorySyncs], object], args: Sequence[_T], numbers: Sequence[int]
 ) -> list[Exception | None]:
+    syncs = DirectorySyncs()
     outcomes: list[Exception | None] = []
-    for number in numbers:
+    try:
+        for number in numbers:
+            try:
+                step(args[number], syncs)
+            except Exception as error:
+                outcomes.append(error)
+            else:
+                outcomes.append(None)
         try:
-            step(args[number])
-        except Exception as error:
-            outcomes.append(error)
-        else:
-            outcomes.append(None)
+            syncs.sync()
+        except StampdError as error:
+            # Which of the lane's renames reached the disk is unknown: none of them counts.
+            outcomes = [error if outcome is None else outcome for outcome in outcomes]
+    finally:
+        syncs.close()
     return outcomes
+
+
+def _archive_directory(data: bytes) -> str:
+    """The archive's fan-out directory of ``data`` (store/files/archive.py)."""
+    return hashlib.sha256(data).hexdigest()[:2]
+
+
+def _sidecar_directory(sidecar: tuple[Path, Layout, bytes]) -> str:
+    return str(sidecar[0].parent)
 
 
 def _current_paths(keys: Sequence[tuple[int, int]], conn: sqlite3.Connection) -> list[Path | None]:

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import sqlite3
+import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 
-from stampd.daemon.evidence.finisher import Finished, Finisher, Finishing, Unfinished
+from stampd.daemon.evidence.finisher import LANES, Finished, Finisher, Finishing, Unfinished
 from stampd.daemon.evidence.index_reader import IndexReader
 from stampd.daemon.evidence.locks import PathLocks
 from stampd.daemon.evidence.proof_files import ProofFiles
@@ -151,6 +153,36 @@ def test_rounds_ending_together_share_one_set_and_one_transaction(setup: Setup) 
         digest = hashlib.sha256(item.data).hexdigest()
         assert archive_path(setup.state, digest, "ots").read_bytes() == item.data
     assert set(job_states(setup).values()) == {"done"}
+
+
+def test_a_sets_sidecars_in_one_directory_share_a_few_directory_fsyncs(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    jobs = record(setup, [f"f{number}.dat" for number in range(40)])
+    items = [finishing(job) for job in jobs]
+    watched = setup.watched.stat()
+    synced: list[tuple[int, int]] = []
+    real: Callable[[int], None] = os.fsync
+
+    def fsync(fd: int) -> None:  # observed, then the real fsync
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            synced.append((st.st_dev, st.st_ino))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+    async def main() -> list[Finished | Unfinished]:
+        running = Running(setup)
+        try:
+            return list(await asyncio.gather(*(running.finisher.finish(i) for i in items)))
+        finally:
+            await running.close()
+
+    endings = asyncio.run(main())
+    assert all(isinstance(ending, Finished) and ending.sidecar for ending in endings)
+    # One fsync of the directory per lane that wrote into it, not one per sidecar.
+    assert 1 <= synced.count((watched.st_dev, watched.st_ino)) <= LANES < len(items)
 
 
 def test_a_file_whose_sidecar_cannot_be_written_fails_alone(setup: Setup) -> None:
