@@ -21,6 +21,7 @@ from stampd.daemon.evidence.strategy import Obtained
 from stampd.daemon.service.logs import get_logger
 from stampd.store.errors import StampdError
 from stampd.store.files.archive import archive_get, archive_put
+from stampd.store.files.atomic import DirectorySyncs
 from stampd.store.files.sidecar import Layout, read_sidecar, write_sidecar
 from stampd.store.index.jobs import KnownProof, NewProof
 from stampd.store.index.times import format_time
@@ -39,9 +40,10 @@ class ProofFiles:
         #: The archive's extension: the kind's sidecar's, else its name (index-only kinds).
         self.extension = kind.sidecar or kind.name
 
-    def archive(self, data: bytes) -> None:
-        """Keep ``data`` in the content-addressed archive (fsynced)."""
-        archive_put(self.state_dir, data, self.extension)
+    def archive(self, data: bytes, syncs: DirectorySyncs | None = None) -> None:
+        """Keep ``data`` in the content-addressed archive (fsynced; its directory by ``syncs``
+        when given)."""
+        archive_put(self.state_dir, data, self.extension, syncs=syncs)
 
     def archived(self, sha256: str) -> bytes | None:
         """The archived proof with this SHA-256; None if it was never archived."""
@@ -51,8 +53,15 @@ class ProofFiles:
         """The bytes of ``path``'s sidecar of this kind, or None when there is none."""
         return read_sidecar(path, self.kind.name, layout=layout, state_dir=self.state_dir)
 
-    def place_sidecar(self, path: Path, layout: Layout, data: bytes) -> None:
-        """Write ``data`` as ``path``'s sidecar; whatever was there before goes to the archive."""
+    def place_sidecar(
+        self, path: Path, layout: Layout, data: bytes, syncs: DirectorySyncs | None = None
+    ) -> None:
+        """Write ``data`` as ``path``'s sidecar; whatever was there before goes to the archive.
+
+        With ``syncs``, the sidecar's directory is fsynced by the caller's ``syncs.sync()``;
+        the previous sidecar's archive copy never waits (it must be durable before the
+        sidecar it keeps is replaced: DESIGN rule 6).
+        """
         existing = self.read_sidecar(path, layout)
         if existing == data:
             return
@@ -66,6 +75,7 @@ class ProofFiles:
             layout=layout,
             state_dir=self.state_dir,
             replace=existing is not None,
+            syncs=syncs,
         )
 
 

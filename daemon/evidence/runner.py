@@ -17,9 +17,10 @@ what follows holds for every kind. It runs every action the kind's registry entr
 Then the proof is archived (fsynced), the sidecar written next to the file if this version is
 still the file's content — a sidecar already there is archived first, so a changed file's old
 proof moves to the archive and is never lost (rule 6) — and finally the proof row, the
-attempts and the job's end are committed in one transaction. A crash anywhere in between
-leaves the job pending, and the next round adopts what was written. A version that is no
-longer the file's content (it changed again, or vanished) still gets its proof — it was
+attempts and the job's end are committed in one transaction; rounds that reach these steps
+together (a batch's) take them together (daemon/evidence/finisher.py). A crash anywhere in
+between leaves the job pending, and the next round adopts what was written. A version that
+is no longer the file's content (it changed again, or vanished) still gets its proof — it was
 recorded, so it is proven — kept in the archive only.
 
 When no provider delivers, the job backs off (daemon/evidence/backoff.py). Queries run on a
@@ -39,6 +40,7 @@ from typing import Any
 
 from stampd.daemon.evidence.batcher import Batcher
 from stampd.daemon.evidence.digests import ContentGone, digests_of, job_digest, recorded
+from stampd.daemon.evidence.finisher import Finisher, Finishing, Unfinished
 from stampd.daemon.evidence.index_reader import IndexReader
 from stampd.daemon.evidence.locks import PathLocks
 from stampd.daemon.evidence.proof_files import ProofFiles, proof_row, reusable, usable
@@ -57,12 +59,12 @@ from stampd.store.errors import ErrorClass, StampdError
 from stampd.store.files.sidecar import Layout
 from stampd.store.index.jobs import (
     Attempt,
+    Completion,
     DueJob,
     FollowUp,
     NewProof,
     cancel_job,
-    complete_job,
-    current_path,
+    complete_jobs,
     due_jobs,
     fail_job,
     known_proofs,
@@ -114,6 +116,9 @@ class JobRunner:
         self._lock = locks or PathLocks()
         #: Strategies replaced by a reload, closed once the rounds that use them have ended.
         self._retiring: set[asyncio.Task[None]] = set()
+        self._finisher = Finisher(
+            files=self._at_rest, read=self._read, recorder=recorder, locks=self._lock
+        )
         self.completed = 0
         self.failed_rounds = 0
         #: While set (``stampd pause``), no new round starts; rounds in progress finish.
@@ -178,6 +183,7 @@ class JobRunner:
             await asyncio.gather(*tasks, return_exceptions=True)
             if self._batcher is not None:
                 await self._batcher.close()
+            await self._finisher.close()
             await asyncio.gather(*self._retiring, return_exceptions=True)
             self._strategy.close()
             self._read.close()
@@ -263,11 +269,6 @@ class JobRunner:
                 )
                 return
             found, source = outcome, "provider"
-        try:
-            await asyncio.to_thread(self._at_rest.archive, found.data)
-        except StampdError as error:
-            await self._fail(strategy, job, found.attempts, error.error_class, f"archive: {error}")
-            return
         await self._finish(strategy, job, digest, found, source=source, layout=layout)
 
     async def _extended_proof(self, job: DueJob) -> bytes | None:
@@ -368,33 +369,22 @@ class JobRunner:
         source: str,
         layout: Layout | None,
     ) -> None:
-        """Sidecar (if this version is still the file's content), then the proof row.
-
-        The sidecar goes where the file is now: a rename since the job was picked moved the
-        row (and a rename after this point is repaired by daemon/evidence/repair.py).
-        """
-        sidecar = False
-        path = None
-        if layout is not None:
-            path = await self._read(
-                partial(current_path, file_id=job.file_id, version_id=job.version_id)
+        """Archive copy, sidecar (if this version is still the file's content, where the file
+        is now), then the proof row: with every other round ending now (one transaction for
+        all of them: daemon/evidence/finisher.py)."""
+        completion = self._completion(strategy, job, digest, found)
+        end = await self._finisher.finish(Finishing(job, found.data, completion, layout))
+        if isinstance(end, Unfinished):
+            await self._fail(
+                strategy,
+                job,
+                found.attempts,
+                end.error.error_class,
+                f"{end.step}: {end.error}",
+                archived=end.step == "sidecar",
             )
-        async with self._lock(path or job.path):
-            if layout is not None and path is not None:
-                try:
-                    await asyncio.to_thread(self._at_rest.place_sidecar, path, layout, found.data)
-                except StampdError as error:
-                    await self._fail(
-                        strategy,
-                        job,
-                        found.attempts,
-                        error.error_class,
-                        f"sidecar: {error}",
-                        archived=True,
-                    )
-                    return
-                sidecar = True
-            await self._complete(strategy, job, digest, found, source=source, sidecar=sidecar)
+            return
+        self._done(job, found, source=source, proof_id=end.proof_id, sidecar=end.sidecar)
 
     async def _complete(
         self,
@@ -406,27 +396,36 @@ class JobRunner:
         source: str,
         sidecar: bool,
     ) -> None:
-        """Commit the proof row (new, or the extended one), the round's attempts, the job's
-        end and, for a proof still pending its anchor, its ``upgrade`` job; log it."""
+        """Commit the round's :meth:`_completion` on its own (an adopted sidecar); log it."""
+        completion = self._completion(strategy, job, digest, found)
+        [proof_id] = await self._recorder.call(complete_jobs, self._index, [completion])
+        self._done(job, found, source=source, proof_id=proof_id, sidecar=sidecar)
+
+    def _completion(
+        self, strategy: Strategy, job: DueJob, digest: bytes, found: Obtained
+    ) -> Completion:
+        """The proof row (new, or the extended one), the round's attempts, the job's end and,
+        for a proof still pending its anchor, its ``upgrade`` job."""
         verdict = found.verdict
         follow_up = None
         if verdict.status == "pending" and JobAction.UPGRADE in self._kind.actions:
             due = datetime.now(UTC) + timedelta(seconds=strategy.upgrade_after)
             follow_up = FollowUp(JobAction.UPGRADE, format_time(due))
-        proof_id = await self._recorder.call(
-            partial(
-                complete_job,
-                self._index,
-                job_id=job.job_id,
-                version_id=job.version_id,
-                proof=proof_row(
-                    self._kind.name, found.data, verdict, digest, commitments=found.commitments
-                ),
-                attempts=found.attempts,
-                follow_up=follow_up,
-                extends=job.proof_id,
-            )
+        return Completion(
+            job_id=job.job_id,
+            version_id=job.version_id,
+            proof=proof_row(
+                self._kind.name, found.data, verdict, digest, commitments=found.commitments
+            ),
+            attempts=found.attempts,
+            follow_up=follow_up,
+            extends=job.proof_id,
         )
+
+    def _done(
+        self, job: DueJob, found: Obtained, *, source: str, proof_id: int | None, sidecar: bool
+    ) -> None:
+        verdict = found.verdict
         self.completed += 1
         log.info(
             self._strategy.done_event,

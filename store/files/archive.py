@@ -14,7 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stampd.store.errors import FileAccessError
-from stampd.store.files.atomic import directory, read_file, read_path, write_atomic
+from stampd.store.files.atomic import (
+    DirectorySyncs,
+    directory,
+    read_file,
+    read_path,
+    write_atomic,
+)
 from stampd.store.files.sidecar import MAX_SIDECAR_BYTES
 
 # 0444: an archived proof never changes (its name is its hash), so nothing should open it
@@ -49,18 +55,25 @@ def archive_path(state_dir: Path, sha256_hex: str, ext: str) -> Path:
     return state_dir / "archive" / sha256_hex[:2] / f"{sha256_hex}.{ext}"
 
 
-def archive_put(state_dir: Path, data: bytes, ext: str) -> ArchivedProof:
+def archive_put(
+    state_dir: Path, data: bytes, ext: str, *, syncs: DirectorySyncs | None = None
+) -> ArchivedProof:
     """Store ``data`` in the archive (idempotent) and return where it is.
 
     An existing copy with the right bytes is left alone; anything else at that name (a
     truncated or bit-flipped copy) is replaced atomically with the right bytes. Directories
-    are created without following symlinks (DESIGN rule 4) and everything is fsynced.
+    are created without following symlinks (DESIGN rule 4) and everything is fsynced (the
+    directory by the caller's ``syncs``, when given: :class:`~.atomic.DirectorySyncs`).
     """
     digest = hashlib.sha256(data).hexdigest()
     path = archive_path(state_dir, digest, ext)
     with directory(path.parent, create=True) as dir_fd:
         if not _holds(dir_fd, path.name, data):
-            write_atomic(dir_fd, path.name, data, mode=ARCHIVE_MODE, replace=True)
+            write_atomic(dir_fd, path.name, data, mode=ARCHIVE_MODE, replace=True, syncs=syncs)
+        elif syncs is not None:
+            # Written by a write whose directory sync may still be pending (a copy in the
+            # same set): this caller's sync covers it too.
+            syncs.add(dir_fd)
     return ArchivedProof(path=path, sha256=digest)
 
 

@@ -76,15 +76,73 @@ def directory(path: Path, *, create: bool = False) -> Iterator[int]:
         os.close(fd)
 
 
+class DirectorySyncs:
+    """Directory fsyncs put off, so that many renames into one directory share one fsync.
+
+    ``write_atomic(..., syncs=syncs)`` fsyncs the file and renames it into place, and leaves
+    the fsync of the directory to :meth:`sync`. Until that has returned, the new names are
+    not durable (DESIGN rule 1): the caller counts nothing as written before. The
+    directories are held open (the same directory, even if renamed meanwhile), at most
+    ``limit`` of them; one more is synced at once instead.
+    """
+
+    def __init__(self, limit: int = 64) -> None:
+        self._limit = limit
+        self._held: dict[tuple[int, int], int] = {}
+
+    def add(self, dir_fd: int) -> None:
+        """Sync ``dir_fd``'s directory at :meth:`sync` (once, however many renames)."""
+        try:
+            st = os.fstat(dir_fd)
+            key = (st.st_dev, st.st_ino)
+            if key in self._held:
+                return
+            if len(self._held) >= self._limit:
+                os.fsync(dir_fd)
+                return
+            self._held[key] = os.dup(dir_fd)
+        except OSError as exc:
+            raise _access_error("cannot sync the directory", _where(dir_fd, "."), exc) from exc
+
+    def sync(self) -> None:
+        """fsync every directory added since the last call, once each; raises
+        :class:`FileAccessError` for the first that fails (after trying them all)."""
+        held, self._held = self._held, {}
+        failure: FileAccessError | None = None
+        for fd in held.values():
+            try:
+                os.fsync(fd)
+            except OSError as exc:
+                where = _where(fd, ".")
+                failure = failure or _access_error("cannot sync the directory", where, exc)
+            finally:
+                os.close(fd)
+        if failure is not None:
+            raise failure
+
+    def close(self) -> None:
+        """Forget the directories without syncing them (their writes do not count)."""
+        held, self._held = self._held, {}
+        for fd in held.values():
+            os.close(fd)
+
+
 def write_atomic(
-    dir_fd: int, name: str, data: bytes, *, mode: int = 0o644, replace: bool = True
+    dir_fd: int,
+    name: str,
+    data: bytes,
+    *,
+    mode: int = 0o644,
+    replace: bool = True,
+    syncs: DirectorySyncs | None = None,
 ) -> None:
     """Atomically publish ``data`` as ``name`` in the directory ``dir_fd``.
 
     Follows reference §5.3: an ``O_CREAT|O_EXCL|O_NOFOLLOW`` temp file next to the target,
     every byte written, the mode set explicitly, fsync, then rename (``replace=True``) or
     hard link (``replace=False``, which raises :class:`SidecarExistsError` if ``name``
-    exists), then fsync of the directory so the new entry survives a crash (DESIGN rule 1).
+    exists), then fsync of the directory so the new entry survives a crash (DESIGN rule 1) —
+    or, with ``syncs``, the directory is left to :meth:`DirectorySyncs.sync`.
     A symlink or non-regular file at ``name`` or at the temp name raises
     :class:`UnsafePathError`. On any failure the temp file is removed and ``name`` keeps
     its previous content.
@@ -125,6 +183,9 @@ def write_atomic(
         # Also on KeyboardInterrupt: a half-done write must not leave a temp file behind.
         _discard(dir_fd, tmp)
         raise
+    if syncs is not None:
+        syncs.add(dir_fd)  # one fsync later for every rename into this directory
+        return
     try:
         # The rename is durable only once the directory is on disk (DESIGN rule 1).
         os.fsync(dir_fd)

@@ -15,7 +15,7 @@ from pathlib import Path, PurePath
 from typing import Literal
 
 from stampd.store import kinds
-from stampd.store.files.atomic import directory, read_path, write_atomic
+from stampd.store.files.atomic import DirectorySyncs, directory, read_path, write_atomic
 from stampd.store.kinds import EvidenceKind, KindSpec
 
 Layout = Literal["adjacent", "mirror"]
@@ -114,19 +114,21 @@ def write_sidecar(
     layout: Layout,
     state_dir: Path,
     replace: bool = False,
+    syncs: DirectorySyncs | None = None,
 ) -> Path:
     """Atomically write ``data`` as the ``kind`` sidecar of ``data_path``; return its path.
 
     Written through directory fds with no symlink followed and the data file untouched
     (DESIGN rule 4), mode 0644 (reference §5.3). ``replace=False`` raises
     :class:`~stampd.store.errors.SidecarExistsError` if the sidecar exists (rule 6: an
-    existing proof is adopted or archived, never silently overwritten).
+    existing proof is adopted or archived, never silently overwritten). With ``syncs``, the
+    directory's fsync is left to the caller (:class:`~.atomic.DirectorySyncs`).
     """
     path = sidecar_path(data_path, kind, layout=layout, state_dir=state_dir)
     # Adjacent: the data file's directory must exist already; stampd never creates
     # directories in the user's tree. Mirror: the tree under the state dir is ours to build.
     with directory(path.parent, create=layout == "mirror") as dir_fd:
-        write_atomic(dir_fd, path.name, data, mode=0o644, replace=replace)
+        write_atomic(dir_fd, path.name, data, mode=0o644, replace=replace, syncs=syncs)
     return path
 
 

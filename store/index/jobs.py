@@ -4,15 +4,17 @@ A job is created with its version (:func:`~.versions.record_settled`) and stays
 ``pending`` until its proof is durable. The runner asks :func:`due_jobs` for work, and ends
 each round with exactly one write transaction: :func:`complete_job` (proof row, attempts, job
 done), :func:`fail_job` (attempts, back-off) or :func:`cancel_job` (attempts, nothing more can
-be done). Attempts are written with the round's outcome, so the index never shows a try
-without knowing how its job fared. :func:`make_upgrades_due` is ``stampd upgrade``: pending
+be done); rounds that end together (a batch's) share one, :func:`complete_jobs`. Attempts
+are written with the round's outcome, so the index never shows a try without knowing how its
+job fared. :func:`make_upgrades_due` is ``stampd upgrade``: pending
 ``upgrade`` jobs brought forward to now.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,6 +96,19 @@ class FollowUp:
     action: JobAction
     #: When it is first due (index time format).
     next_try_at: str
+
+
+@dataclass(frozen=True)
+class Completion:
+    """How one round ends with its proof: what :func:`complete_job` records."""
+
+    job_id: int
+    version_id: int
+    proof: NewProof
+    attempts: Sequence[Attempt]
+    follow_up: FollowUp | None = None
+    #: The proof row an upgrade or renewal extends; None for a new proof.
+    extends: int | None = None
 
 
 @dataclass(frozen=True)
@@ -271,7 +286,7 @@ def record_proof(index: Index, *, version_id: int, proof: NewProof) -> int:
 
 
 def complete_job(
-    index: Index,
+    index: Index | _Joined,
     *,
     job_id: int,
     version_id: int,
@@ -316,6 +331,45 @@ def complete_job(
                 ),
             )
         return proof_id
+
+
+class _Joined:
+    """An open write transaction, shown to :func:`complete_job` as an index: each call writes
+    into it instead of beginning (and committing) its own."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """The transaction already begun; an error propagates to its owner, who rolls back."""
+        yield self._conn
+
+
+def complete_jobs(index: Index, completions: Sequence[Completion]) -> list[int | None]:
+    """:func:`complete_job` for each of ``completions``, in ONE write transaction; the proof
+    ids (None for a job that was no longer pending), in order.
+
+    The rounds of a batch (512 ``ots`` files under one calendar request) end at the same
+    moment; a transaction each was one commit per file. All or nothing: an error rolls every
+    one of them back, so the caller can record them one by one to find the bad one. Each
+    job is still checked to be pending inside the transaction, so a job listed twice, or
+    ended meanwhile by someone else, is recorded at most once.
+    """
+    with index.write() as conn:
+        joined = _Joined(conn)
+        return [
+            complete_job(
+                joined,
+                job_id=completion.job_id,
+                version_id=completion.version_id,
+                proof=completion.proof,
+                attempts=completion.attempts,
+                follow_up=completion.follow_up,
+                extends=completion.extends,
+            )
+            for completion in completions
+        ]
 
 
 def fail_job(
