@@ -51,16 +51,15 @@ sys.path.insert(0, str(REPO))
 
 from bench.aide_reference import find_aide, missing_reason, write_config  # noqa: E402
 from bench.first_scan import (  # noqa: E402
-    STAMPD,
     ScanLog,
     cpu_seconds,
     find_stat_walk,
     machine,
     measure_first_scans,
     restart_scan,
-    stop,
     warm_page_cache,
 )
+from bench.stampd_process import STAMPD, stop_stampd  # noqa: E402
 from stampd.daemon.service import control  # noqa: E402
 
 # STAMPD_BENCH_RESULTS: elsewhere (tests/test_bench_smoke.py runs tiny sizes, whose figures
@@ -185,7 +184,7 @@ def main() -> int:
             check.with_both_digests != args.files or not check.sample_matches
         ):
             print(f"AIDE's database does not hold both digests of every file: {check}")
-            stop(rounds.stampd[-1].proc)
+            stop_stampd(rounds.stampd[-1].proc, timeout=60)
             return 1
         daemon = rounds.stampd[-1]
         proc, db, control_socket = daemon.proc, daemon.db, daemon.control_socket
@@ -212,7 +211,7 @@ def main() -> int:
         idle_cpu = cpu_seconds(proc.pid) - idle_before
         rescan_cpu = full_rescan_cpu(proc, daemon.config, daemon.scans, control_socket)
         rss = peak_rss_mib(proc.pid)
-        stop(proc)
+        stop_stampd(proc, timeout=60)
         finds, restarts = [], []
         for _round in range(args.rounds):
             finds.append(find_stat_walk(tree))

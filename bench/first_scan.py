@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sqlite3
 import statistics
 import subprocess
@@ -24,8 +23,7 @@ from pathlib import Path
 
 from bench.aide_reference import AideSetup, DatabaseCheck, Timed, check_database, children_cpu_s
 from bench.aide_reference import run_init as run_aide
-
-STAMPD = str(Path(sys.executable).with_name("stampd"))
+from bench.stampd_process import drain, spawn_stampd, stop_stampd
 
 
 def sha256sum_run(root: Path) -> Timed:
@@ -141,13 +139,7 @@ def first_scan(base: Path, tree: Path, files: int, quiet: str) -> FirstScan | No
     db = state / "index.sqlite"
     subprocess.run(["sync"], check=False)
     start = time.perf_counter()
-    proc = subprocess.Popen(
-        [STAMPD, "--config", str(config), "run"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    proc = spawn_stampd(config, stderr=subprocess.DEVNULL)
     assert proc.stdout is not None
     for line in proc.stdout:
         if '"daemon_ready"' in line:
@@ -163,12 +155,6 @@ def first_scan(base: Path, tree: Path, files: int, quiet: str) -> FirstScan | No
     return FirstScan(
         proc, config, db, control_socket, scans, ready_s, scan_s, cpu_seconds(proc.pid)
     )
-
-
-def stop(proc: subprocess.Popen[str]) -> None:
-    """SIGTERM, as systemd stops it, and wait for the clean shutdown."""
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=60)
 
 
 @dataclass
@@ -214,7 +200,7 @@ def measure_first_scans(
             flush=True,
         )
         if number < args.rounds - 1:
-            stop(scan.proc)
+            stop_stampd(scan.proc, timeout=60)
     return rounds, check
 
 
@@ -249,13 +235,7 @@ def restart_scan(config: Path) -> Restart:
     its first full scan is done; then stop it."""
     subprocess.run(["sync"], check=False)
     start = time.perf_counter()
-    proc = subprocess.Popen(
-        [STAMPD, "--config", str(config), "run"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    proc = spawn_stampd(config, stderr=subprocess.DEVNULL)
     assert proc.stdout is not None
     finished: dict[str, object] = {}
     for line in proc.stdout:
@@ -266,8 +246,8 @@ def restart_scan(config: Path) -> Restart:
                 break
     wall_s = time.perf_counter() - start
     cpu_s = cpu_seconds(proc.pid)
-    threading.Thread(target=lambda: [None for _ in proc.stdout or ()], daemon=True).start()
-    stop(proc)
+    drain(proc)
+    stop_stampd(proc, timeout=60)
     return Restart(
         wall_s=wall_s,
         scan_s=float(finished.get("seconds", float("nan"))),  # type: ignore[arg-type]

@@ -14,21 +14,33 @@ from pathlib import Path
 STAMPD = str(Path(sys.executable).with_name("stampd"))
 
 
-def start_stampd(config: Path) -> subprocess.Popen[str]:
-    """Start ``stampd run`` on ``config`` and return once it is ready."""
-    proc = subprocess.Popen(
+def spawn_stampd(config: Path, *, stderr: int = subprocess.STDOUT) -> subprocess.Popen[str]:
+    """Start ``stampd run`` on ``config``; its JSON log lines (stdout) are the caller's to read,
+    then to :func:`drain`."""
+    return subprocess.Popen(
         [STAMPD, "--config", str(config), "run"],
         stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+        stderr=stderr,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
+
+
+def drain(proc: subprocess.Popen[str]) -> None:
+    """Read the rest of the daemon's log in the background, so it never blocks on a full pipe."""
+    log = proc.stdout
+    if log is not None:
+        threading.Thread(target=lambda: [None for _ in log], daemon=True).start()
+
+
+def start_stampd(config: Path) -> subprocess.Popen[str]:
+    """Start ``stampd run`` on ``config`` and return once it is ready."""
+    proc = spawn_stampd(config)
     assert proc.stdout is not None
     for line in proc.stdout:
         if '"daemon_ready"' in line:
             break
-    log = proc.stdout
-    threading.Thread(target=lambda: [None for _ in log], daemon=True).start()
+    drain(proc)
     return proc
 
 
