@@ -224,14 +224,18 @@ def _kinds_from_registry(db: Database) -> None:
     # (require_kind). SQLite cannot drop a constraint, so both tables are rebuilt with the
     # "12 steps" of sqlite.org/lang_altertable.html §7; Index.open turns foreign keys off
     # around the migration (step 1: the pragma is a no-op inside a transaction).
-    conn = db.conn
-    for table, definition in (("proofs", _PROOFS_0004), ("jobs", _JOBS_0004)):
+    _rebuild_tables(db.conn, {"proofs": _PROOFS_0004, "jobs": _JOBS_0004})
+
+
+def _rebuild_tables(conn: sqlite3.Connection, definitions: dict[str, str]) -> None:
+    """Rebuild each table with its new definition, then check every reference."""
+    for table, definition in definitions.items():
         _rebuild(conn, table, definition)
     # Step 10: every reference still lands on a row (attempts → jobs, jobs → proofs, ...).
     broken = conn.execute("PRAGMA foreign_key_check").fetchall()
     if broken:
         raise sqlite3.IntegrityError(
-            f"foreign keys broken by the rebuild of proofs and jobs: {broken[:5]}"
+            f"foreign keys broken by the rebuild of {' and '.join(definitions)}: {broken[:5]}"
         )
 
 
@@ -340,14 +344,7 @@ def _checks_as_comparisons(db: Database) -> None:
     # table rebuild of 0004 (sqlite.org/lang_altertable.html §7; Index.open turns foreign
     # keys off around the migration, and the step checks them itself). proofs keeps its
     # CHECK: one row per proof obtained, not per file seen.
-    conn = db.conn
-    for table, definition in (("files", _FILES_0007), ("jobs", _JOBS_0007)):
-        _rebuild(conn, table, definition)
-    broken = conn.execute("PRAGMA foreign_key_check").fetchall()
-    if broken:
-        raise sqlite3.IntegrityError(
-            f"foreign keys broken by the rebuild of files and jobs: {broken[:5]}"
-        )
+    _rebuild_tables(db.conn, {"files": _FILES_0007, "jobs": _JOBS_0007})
 
 
 class UnknownKindError(StampdError):
