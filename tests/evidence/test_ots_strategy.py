@@ -24,6 +24,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from structlog.testing import capture_logs
 
 from stampd.daemon.config.model import Config
 from stampd.daemon.config.reader import load_config
@@ -373,6 +374,26 @@ def test_a_decoy_upgrade_is_refused_by_the_header_check(
             assert upgraded.verdict.gen_time is not None
 
     asyncio.run(scenario())
+
+
+def test_anchor_unchecked_is_logged_without_a_header_source_only(
+    make_config: Callable[..., Path],
+    tmp_path: Path,
+    calendars: tuple[FakeCalendar, FakeCalendar],
+    bitcoind: FakeBitcoind,
+) -> None:
+    """The operator learns at start (and at each reload) that Bitcoin leaves go unchecked."""
+    bare = anchor_config(make_config, tmp_path, calendars[:1], min_replies=1)
+    checked = anchor_config(make_config, tmp_path, calendars[:1], min_replies=1, bitcoind=bitcoind)
+
+    async def events(config: Config) -> list[str]:
+        async with httpx.AsyncClient() as client:
+            with capture_logs() as logged:
+                _strategy(config, client).close()
+        return [str(entry["event"]) for entry in logged]
+
+    assert "anchor_unchecked" in asyncio.run(events(bare))
+    assert "anchor_unchecked" not in asyncio.run(events(checked))
 
 
 def test_without_a_header_source_a_decoy_is_recorded_unchecked_until_a_header_shows_it(
