@@ -11,9 +11,12 @@
      hold both digests of every file. Without AIDE its column is skipped with the reason;
    - stampd: `stampd run` on the tree with an empty state directory; time to `daemon_ready`
      (must not depend on the tree's size) and until every file has a version in the index
-     (hashed with SHA-256 and SHA-512 and committed; an inventory watch, `evidence = []`, so
-     no jobs: only what works is configurable, and a TSA would add network to a scan
-     figure); the ratios stampd/AIDE and stampd/sha256sum.
+     (hashed with SHA-256 and SHA-512 and committed) and, with ``--evidence tsr`` (the
+     default, issue 13's "indexed with jobs"), has its pending `tsr` job: the watch stamps
+     with a local TSA that accepts requests and never answers during the run, so the rows a
+     stamped server writes are all there and no network or signing is in the figure
+     (bench/first_scan.py `Evidence`); ``--evidence none`` is an inventory watch. Then the
+     ratios stampd/AIDE and stampd/sha256sum.
    The daemon of the last round goes on to the steps below (bench/first_scan.py).
 3. Close-to-version latency: with the scan done, 100 files written and closed one at a time;
    the time from close() until the version is in the index, p50/p99, next to `quiet`.
@@ -30,7 +33,8 @@
    the files that scan handed on to be hashed (0 but racy rows: nothing is hashed again).
 
     python bench/bench_scan.py [--files 100000] [--quiet 0.5s] [--rounds 3]
-                               [--aide-workers N]
+                               [--aide-workers N] [--evidence tsr|none]
+                               [--tree PATH]   # reuse a prebuilt tree (1M files)
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sqlite3
 import statistics
 import subprocess
@@ -51,6 +56,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.aide_reference import find_aide, missing_reason, write_config  # noqa: E402
 from bench.first_scan import (  # noqa: E402
+    Evidence,
     ScanLog,
     cpu_seconds,
     find_stat_walk,
@@ -160,69 +166,110 @@ def main() -> int:
     )
     parser.add_argument("--latency-samples", type=int, default=100)
     parser.add_argument("--new-directories", type=int, default=100)
+    parser.add_argument(
+        "--evidence",
+        choices=("tsr", "none"),
+        default="tsr",
+        help="tsr (default): every new version gets its pending tsr job, from a local TSA"
+        " that never answers; none: an inventory watch, no jobs",
+    )
+    parser.add_argument(
+        "--tree",
+        type=Path,
+        default=None,
+        help="a tree of --files files to reuse (built there first if it does not exist):"
+        " a 1M-file tree takes minutes to write. What the bench adds to it is removed after",
+    )
     args = parser.parse_args()
-    quiet_s = float(args.quiet.removesuffix("s"))
     aide_path = find_aide()
     aide_skipped = None if aide_path else missing_reason()
     if aide_skipped:
         print(f"AIDE column skipped: {aide_skipped}", file=sys.stderr)
 
-    with tempfile.TemporaryDirectory(prefix="stampd-bench-scan-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="stampd-bench-scan-") as tmp,
+        Evidence(args.evidence) as evidence,
+    ):
         base = Path(tmp)
-        tree = base / "tree"
-        print(f"building {args.files:,} files of 4 KiB ...", flush=True)
-        build_tree(tree, args.files)
-        warm_page_cache(tree)
-        aide = None
-        if aide_path is not None:
-            aide = (aide_path, write_config(base / "aide", tree, workers=args.aide_workers))
-        measured = measure_first_scans(base, tree, args, aide)
-        if measured is None:
-            return 1
-        rounds, check = measured
-        if check is not None and (
-            check.with_both_digests != args.files or not check.sample_matches
-        ):
-            print(f"AIDE's database does not hold both digests of every file: {check}")
-            stop_stampd(rounds.stampd[-1].proc, timeout=60)
-            return 1
-        daemon = rounds.stampd[-1]
-        proc, db, control_socket = daemon.proc, daemon.db, daemon.control_socket
+        tree = args.tree.resolve() if args.tree else base / "tree"
+        if not tree.exists():
+            print(f"building {args.files:,} files of 4 KiB ...", flush=True)
+            build_tree(tree, args.files)
+        elif (found := sum(1 for _ in tree.rglob("*.dat"))) != args.files:
+            print(f"{tree} holds {found:,} files, not --files {args.files:,}", file=sys.stderr)
+            return 2
+        try:
+            return measure(args, base, tree, evidence, aide_path, aide_skipped)
+        finally:
+            if args.tree:
+                remove_additions(tree)
 
-        latencies = []
-        fresh = tree / "fresh"
-        fresh.mkdir()
-        time.sleep(1.0)
-        for number in range(args.latency_samples):
-            path = fresh / f"new-{number}.dat"
-            with path.open("wb") as handle:
-                handle.write(os.urandom(4096))
-            closed = time.perf_counter()
-            while not has_version(db, path):
-                time.sleep(0.002)
-            latencies.append(time.perf_counter() - closed)
 
-        time.sleep(2.0)  # let the last samples' work finish before counting CPU
-        started = time.perf_counter()
-        mkdir_cpu = new_directories_cpu(proc, db, tree, args.new_directories, control_socket)
-        mkdir_wall = time.perf_counter() - started
-        idle_before = cpu_seconds(proc.pid)
-        time.sleep(mkdir_wall)
-        idle_cpu = cpu_seconds(proc.pid) - idle_before
-        rescan_cpu = full_rescan_cpu(proc, daemon.config, daemon.scans, control_socket)
-        rss = peak_rss_mib(proc.pid)
-        stop_stampd(proc, timeout=60)
-        finds, restarts = [], []
-        for _round in range(args.rounds):
-            finds.append(find_stat_walk(tree))
-            restarts.append(restart_scan(daemon.config))
-        files_now = restarts[-1].files
-        find_rate = statistics.median(files_now / run.wall_s for run in finds)
-        restart_rate = statistics.median(files_now / run.wall_s for run in restarts)
-        restart_scan_s = statistics.median(run.scan_s for run in restarts)
-        restart_cpu = statistics.median(run.cpu_s for run in restarts) / files_now * 1e6
-        find_cpu = statistics.median(run.cpu_s for run in finds) / files_now * 1e6
-        rehashed = max(run.candidates for run in restarts)
+def remove_additions(tree: Path) -> None:
+    """Take out of a reused tree what the bench wrote into it (latency files, new dirs)."""
+    for added in [tree / "fresh", *tree.glob("new-dir-*")]:
+        shutil.rmtree(added, ignore_errors=True)
+
+
+def measure(
+    args: argparse.Namespace,
+    base: Path,
+    tree: Path,
+    evidence: Evidence,
+    aide_path: str | None,
+    aide_skipped: str | None,
+) -> int:
+    """Every step of the module docstring on ``tree``; prints the table, writes scan.json."""
+    quiet_s = float(args.quiet.removesuffix("s"))
+    warm_page_cache(tree)
+    aide = None
+    if aide_path is not None:
+        aide = (aide_path, write_config(base / "aide", tree, workers=args.aide_workers))
+    measured = measure_first_scans(base, tree, args, aide, evidence)
+    if measured is None:
+        return 1
+    rounds, check = measured
+    if check is not None and (check.with_both_digests != args.files or not check.sample_matches):
+        print(f"AIDE's database does not hold both digests of every file: {check}")
+        stop_stampd(rounds.stampd[-1].proc, timeout=60)
+        return 1
+    daemon = rounds.stampd[-1]
+    proc, db, control_socket = daemon.proc, daemon.db, daemon.control_socket
+
+    latencies = []
+    fresh = tree / "fresh"
+    fresh.mkdir()
+    time.sleep(1.0)
+    for number in range(args.latency_samples):
+        path = fresh / f"new-{number}.dat"
+        with path.open("wb") as handle:
+            handle.write(os.urandom(4096))
+        closed = time.perf_counter()
+        while not has_version(db, path):
+            time.sleep(0.002)
+        latencies.append(time.perf_counter() - closed)
+
+    time.sleep(2.0)  # let the last samples' work finish before counting CPU
+    started = time.perf_counter()
+    mkdir_cpu = new_directories_cpu(proc, db, tree, args.new_directories, control_socket)
+    mkdir_wall = time.perf_counter() - started
+    idle_before = cpu_seconds(proc.pid)
+    time.sleep(mkdir_wall)
+    idle_cpu = cpu_seconds(proc.pid) - idle_before
+    rescan_cpu = full_rescan_cpu(proc, daemon.config, daemon.scans, control_socket)
+    rss = peak_rss_mib(proc.pid)
+    stop_stampd(proc, timeout=60)
+    finds, restarts = [], []
+    for _round in range(args.rounds):
+        finds.append(find_stat_walk(tree))
+        restarts.append(restart_scan(daemon.config))
+    files_now = restarts[-1].files
+    find_rate = statistics.median(files_now / run.wall_s for run in finds)
+    restart_rate = statistics.median(files_now / run.wall_s for run in restarts)
+    restart_scan_s = statistics.median(run.scan_s for run in restarts)
+    restart_cpu = statistics.median(run.cpu_s for run in restarts) / files_now * 1e6
+    find_cpu = statistics.median(run.cpu_s for run in finds) / files_now * 1e6
+    rehashed = max(run.candidates for run in restarts)
 
     reference = rounds.files_per_s([run.wall_s for run in rounds.sha256sum])
     ours = rounds.files_per_s([scan.scan_s for scan in rounds.stampd])
@@ -237,7 +284,8 @@ def main() -> int:
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
     rows = [
         (
-            "first scan, files/s (hashed + indexed)",
+            "first scan, files/s (hashed + indexed)"
+            + (" + jobs" if evidence.jobs_per_file else ""),
             f"{ours:,.0f}",
             f"aide --init {aide_rate:,.0f}/s" if aide_rate else "AIDE skipped (not installed)",
             f"{ratio_aide:.2f}x" if ratio_aide else "",
@@ -306,6 +354,7 @@ def main() -> int:
     print(
         f"\n{args.files:,} files of 4 KiB, median of {args.rounds} interleaved rounds,"
         f" {host['nproc']} CPUs ({host['cpu_model']}); a shared machine: figures are noisy"
+        f"\nstampd's watch: {evidence.label()}"
     )
     if aide_skipped:
         print(f"AIDE column skipped: {aide_skipped}")
@@ -317,6 +366,8 @@ def main() -> int:
         json.dumps(
             {
                 "files": args.files,
+                "evidence": evidence.kind,
+                "evidence_detail": evidence.label(),
                 "machine": host,
                 "rounds": args.rounds,
                 "page_cache": "warm: the tree is written, synced and read once untimed; "

@@ -11,10 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sqlite3
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -24,6 +26,8 @@ from pathlib import Path
 from bench.aide_reference import AideSetup, DatabaseCheck, Timed, check_database, children_cpu_s
 from bench.aide_reference import run_init as run_aide
 from bench.stampd_process import drain, spawn_stampd, stop_stampd
+from tests.fake_tsa import FakeTsa
+from tests.tsa_pki import make_pki
 
 
 def sha256sum_run(root: Path) -> Timed:
@@ -124,19 +128,98 @@ class FirstScan:
     cpu_s: float
 
 
-def first_scan(base: Path, tree: Path, files: int, quiet: str) -> FirstScan | None:
-    """Start `stampd run` on ``tree`` with an empty state directory under ``base`` and wait
-    until every one of ``files`` has a version in the index; None if the daemon died."""
-    base.mkdir()
-    state = base / "state"
+class Evidence:
+    """What the bench's watch asks for: nothing (an inventory), or ``tsr`` from a local TSA
+    that accepts every request and never answers while the scan runs.
+
+    The issue 13 figure is a first scan "hashed and indexed with jobs": each new version gets
+    its pending ``tsr`` job in the same transaction, as on a stamped server. A TSA that
+    answers would add the stamping (network, signatures, sidecar writes) to a scan figure; one
+    that hangs (tests/fake_tsa.py ``hang``, with a ``[timestamp] timeout`` longer than the
+    run) costs the daemon nothing but its few open requests, so what is timed is the scan
+    and the rows, jobs included.
+    """
+
+    def __init__(self, kind: str) -> None:
+        if kind not in ("tsr", "none"):
+            raise ValueError(f"unknown evidence {kind!r}: tsr or none")
+        self.kind = kind
+        self._tsa: FakeTsa | None = None
+        self._pki_dir: Path | None = None
+        self._toml = ""
+
+    def __enter__(self) -> Evidence:
+        if self.kind == "tsr":
+            self._pki_dir = Path(tempfile.mkdtemp(prefix="stampd-bench-pki-"))
+            tsa = FakeTsa(make_pki(self._pki_dir), mode="hang", hang_seconds=3600).start()
+            self._tsa = tsa
+            self._toml = (
+                '[timestamp]\ntimeout = "1h"\n'
+                f'[[timestamp.tsa]]\nname = "hanging"\nurl = "{tsa.url}"\n'
+                f'trust = "{tsa.pki.root_pem}"\n'
+            )
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._tsa is not None:
+            self._tsa.stop()
+        if self._pki_dir is not None:
+            shutil.rmtree(self._pki_dir, ignore_errors=True)
+
+    @property
+    def watch_evidence(self) -> str:
+        return '["tsr"]' if self.kind == "tsr" else "[]"
+
+    @property
+    def sections(self) -> str:
+        """The TOML sections the evidence needs (the TSA), after the watch."""
+        return self._toml
+
+    @property
+    def jobs_per_file(self) -> int:
+        return 1 if self.kind == "tsr" else 0
+
+    def label(self) -> str:
+        return (
+            "with a pending tsr job per file (the TSA never answers)"
+            if self.kind == "tsr"
+            else "inventory only (evidence = [], no jobs)"
+        )
+
+
+def scan_config(base: Path, tree: Path, quiet: str, evidence: Evidence) -> Path:
+    """The daemon's config for the bench: state and socket under ``base``, one watch."""
     config = base / "config.toml"
-    control_socket = base / "control.sock"
     config.write_text(
-        f'[daemon]\nstate_dir = "{state}"\ncontrol_socket = "{control_socket}"\n'
-        f'log_format = "json"\n[[watch]]\npath = "{tree}"\nevidence = []\n'
-        f'quiet = "{quiet}"\n'
+        f'[daemon]\nstate_dir = "{base / "state"}"\ncontrol_socket = "{base / "control.sock"}"\n'
+        f'log_format = "json"\n[[watch]]\npath = "{tree}"\nevidence = {evidence.watch_evidence}\n'
+        f'quiet = "{quiet}"\n{evidence.sections}'
     )
-    db = state / "index.sqlite"
+    return config
+
+
+def count_jobs(db: Path) -> int:
+    """Jobs in the index (every state): a first scan with evidence makes one per file."""
+    try:
+        conn = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=5)
+        try:
+            return int(conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0])
+        finally:
+            conn.close()
+    except sqlite3.OperationalError:
+        return 0
+
+
+def first_scan(
+    base: Path, tree: Path, files: int, quiet: str, evidence: Evidence
+) -> FirstScan | None:
+    """Start `stampd run` on ``tree`` with an empty state directory under ``base`` and wait
+    until every one of ``files`` has a version in the index, and its job when the watch has
+    evidence; None if the daemon died."""
+    base.mkdir()
+    config = scan_config(base, tree, quiet, evidence)
+    control_socket = base / "control.sock"
+    db = base / "state" / "index.sqlite"
     subprocess.run(["sync"], check=False)
     start = time.perf_counter()
     proc = spawn_stampd(config, stderr=subprocess.DEVNULL)
@@ -146,7 +229,8 @@ def first_scan(base: Path, tree: Path, files: int, quiet: str) -> FirstScan | No
             break
     ready_s = time.perf_counter() - start
     scans = ScanLog(proc.stdout)
-    while count_versions(db) < files:
+    jobs = files * evidence.jobs_per_file
+    while count_versions(db) < files or (jobs and count_jobs(db) < jobs):
         time.sleep(0.05)
         if proc.poll() is not None:
             print("stampd exited early", file=sys.stderr)
@@ -176,7 +260,11 @@ class Rounds:
 
 
 def measure_first_scans(
-    base: Path, tree: Path, args: argparse.Namespace, aide: tuple[str, AideSetup] | None
+    base: Path,
+    tree: Path,
+    args: argparse.Namespace,
+    aide: tuple[str, AideSetup] | None,
+    evidence: Evidence,
 ) -> tuple[Rounds, DatabaseCheck | None] | None:
     """``args.rounds`` rounds of sha256sum, AIDE (when there) and a stampd first scan; every
     daemon but the last round's is stopped. None if a daemon died."""
@@ -189,7 +277,7 @@ def measure_first_scans(
             if check is None:
                 # Once: the reference must really hash (a rule without digests is a stat walk).
                 check = check_database(aide[1], tree / "d00000" / "f000000.dat")
-        scan = first_scan(base / f"stampd-{number}", tree, args.files, args.quiet)
+        scan = first_scan(base / f"stampd-{number}", tree, args.files, args.quiet, evidence)
         if scan is None:
             return None
         rounds.stampd.append(scan)
