@@ -21,12 +21,13 @@ from pathlib import Path
 
 from stampd.daemon.watch.dir_hash import Item, Reply
 from stampd.daemon.watch.hash_workers import IN_FLIGHT, TASK_FILES, Hashing, Job
-from stampd.daemon.watch.hasher import Hashed, HashOutcome, Skipped, Unreadable
+from stampd.daemon.watch.hasher import HashOutcome, Skipped, Unreadable
 from stampd.daemon.watch.intake import Candidate
 from stampd.daemon.watch.runtime import WatchRuntime
 from stampd.store.errors import ErrorClass
-from stampd.store.files.digest import FileDigests
 from stampd.store.files.filestat import FileStat
+from stampd.store.files.pathnames import escape
+from stampd.store.index.new_files import SettledFiles, SettledRow
 from stampd.store.index.times import format_time
 
 #: Scan candidates handed to the loop at a time.
@@ -56,6 +57,8 @@ class ScanBatches:
         self._now_wall, self._now_mono = time.time(), time.monotonic()
         self.unsettled: list[Candidate] = []
         self.outcomes: list[HashOutcome] = []
+        # Files in self.outcomes beyond one per item (a SettledFiles holds many).
+        self._outcome_files = 0
         self._results: queue.SimpleQueue[tuple[Job, int, list[Reply]]] = queue.SimpleQueue()
         # The task being filled: per directory, the candidates to hash there.
         self._filling: list[tuple[str, Found]] = []
@@ -113,12 +116,13 @@ class ScanBatches:
     # --- inside ----------------------------------------------------------------------------------
 
     def _maybe_hand_over(self) -> None:
-        if len(self.unsettled) + len(self.outcomes) >= SCAN_BATCH:
+        if len(self.unsettled) + len(self.outcomes) + self._outcome_files >= SCAN_BATCH:
             self._flush()
 
     def _flush(self) -> None:
         unsettled, outcomes = self.unsettled, self.outcomes
         self.unsettled, self.outcomes = [], []
+        self._outcome_files = 0
         self._hand_over(unsettled, outcomes)
 
     def _submit(self) -> None:
@@ -152,31 +156,57 @@ class ScanBatches:
             block = False
 
     def _take(self, job: Job, started_ns: int, replies: list[Reply]) -> None:
-        """Turn a task's replies into the outcomes ``Intake.add_outcomes`` takes; a file
-        that changed since the walk saw it settles after all."""
+        """Turn a task's replies into the outcomes ``Intake.add_outcomes`` takes: its hashed
+        files as one :class:`SettledFiles`; a file that changed since the walk saw it
+        settles after all."""
         # One timestamp per task (it took milliseconds): hashed_at says when, in the index's
         # text format, without a datetime per file (4.3 µs each in the profile).
         hashed_at = format_time(datetime.fromtimestamp(started_ns / 1e9, UTC))
+        watch_id, evidence = self._watch.watch_id, self._watch.config.evidence
         found: list[tuple[str, Found]] = job.tag  # type: ignore[assignment]
-        outcomes, index = self.outcomes, 0
+        rows: list[SettledRow] = []
+        index = 0
         for directory, items in found:
-            # One parse per directory: "dir / name" costs half of Path(directory, name).
             parent = Path(directory)
+            # The escaped texts the index keeps, once per directory: escape commutes with
+            # joining (store/files/pathnames.py), and "parent / x" shows how pathlib joins.
+            parent_text = escape(parent)
+            prefix = escape(parent / "x")[:-1]
             for name, key in items:
                 reply = replies[index]
                 index += 1
                 code = reply[0]
-                path = parent / name
                 if code == "h":
-                    # The worker checked fstat before and after the read against this very
-                    # key, so the walk's FileStat is the hashed file's (none built per file).
-                    digests = FileDigests(key.size, reply[1], reply[2])
-                    outcomes.append(Hashed(path, key, digests, hashed_at, reply[3]))
-                elif code == "c":
+                    # A row, not a Path and three dataclasses per file (issue 13: those were
+                    # ~20 µs per file under the daemon's GIL). The worker checked fstat before
+                    # and after the read against this very key, so it is the hashed file's.
+                    rows.append(
+                        (
+                            prefix + escape(name),
+                            parent_text,
+                            key.dev,
+                            key.ino,
+                            key.size,
+                            key.mtime_ns,
+                            key.ctime_ns,
+                            reply[1].hex(),
+                            reply[2].hex(),
+                            reply[3],
+                            watch_id,
+                            hashed_at,
+                            evidence,
+                        )
+                    )
+                    continue
+                path = parent / name
+                if code == "c":
                     age = max(0.0, self._now_wall - max(key.mtime_ns, key.ctime_ns) / 1e9)
                     self.unsettled.append((path, key, self._now_mono - age))
                 elif code == "s":
-                    outcomes.append(Skipped(path, reply[1]))
+                    self.outcomes.append(Skipped(path, reply[1]))
                 else:
                     stat = FileStat(*reply[1]) if reply[1] is not None else None
-                    outcomes.append(Unreadable(path, stat, ErrorClass.IO, reply[2]))
+                    self.outcomes.append(Unreadable(path, stat, ErrorClass.IO, reply[2]))
+        if rows:
+            self.outcomes.append(SettledFiles(rows))
+            self._outcome_files += len(rows) - 1
