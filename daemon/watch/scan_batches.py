@@ -16,9 +16,11 @@ from __future__ import annotations
 import queue
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from stampd.daemon.service.logs import get_logger
 from stampd.daemon.watch.dir_hash import Item, Reply
 from stampd.daemon.watch.hash_workers import IN_FLIGHT, TASK_FILES, Hashing, Job
 from stampd.daemon.watch.hasher import HashOutcome, Skipped, Unreadable
@@ -29,6 +31,8 @@ from stampd.store.files.filestat import FileStat
 from stampd.store.files.pathnames import escape
 from stampd.store.index.new_files import SettledFiles, SettledRow
 from stampd.store.index.times import format_time
+
+log = get_logger("stampd.daemon")
 
 #: Scan candidates handed to the loop at a time.
 SCAN_BATCH = 256
@@ -59,7 +63,9 @@ class ScanBatches:
         self.outcomes: list[HashOutcome] = []
         # Files in self.outcomes beyond one per item (a SettledFiles holds many).
         self._outcome_files = 0
-        self._results: queue.SimpleQueue[tuple[Job, int, list[Reply]]] = queue.SimpleQueue()
+        # Each task's replies, already turned into outcomes by the thread that read them
+        # (a feeder thread: off the walk's path, see _Taken).
+        self._results: queue.SimpleQueue[_Taken] = queue.SimpleQueue()
         # The task being filled: per directory, the candidates to hash there.
         self._filling: list[tuple[str, Found]] = []
         self._filling_files = 0
@@ -133,7 +139,7 @@ class ScanBatches:
             (directory, [(n, (k.dev, k.ino, k.size, k.mtime_ns, k.ctime_ns)) for n, k in found])
             for directory, found in self._filling
         ]
-        job = Job(task=(root_dev, task_dirs), results=self._results, tag=self._filling)
+        job = Job(task=(root_dev, task_dirs), results=self, tag=self._filling)
         self._filling = []
         self._filling_files = 0
         self._in_flight += 1
@@ -147,24 +153,40 @@ class ScanBatches:
         results = self._results
         while self._in_flight:
             try:
-                job, started, replies = results.get(timeout=0.1) if block else results.get_nowait()
+                taken = results.get(timeout=0.1) if block else results.get_nowait()
             except queue.Empty:
                 return
             self._in_flight -= 1
-            self._take(job, started, replies)
+            self.outcomes.extend(taken.outcomes)
+            self.unsettled.extend(taken.unsettled)
+            self._outcome_files += taken.files - len(taken.outcomes)
             self._maybe_hand_over()
             block = False
 
-    def _take(self, job: Job, started_ns: int, replies: list[Reply]) -> None:
+    def put(self, item: tuple[Job, int, list[Reply]], /) -> None:
+        """A task's result (hash_workers.Results), in the thread that read it: turned into
+        outcomes there, so the walk only collects them."""
+        job, started_ns, replies = item
+        try:
+            taken = self._take(job, started_ns, replies)
+        except Exception:
+            # Never lose the feeder thread (the walk would wait for this task forever): the
+            # task's files are left for the next scan.
+            log.exception("scan_replies_failed", files=len(replies))
+            taken = _Taken([], [], 0)
+        self._results.put(taken)
+
+    def _take(self, job: Job, started_ns: int, replies: list[Reply]) -> _Taken:
         """Turn a task's replies into the outcomes ``Intake.add_outcomes`` takes: its hashed
         files as one :class:`SettledFiles`; a file that changed since the walk saw it
-        settles after all."""
+        settles after all. Any thread: it reads only what does not change during a scan."""
         # One timestamp per task (it took milliseconds): hashed_at says when, in the index's
         # text format, without a datetime per file (4.3 µs each in the profile).
         hashed_at = format_time(datetime.fromtimestamp(started_ns / 1e9, UTC))
         watch_id, evidence = self._watch.watch_id, self._watch.config.evidence
         found: list[tuple[str, Found]] = job.tag  # type: ignore[assignment]
         rows: list[SettledRow] = []
+        taken = _Taken([], [], 0)
         index = 0
         for directory, items in found:
             parent = Path(directory)
@@ -201,12 +223,25 @@ class ScanBatches:
                 path = parent / name
                 if code == "c":
                     age = max(0.0, self._now_wall - max(key.mtime_ns, key.ctime_ns) / 1e9)
-                    self.unsettled.append((path, key, self._now_mono - age))
+                    taken.unsettled.append((path, key, self._now_mono - age))
                 elif code == "s":
-                    self.outcomes.append(Skipped(path, reply[1]))
+                    taken.outcomes.append(Skipped(path, reply[1]))
+                    taken.files += 1
                 else:
                     stat = FileStat(*reply[1]) if reply[1] is not None else None
-                    self.outcomes.append(Unreadable(path, stat, ErrorClass.IO, reply[2]))
+                    taken.outcomes.append(Unreadable(path, stat, ErrorClass.IO, reply[2]))
+                    taken.files += 1
         if rows:
-            self.outcomes.append(SettledFiles(rows))
-            self._outcome_files += len(rows) - 1
+            taken.outcomes.append(SettledFiles(rows))
+            taken.files += len(rows)
+        return taken
+
+
+@dataclass
+class _Taken:
+    """One task's replies as outcomes (``files``: how many files they hold in all) and the
+    candidates that must settle again."""
+
+    outcomes: list[HashOutcome]
+    unsettled: list[Candidate]
+    files: int
