@@ -81,11 +81,11 @@ class Recorder:
     def submit_many(self, items: Iterable[Queued]) -> None:
         """Queue hashed files for the next batches, in order (what :meth:`submit` does for
         each, in one call)."""
-        before = len(self._queue)
+        items = list(items)
         self._queue.extend(items)
-        for index in range(before, len(self._queue)):
-            item = self._queue[index]
-            self._queued_files += len(item) if isinstance(item, SettledFiles) else 1
+        self._queued_files += sum(
+            len(item) if isinstance(item, SettledFiles) else 1 for item in items
+        )
         if self._queue:
             self._queued.set()
 

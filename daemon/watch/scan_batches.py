@@ -9,6 +9,12 @@ settler and the hash pool: a first scan is mostly such files. They go, about
 :data:`~stampd.daemon.watch.hash_workers.TASK_FILES` per task, to the hash workers
 (:mod:`stampd.daemon.watch.hash_workers`), which hash in parallel while the thread walks on.
 A file that changed since the walk saw it settles as usual, like every other candidate.
+
+A task's replies are turned into outcomes by the feeder thread that read them
+(:meth:`ScanBatches.put`): its hashed files as one
+:class:`~stampd.store.index.new_files.SettledFiles` of plain rows, which the loop passes to the
+index writer as they are. The walk's thread, the first scan's critical path, only collects
+them.
 """
 
 from __future__ import annotations

@@ -8,8 +8,12 @@ which of its inodes, the index already has) and then one ``executemany`` per tab
 items that touch no existing row — no row at their path, no row with their (dev, ino), and
 neither shared with another item of the batch — cannot be ``unchanged`` or ``renamed``, so
 each is a new file with one version and its jobs, and nothing else in the batch depends on it.
-:func:`fresh` says which items those are; :func:`.versions.record_settled` records each run
+:func:`fresh` says which items those are; :func:`.versions.record_batch` records each run
 of them with :func:`record_run`, and every other item by the per-file path, in batch order.
+
+A scan's hashed files arrive as :class:`SettledFiles`, plain :data:`SettledRow` tuples that
+go into these statements as they are: no object per file on their way from a hash worker's
+reply to the committed row, and none built for the result of a plainly new one.
 
 The rows are the ones the per-file path writes, ids included: the writer allocates them as
 SQLite would, ``max(id) + 1`` upward (sqlite.org/autoinc.html: without AUTOINCREMENT a new
