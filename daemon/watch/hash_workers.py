@@ -32,6 +32,7 @@ import sys
 import threading
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from stampd.daemon.service.logs import get_logger
 from stampd.daemon.watch.dir_hash import Reply, Task, hash_task, read_message, write_message
@@ -55,12 +56,21 @@ FAILED_STARTS = 3
 _COMMAND = (sys.executable, "-m", "stampd.daemon.watch.dir_hash")
 
 
+class Results(Protocol):
+    """Where a job's ``(job, started_ns, replies)`` go: a queue, or anything with its ``put``
+    (scan_batches.py turns the replies into outcomes right there, in the feeder thread)."""
+
+    def put(self, item: tuple[Job, int, list[Reply]], /) -> None:
+        """Take one job's result (called in the thread that read or hashed it)."""
+        ...
+
+
 @dataclass
 class Job:
     """One task on its way: where its result goes, and how many workers it has killed."""
 
     task: Task
-    results: queue.SimpleQueue[tuple[Job, int, list[Reply]]]
+    results: Results
     tag: object = None
     tries: int = 0
 

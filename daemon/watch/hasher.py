@@ -25,6 +25,7 @@ from pathlib import Path
 from stampd.store.errors import ErrorClass, FileAccessError
 from stampd.store.files.digest import CHUNK_SIZE, FileDigests, Progress, digest_fd_sized
 from stampd.store.files.filestat import FileStat
+from stampd.store.index.new_files import SettledFiles
 from stampd.store.index.times import format_time
 
 #: A file whose mtime is this close to the moment it was hashed may still change within the
@@ -70,7 +71,11 @@ class Skipped:
     reason: str
 
 
-HashOutcome = Hashed | Unreadable | Retry | Skipped
+#: What hashing one file gave.
+FileOutcome = Hashed | Unreadable | Retry | Skipped
+#: What hashing gave: one file's outcome, or (from a scan's hash task) many hashed files at
+#: once as the rows the index writer takes (:class:`~stampd.store.index.new_files.SettledFiles`).
+HashOutcome = FileOutcome | SettledFiles
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
@@ -88,7 +93,7 @@ def hash_file(
     root_dev: int,
     expected: FileStat | None = None,
     progress: Progress | None = None,
-) -> HashOutcome:
+) -> FileOutcome:
     """Hash ``path`` if it is still the regular file that settled (``expected``, if given).
 
     ``progress`` is called with the byte count of every read (the health check's sign of
@@ -110,7 +115,7 @@ def hash_file(
 
 def _hash_open_file(  # noqa: PLR0911 - one return per outcome
     fd: int, path: Path, *, root_dev: int, expected: FileStat | None, progress: Progress | None
-) -> HashOutcome:
+) -> FileOutcome:
     before = os.fstat(fd)
     if not stat.S_ISREG(before.st_mode):
         return Skipped(path, "not a regular file")

@@ -31,13 +31,22 @@ from typing import TYPE_CHECKING, Any
 from stampd.daemon.config.model import DaemonSettings
 from stampd.daemon.service.logs import get_logger
 from stampd.daemon.service.pause import PauseState
-from stampd.daemon.watch.hasher import Hashed, HashOutcome, Retry, Skipped, Unreadable, hash_file
+from stampd.daemon.watch.hasher import (
+    FileOutcome,
+    Hashed,
+    HashOutcome,
+    Retry,
+    Skipped,
+    Unreadable,
+    hash_file,
+)
 from stampd.daemon.watch.recorder import Recorder
 from stampd.daemon.watch.runtime import Watches, WatchRuntime
 from stampd.daemon.watch.scan_queue import ScanQueue
 from stampd.daemon.watch.settle import Ready
 from stampd.daemon.watch.watcher import Change
 from stampd.store.files.filestat import FileStat
+from stampd.store.index.new_files import SettledFiles
 from stampd.store.index.scan_rows import present_under
 from stampd.store.index.versions import Recorded, Settled
 
@@ -281,7 +290,7 @@ class Intake:
             outcomes.append(outcome)
         return outcomes
 
-    def hash(self, path: Path, *, root_dev: int, expected: FileStat | None) -> HashOutcome:
+    def hash(self, path: Path, *, root_dev: int, expected: FileStat | None) -> FileOutcome:
         """Hash one file with every guard of :func:`hash_file` (any thread: the pool, the scan
         thread); each read counts as the hashing stage's sign of life."""
         return hash_file(path, root_dev=root_dev, expected=expected, progress=self._on_hash_read)
@@ -324,18 +333,25 @@ class Intake:
             watch.settler.add_candidate(path, stat=stat, changed_at=changed_at)
 
     def add_outcomes(self, watch: WatchRuntime, outcomes: list[HashOutcome]) -> None:
-        """Files the scan thread hashed itself (they had settled already)."""
+        """Files the scan thread had hashed (they had settled already): its tasks' hashed
+        files as :class:`SettledFiles`, and the other outcomes one by one."""
         hashed = [outcome for outcome in outcomes if isinstance(outcome, Hashed)]
+        files = [outcome for outcome in outcomes if isinstance(outcome, SettledFiles)]
         # What _count_hashed does per file, once for the whole hand-off (a first scan hands
         # over hundreds of files at a time).
-        self._hash_reads += len(hashed)
+        self._hash_reads += len(hashed) + sum(len(many) for many in files)
         metrics = self._metrics()
-        if metrics is not None and hashed:
-            metrics.hash_bytes.inc(sum(outcome.stat.size for outcome in hashed))
+        if metrics is not None and (hashed or files):
+            metrics.hash_bytes.inc(
+                sum(outcome.stat.size for outcome in hashed)
+                + sum(row[4] for many in files for row in many.rows)
+            )
+        # SettledFiles go to the writer as they are: no object per file on the loop.
+        self._recorder.submit_many(files)
         self._recorder.submit_many(settled_all(watch, hashed))
-        if len(hashed) < len(outcomes):
+        if len(hashed) + len(files) < len(outcomes):
             for outcome in outcomes:
-                if not isinstance(outcome, Hashed):
+                if not isinstance(outcome, Hashed | SettledFiles):
                     self._spawn(self._handle(watch, outcome))
 
     # --- `stampd stamp` ------------------------------------------------------------------------

@@ -19,16 +19,23 @@ from typing import ParamSpec, TypeVar
 
 from stampd.daemon.service.logs import get_logger
 from stampd.store.files.filestat import FileStat
+from stampd.store.index import versions
 from stampd.store.index.database import Index
-from stampd.store.index.versions import Recorded, Settled
+from stampd.store.index.new_files import SettledFiles
+from stampd.store.index.times import utc_now
+from stampd.store.index.versions import Committed, Recorded, Settled
 
 log = get_logger("stampd.recorder")
 #: The stdlib logger structlog's ``filter_by_level`` asks (daemon/service/logs.py): asked
 #: once per batch whether the per-file events are wanted at all (``--debug``).
 _stdlib_log = logging.getLogger("stampd.recorder")
 
-#: Most files committed in one transaction; bounds how long readers see stale data.
+#: Most files committed in one transaction; bounds how long readers see stale data. (A
+#: batch ends after the queued item that reaches it: a scan's SettledFiles are not cut.)
 MAX_BATCH = 512
+
+#: What the queue holds: one hashed file, or many from one scan task (as rows).
+Queued = Settled | SettledFiles
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -46,7 +53,8 @@ class Recorder:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stampd-index")
         # A deque and an event rather than an asyncio.Queue: the scan hands over hundreds of
         # files at once (submit_many), and a batch is taken in one slice, not get by get.
-        self._queue: deque[Settled] = deque()
+        self._queue: deque[Queued] = deque()
+        self._queued_files = 0  # files in the queue (a SettledFiles holds many)
         self._queued = asyncio.Event()
         #: Index calls finished, and calls in progress: the health check's view of the writer
         #: (work waiting and this count standing still means it is wedged).
@@ -64,15 +72,20 @@ class Recorder:
             self.calls_running -= 1
             self.calls_done += 1
 
-    def submit(self, item: Settled) -> None:
-        """Queue a hashed file for the next batch."""
+    def submit(self, item: Queued) -> None:
+        """Queue a hashed file (or a scan task's :class:`SettledFiles`) for the next batch."""
         self._queue.append(item)
+        self._queued_files += len(item) if isinstance(item, SettledFiles) else 1
         self._queued.set()
 
-    def submit_many(self, items: Iterable[Settled]) -> None:
+    def submit_many(self, items: Iterable[Queued]) -> None:
         """Queue hashed files for the next batches, in order (what :meth:`submit` does for
         each, in one call)."""
+        items = list(items)
         self._queue.extend(items)
+        self._queued_files += sum(
+            len(item) if isinstance(item, SettledFiles) else 1 for item in items
+        )
         if self._queue:
             self._queued.set()
 
@@ -94,7 +107,7 @@ class Recorder:
 
     def backlog(self) -> int:
         """Hashed files not yet committed."""
-        return len(self._queue)
+        return self._queued_files
 
     async def run(self) -> None:
         """Commit queued files until cancelled; a batch is whatever queued meanwhile."""
@@ -110,29 +123,41 @@ class Recorder:
         while self._queue:
             await self._commit(self._take())
 
-    def _take(self) -> list[Settled]:
-        """The next batch: up to :data:`MAX_BATCH` files from the front of the queue."""
-        queue = self._queue
-        return [queue.popleft() for _ in range(min(MAX_BATCH, len(queue)))]
+    def _take(self) -> list[Queued]:
+        """The next batch: queued items from the front, about :data:`MAX_BATCH` files."""
+        queue, batch, files = self._queue, [], 0
+        while queue and files < MAX_BATCH:
+            item = queue.popleft()
+            batch.append(item)
+            files += len(item) if isinstance(item, SettledFiles) else 1
+        self._queued_files -= files
+        return batch
 
-    async def _commit(self, batch: Sequence[Settled]) -> None:
+    async def _commit(self, batch: Sequence[Queued]) -> None:
         try:
-            results = await self.call(self.index.record_settled, list(batch))
+            committed = await self.call(_record, self.index, list(batch))
         except Exception:
-            if len(batch) == 1:
+            if len(batch) == 1 and not (isinstance(batch[0], SettledFiles) and len(batch[0]) > 1):
                 # One file the index refuses must not stop recording for every other file;
                 # the next scan offers it again.
-                log.exception("version_not_recorded", path=str(batch[0].path))
+                log.exception("version_not_recorded", path=_first_path(batch[0]))
                 return
             # The batch rolled back whole: record its files one by one to isolate the bad one.
             for item in batch:
-                await self._commit([item])
+                if isinstance(item, SettledFiles):
+                    for row in item.rows:
+                        await self._commit([SettledFiles([row])])
+                else:
+                    await self._commit([item])
             return
-        if self.on_jobs is not None and any(r.job_ids for r in results):
+        results = committed.recorded
+        if self.on_jobs is not None and (committed.jobs or any(r.job_ids for r in results)):
             self.on_jobs()
         if self.on_commit is not None:
             self.on_commit(results)
         outcomes: Counter[str] = Counter(result.outcome for result in results)
+        if committed.new_files:
+            outcomes["new_file"] += committed.new_files
         # Per file at debug: a first scan of a million files must not flood the journal. Even
         # filtered out, each event cost ~8 us (its arguments, structlog's lazy proxy and
         # level filter): asked once per batch instead (issue 13, profile §6).
@@ -148,7 +173,9 @@ class Recorder:
                 jobs=len(result.job_ids),
                 renamed_from=str(result.renamed_from) if result.renamed_from else None,
             )
-        log.info("versions_committed", files=len(batch), **outcomes)
+        if debug and committed.new_files:
+            log.debug("versions_recorded_set_wise", files=committed.new_files, jobs=committed.jobs)
+        log.info("versions_committed", files=len(results) + committed.new_files, **outcomes)
 
     async def unreadable(
         self, *, watch_id: int, path: Path, stat: FileStat | None, error_class: str, message: str
@@ -175,3 +202,15 @@ class Recorder:
     def close(self) -> None:
         """Stop the writer thread (after :meth:`flush`)."""
         self._thread.shutdown(wait=True)
+
+
+def _record(index: Index, batch: list[Queued]) -> Committed:
+    """Writer thread: record ``batch`` in one transaction (:func:`.versions.record_batch`)."""
+    now = utc_now()
+    with index.write() as conn:
+        return versions.record_batch(conn, batch, now=now)
+
+
+def _first_path(item: Queued) -> str:
+    """The (escaped) path of a queued item's first file, for a log line."""
+    return item.rows[0][0] if isinstance(item, SettledFiles) else str(item.path)

@@ -8,8 +8,12 @@ which of its inodes, the index already has) and then one ``executemany`` per tab
 items that touch no existing row — no row at their path, no row with their (dev, ino), and
 neither shared with another item of the batch — cannot be ``unchanged`` or ``renamed``, so
 each is a new file with one version and its jobs, and nothing else in the batch depends on it.
-:func:`fresh` says which items those are; :func:`.versions.record_settled` records each run
+:func:`fresh` says which items those are; :func:`.versions.record_batch` records each run
 of them with :func:`record_run`, and every other item by the per-file path, in batch order.
+
+A scan's hashed files arrive as :class:`SettledFiles`, plain :data:`SettledRow` tuples that
+go into these statements as they are: no object per file on their way from a hash worker's
+reply to the committed row, and none built for the result of a plainly new one.
 
 The rows are the ones the per-file path writes, ids included: the writer allocates them as
 SQLite would, ``max(id) + 1`` upward (sqlite.org/autoinc.html: without AUTOINCREMENT a new
@@ -22,12 +26,35 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from itertools import chain
 
 from stampd.store.index.schema import require_kind
 
-if TYPE_CHECKING:  # versions imports this module; the type is only named here
-    from stampd.store.index.versions import Settled
+#: One settled, hashed file as the writer takes it, a plain tuple (no object per file, no
+#: Path): its escaped path and escaped parent (:mod:`~stampd.store.files.pathnames`), its
+#: ``fstat`` key ``dev, ino, size, mtime_ns, ctime_ns``, ``sha256`` and ``sha512`` in hex,
+#: ``racy``, then its watch's id, ``hashed_at`` and the watch's evidence kinds: every field of
+#: a :class:`~.versions.Settled` item, in this order.
+SettledRow = tuple[str, str, int, int, int, int, int, str, str, bool, int, str, tuple[str, ...]]
+
+
+class SettledFiles:
+    """Many settled, hashed files at once, as :data:`SettledRow` rows: what a scan's hash task
+    hands the writer (daemon/watch/scan_batches.py), recorded like as many
+    :class:`~.versions.Settled` items (:func:`.versions.record_batch`).
+
+    A first scan records a million files: one frozen dataclass, one ``Path`` and one
+    ``Recorded`` per file cost the daemon's one GIL more than the SQL (issue 13's profile:
+    about 50 µs per file between a worker's reply and the committed row)."""
+
+    __slots__ = ("rows",)
+
+    def __init__(self, rows: list[SettledRow]) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
 
 #: Host parameters per lookup statement: far below SQLite's limit (32,766 since 3.32,
 #: sqlite.org/limits.html §9) and one statement per 500 items.
@@ -148,10 +175,11 @@ def _insert_many(conn: sqlite3.Connection, sql: str, rows: Sequence[tuple[object
     full = len(rows) - len(rows) % ROWS_PER_INSERT
     if full:
         chunked = f"{head} VALUES {', '.join([one] * ROWS_PER_INSERT)}"
+        # chain flattens in C: the comprehension it replaces was 3.5 µs per file under the GIL.
         conn.executemany(
             chunked,
             (
-                [value for row in rows[start : start + ROWS_PER_INSERT] for value in row]
+                tuple(chain.from_iterable(rows[start : start + ROWS_PER_INSERT]))
                 for start in range(0, full, ROWS_PER_INSERT)
             ),
         )
@@ -159,11 +187,12 @@ def _insert_many(conn: sqlite3.Connection, sql: str, rows: Sequence[tuple[object
         conn.executemany(sql, rows[full:])
 
 
-def fresh(conn: sqlite3.Connection, batch: Sequence[Settled], paths: Sequence[str]) -> list[bool]:
-    """Per item: whether it touches no row and no other item — no row at its path or with its
-    (dev, ino), and neither shared within the batch — so that it can only be a new file whose
-    recording changes nothing any other item looks at."""
-    inodes = [(item.stat.dev, item.stat.ino) for item in batch]
+def fresh(conn: sqlite3.Connection, rows: Sequence[SettledRow]) -> list[bool]:
+    """Per row: whether it touches no row of the index and no other row — no row at its path
+    or with its (dev, ino), and neither shared within ``rows`` — so that it can only be a new
+    file whose recording changes nothing any other item looks at."""
+    paths = [row[0] for row in rows]
+    inodes = [(row[2], row[3]) for row in rows]
     path_count: dict[str, int] = {}
     for path in paths:
         path_count[path] = path_count.get(path, 0) + 1
@@ -182,65 +211,76 @@ def fresh(conn: sqlite3.Connection, batch: Sequence[Settled], paths: Sequence[st
 
 
 def record_run(
-    conn: sqlite3.Connection,
-    run: Sequence[Settled],
-    escaped: Sequence[tuple[str, str]],
-    ids: NextIds,
-    *,
-    now: str,
-) -> list[tuple[int, int, tuple[int, ...]]]:
-    """Record a run of items :func:`fresh` found new, with their escaped ``(path, parent)``:
-    the rows of the per-file path's ``new_file`` branch (:func:`.versions.record_each`), ids
-    included (the next ones, ``ids``), inserted set-wise. Per item, its
-    ``(file_id, version_id, job_ids)``."""
-    rows = _NewRows([], [], [])
-    results: list[tuple[int, int, tuple[int, ...]]] = []
+    conn: sqlite3.Connection, run: Sequence[SettledRow], ids: NextIds, *, now: str
+) -> None:
+    """Record a run of rows :func:`fresh` found new: the rows of the per-file path's
+    ``new_file`` branch (:func:`.versions.record_each`), ids included, inserted set-wise.
+
+    The k-th row gets file ``ids.file + k`` and version ``ids.version + k``; its jobs (one per
+    evidence kind, in order) take the next job ids after those of the rows before it.
+    """
+    files: list[tuple[object, ...]] = []
+    versions: list[tuple[object, ...]] = []
+    jobs: list[tuple[object, ...]] = []
     file_id, version_id, job_id = ids.file, ids.version, ids.job
     kinds_checked: set[tuple[str, ...]] = set()
-    for item, (path, parent) in zip(run, escaped, strict=True):
-        stat = item.stat
-        rows.files.append(
+    for (
+        path,
+        parent,
+        dev,
+        ino,
+        size,
+        mtime_ns,
+        ctime_ns,
+        sha256,
+        sha512,
+        racy,
+        watch_id,
+        hashed_at,
+        evidence,
+    ) in run:
+        # First seen when its content was first in hand: never after "hashed".
+        first_seen = hashed_at if hashed_at < now else now
+        files.append(
             (
                 file_id,
-                item.watch_id,
+                watch_id,
                 path,
                 parent,
-                stat.dev,
-                stat.ino,
-                stat.size,
-                stat.mtime_ns,
-                stat.ctime_ns,
-                int(item.racy),
-                # First seen when its content was first in hand: never after "hashed".
-                min(item.hashed_at, now),
+                dev,
+                ino,
+                size,
+                mtime_ns,
+                ctime_ns,
+                int(racy),
+                first_seen,
                 now,
             )
         )
-        rows.versions.append(
+        # seen_at is when stampd first had this content in hand: the start of the read.
+        versions.append(
             (
                 version_id,
                 file_id,
-                stat.size,
-                stat.mtime_ns,
-                stat.ctime_ns,
-                stat.dev,
-                stat.ino,
-                item.sha256,
-                item.sha512,
-                item.hashed_at,
-                item.hashed_at,
+                size,
+                mtime_ns,
+                ctime_ns,
+                dev,
+                ino,
+                sha256,
+                sha512,
+                hashed_at,
+                hashed_at,
             )
         )
-        if item.evidence not in kinds_checked:
-            for kind in item.evidence:
-                require_kind(kind)
-            kinds_checked.add(item.evidence)
-        first_job = job_id
-        for kind in item.evidence:
-            rows.jobs.append((job_id, kind, version_id, now, now, now))
-            job_id += 1
-        results.append((file_id, version_id, tuple(range(first_job, job_id))))
+        if evidence:
+            if evidence not in kinds_checked:
+                for kind in evidence:
+                    require_kind(kind)
+                kinds_checked.add(evidence)
+            for kind in evidence:
+                jobs.append((job_id, kind, version_id, now, now, now))
+                job_id += 1
         file_id += 1
         version_id += 1
-    _insert(conn, ids, rows)
-    return results
+    _insert(conn, ids, _NewRows(files, versions, jobs))

@@ -135,28 +135,113 @@ def record_settled(
     candidate row, and candidates exist only when a file with this inode and this content
     was recorded under another path.
     """
-    escaped = [_escaped(item.path) for item in batch]
-    fresh = new_files.fresh(conn, batch, [path for path, _parent in escaped])
-    results: list[Recorded] = []
+    return record_batch(conn, batch, now=now).recorded
+
+
+@dataclass
+class Committed:
+    """What :func:`record_batch` did with a batch."""
+
+    #: One per :class:`Settled` item, and one per row of a :class:`~.new_files.SettledFiles`
+    #: that was not plainly new (those went the per-file way), in batch order.
+    recorded: list[Recorded]
+    #: Rows of :class:`~.new_files.SettledFiles` recorded set-wise as new files (no
+    #: :class:`Recorded` built for them) and the jobs they got.
+    new_files: int = 0
+    jobs: int = 0
+
+
+def record_batch(
+    conn: sqlite3.Connection, batch: Sequence[Settled | new_files.SettledFiles], *, now: str
+) -> Committed:
+    """:func:`record_settled` of a batch that may also hold :class:`~.new_files.SettledFiles`:
+    each of their rows is recorded as its :class:`Settled` item would be, in order; the rows
+    that are plainly new are only counted, the others each get their :class:`Recorded`."""
+    rows: list[new_files.SettledRow] = []
+    items: list[Settled | None] = []  # the Settled item of each row; None: from SettledFiles
+    for element in batch:
+        if isinstance(element, Settled):
+            rows.append(_row_of(element))
+            items.append(element)
+        else:
+            rows.extend(element.rows)
+            items.extend([None] * len(element.rows))
+    fresh = new_files.fresh(conn, rows)
+    done = Committed([])
     start = 0
-    while start < len(batch):
+    while start < len(rows):
         end = start + 1
         # The ids after whatever the items before inserted (None: past max + 1 allocation).
         ids = new_files.next_ids(conn) if fresh[start] else None
         if ids is None:
-            results.append(_record_one(conn, batch[start], now, escaped[start]))
+            row = rows[start]
+            item = items[start] or _settled_of(row)
+            done.recorded.append(_record_one(conn, item, now, (row[0], row[1])))
         else:
             # A run of new files: set-wise, then the next per-file item sees their rows.
-            while end < len(batch) and fresh[end]:
+            while end < len(rows) and fresh[end]:
                 end += 1
-            run = batch[start:end]
-            recorded = new_files.record_run(conn, run, escaped[start:end], ids, now=now)
-            results.extend(
-                Recorded(item.path, "new_file", file_id, version_id, job_ids, None)
-                for item, (file_id, version_id, job_ids) in zip(run, recorded, strict=True)
-            )
+            new_files.record_run(conn, rows[start:end], ids, now=now)
+            _count_run(done, rows[start:end], items[start:end], ids)
         start = end
-    return results
+    return done
+
+
+def _count_run(
+    done: Committed,
+    run: Sequence[new_files.SettledRow],
+    items: Sequence[Settled | None],
+    ids: new_files.NextIds,
+) -> None:
+    """The outcomes of ``run``, which :func:`.new_files.record_run` recorded with ``ids``:
+    a :class:`Recorded` for each :class:`Settled` item, counts for the other rows."""
+    job_id = ids.job
+    for offset, (row, item) in enumerate(zip(run, items, strict=True)):
+        kinds = len(row[12])
+        if item is None:
+            done.new_files += 1
+            done.jobs += kinds
+        else:
+            job_ids = tuple(range(job_id, job_id + kinds))
+            file_id, version_id = ids.file + offset, ids.version + offset
+            recorded = Recorded(item.path, "new_file", file_id, version_id, job_ids, None)
+            done.recorded.append(recorded)
+        job_id += kinds
+
+
+def _row_of(item: Settled) -> new_files.SettledRow:
+    """``item`` as the row :mod:`.new_files` takes."""
+    path, parent = _escaped(item.path)
+    stat = item.stat
+    return (
+        path,
+        parent,
+        stat.dev,
+        stat.ino,
+        stat.size,
+        stat.mtime_ns,
+        stat.ctime_ns,
+        item.sha256,
+        item.sha512,
+        item.racy,
+        item.watch_id,
+        item.hashed_at,
+        item.evidence,
+    )
+
+
+def _settled_of(row: new_files.SettledRow) -> Settled:
+    """The :class:`Settled` item a row stands for (a row that goes the per-file way)."""
+    return Settled(
+        watch_id=row[10],
+        path=unescape_path(row[0]),
+        stat=FileStat(*row[2:7]),
+        sha256=row[7],
+        sha512=row[8],
+        hashed_at=row[11],
+        racy=row[9],
+        evidence=row[12],
+    )
 
 
 def record_each(conn: sqlite3.Connection, batch: Sequence[Settled], *, now: str) -> list[Recorded]:

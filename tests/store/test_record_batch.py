@@ -245,3 +245,98 @@ def test_the_set_wise_statements_use_an_index(tmp_path: Path, name: str, expecte
 def test_a_path_and_its_parent_are_escaped_as_escape_would(name: str) -> None:
     path = Path(name)
     assert versions._escaped(path) == (escape(path), escape(path.parent))
+
+
+def _row(item: Settled) -> new_files.SettledRow:
+    """``item`` as a scan's hash task hands it over (daemon/watch/scan_batches.py)."""
+    stat = item.stat
+    return (
+        escape(item.path),
+        escape(item.path.parent),
+        stat.dev,
+        stat.ino,
+        stat.size,
+        stat.mtime_ns,
+        stat.ctime_ns,
+        item.sha256,
+        item.sha512,
+        item.racy,
+        item.watch_id,
+        item.hashed_at,
+        item.evidence,
+    )
+
+
+def test_settled_files_rows_are_recorded_as_their_settled_items_would_be(
+    tmp_path: Path,
+) -> None:
+    """Rows (a scan's SettledFiles) beside Settled items: the same tables as the per-file
+    path; Recorded only for what is not plainly new, the plainly new ones counted."""
+    tree = tmp_path / "watched"
+    (tree / "sub").mkdir(parents=True)
+
+    def write(name: str, data: bytes) -> Path:
+        (tree / name).write_bytes(data)
+        return tree / name
+
+    kept, changed, moved = (write(n, n.encode()) for n in ("kept", "changed", "moved"))
+    before = [_settled(1, p) for p in (kept, changed, moved)]
+    changed.write_bytes(b"changed, v2")
+    renamed = tree / "sub" / "mo\\ved \udce9"  # escaped in the index, back to this Path
+    moved.rename(renamed)
+    twice = write("twice", b"first")
+    first_take = _settled(1, twice)
+    twice.write_bytes(b"second")
+    batch = [
+        _settled(1, write("new-a", b"a")),
+        _settled(1, kept),
+        _settled(1, write("new-b", b"b"), evidence=("tsr", "ots")),
+        _settled(1, renamed),
+        _settled(1, write("new-c", b"c"), evidence=()),
+        first_take,
+        _settled(1, changed),
+        _settled(1, twice),
+        *(_settled(1, write(f"new-{n}", b"%d" % n)) for n in range(5)),
+    ]
+    now = utc_now()
+
+    def setup(conn: sqlite3.Connection) -> None:
+        _watches(tree)(conn)
+        versions.record_each(conn, before, now=now)
+
+    mixed: list[Settled | new_files.SettledFiles] = [
+        new_files.SettledFiles([_row(item) for item in batch[:4]]),
+        batch[4],  # a Settled item among the rows keeps its Recorded
+        new_files.SettledFiles([_row(item) for item in batch[5:]]),
+    ]
+    snapshots = []
+    for name in ("rows", "each"):
+        (tmp_path / name).mkdir()
+        with Index.open(index_path(tmp_path / name)) as index:
+            with index.write() as conn:
+                setup(conn)
+            with index.write() as conn:
+                if name == "rows":
+                    done = versions.record_batch(conn, mixed, now=now)
+                else:
+                    each = versions.record_each(conn, batch, now=now)
+            snapshots.append(_tables(index.conn))
+    assert snapshots[0] == snapshots[1]
+    assert [r for r in done.recorded if r.outcome != "new_file"] == [
+        r for r in each if r.outcome != "new_file"
+    ]
+    assert [r.outcome for r in done.recorded if r.outcome != "new_file"] == [
+        "unchanged",
+        "renamed",
+        "new_version",
+        "new_version",
+    ]
+    assert done.recorded[[r.path for r in done.recorded].index(renamed)].renamed_from == moved
+    # The Settled item is recorded set-wise too, and still gets its Recorded.
+    assert each[4] in done.recorded
+    new_in_recorded = sum(r.outcome == "new_file" for r in done.recorded)
+    assert done.new_files + new_in_recorded == sum(r.outcome == "new_file" for r in each)
+    assert done.new_files >= 5
+    assert done.jobs + sum(len(r.job_ids) for r in done.recorded) == sum(
+        len(r.job_ids) for r in each
+    )

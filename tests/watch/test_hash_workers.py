@@ -21,11 +21,12 @@ from stampd.daemon.config.model import WatchConfig
 from stampd.daemon.watch import dir_hash, hash_workers
 from stampd.daemon.watch.dir_hash import Item, Reply, hash_directory, hash_task
 from stampd.daemon.watch.hash_workers import TASK_FILES, HashWorkers, InlineHashing, Job
-from stampd.daemon.watch.hasher import Hashed, HashOutcome
+from stampd.daemon.watch.hasher import HashOutcome
 from stampd.daemon.watch.runtime import WatchRuntime
 from stampd.daemon.watch.scan_batches import ScanBatches
 from stampd.store.files.digest import digest_fd_sized
 from stampd.store.files.filestat import FileStat
+from stampd.store.index.new_files import SettledFiles
 
 
 def _key(path: Path) -> tuple[int, int, int, int, int]:
@@ -360,8 +361,8 @@ def test_a_large_directory_is_cut_into_tasks_and_every_file_comes_out_once(
     batches.directory(str(root / "big"), found)
     batches.finish()
     assert max(hashing.sizes) <= TASK_FILES and sum(hashing.sizes) == 300
-    assert sorted(str(o.path) for o in handed) == sorted(str(root / "big" / n) for n, _ in found)
-    assert all(
-        isinstance(o, Hashed) and o.stat == key
-        for o, (_n, key) in zip(sorted(handed, key=lambda o: str(o.path)), found, strict=True)
-    )
+    # Every file comes out once, hashed, as a row of a SettledFiles with the walk's key.
+    assert all(isinstance(o, SettledFiles) for o in handed)
+    rows = sorted(row for o in handed if isinstance(o, SettledFiles) for row in o.rows)
+    assert [row[0] for row in rows] == sorted(str(root / "big" / n) for n, _ in found)
+    assert [FileStat(*row[2:7]) for row in rows] == [key for _n, key in found]

@@ -13,6 +13,7 @@ from stampd.daemon.service.logs import configure_logging
 from stampd.daemon.watch.recorder import MAX_BATCH, Recorder
 from stampd.store.files.filestat import FileStat
 from stampd.store.index.database import Index, index_path
+from stampd.store.index.new_files import SettledFiles, SettledRow
 from stampd.store.index.times import utc_now
 from stampd.store.index.versions import Settled
 
@@ -110,3 +111,58 @@ def test_each_recorded_file_is_logged_at_debug_only(tmp_path: Path, level: str) 
     assert per_file == (["/srv/a", "/srv/b"] if level == "debug" else [])
     (committed,) = [e for e in events if e["event"] == "versions_committed"]
     assert (committed["files"], committed["new_file"]) == (2, 2)
+
+
+def _row(watch_id: int, name: str, evidence: tuple[str, ...] = ("ots",)) -> SettledRow:
+    item = _settled(watch_id, name, evidence)
+    stat = item.stat
+    return (
+        f"/srv/{name}",
+        "/srv",
+        stat.dev,
+        stat.ino,
+        stat.size,
+        stat.mtime_ns,
+        stat.ctime_ns,
+        item.sha256,
+        item.sha512,
+        item.racy,
+        watch_id,
+        item.hashed_at,
+        evidence,
+    )
+
+
+def test_settled_files_are_counted_as_files_committed_and_a_refused_row_isolated(
+    tmp_path: Path,
+) -> None:
+    """A scan's SettledFiles: the backlog counts their files, batches hold about MAX_BATCH
+    files, the job runners are woken for their jobs, and one row the index refuses rolls
+    back only itself."""
+    count = MAX_BATCH + 100
+
+    async def main() -> tuple[list[str], int, int]:
+        index = Index.open(index_path(tmp_path))
+        recorder = Recorder(index)
+        wakes: list[None] = []
+        recorder.on_jobs = lambda: wakes.append(None)
+        watch_id = index.ensure_watch(Path("/srv"))
+        rows = [_row(watch_id, f"f{n:04}") for n in range(count)]
+        rows[7] = _row(watch_id, "f0007", evidence=("nope",))
+        recorder.submit_many([SettledFiles(rows[:128])])
+        for start in range(128, count, 128):
+            recorder.submit(SettledFiles(rows[start : start + 128]))
+        backlog = recorder.backlog()
+        await recorder.flush()
+        assert recorder.backlog() == 0
+        paths = [row[0] for row in index.conn.execute("SELECT path FROM files ORDER BY id")]
+        jobs = index.conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+        recorder.close()
+        index.close()
+        assert wakes
+        return paths, backlog, jobs
+
+    paths, backlog, jobs = asyncio.run(main())
+    assert backlog == count
+    assert paths == [f"/srv/f{n:04}" for n in range(count) if n != 7]
+    assert jobs == count - 1
