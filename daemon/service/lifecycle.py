@@ -10,8 +10,10 @@ health and watchdog (daemon/service/health.py), metrics (daemon/service/metrics_
 and reloading (daemon/service/reloading.py) read and steer these components; none of them
 holds the daemon.
 
-Start-up order (reference/watching-and-service.md §3.5): state directory → index → watches
-→ control socket → ``daemon_ready`` (and ``READY=1`` to systemd) → scan. SIGTERM/SIGINT stop
+Start-up order (reference/watching-and-service.md §3.5): state directory → index → observer
+→ control socket → ``daemon_ready`` (and ``READY=1`` to systemd) → watches → scan. Placing
+the watches walks every tree, so it comes after READY, which must not wait for the trees'
+size; each root's scan starts once its watches are placed, so nothing is missed. SIGTERM/SIGINT stop
 watching, let in-flight hashes finish, commit what was hashed, and close the index cleanly;
 whatever was still settling is found again by the next start's scan. SIGHUP (or ``stampd
 reload``) reads the configuration again. The systemd watchdog is pinged only while the health
@@ -141,7 +143,8 @@ class Daemon:
         self._hashing.start()  # once, before any scan; closed by _shutdown
         for configured in config.watches:
             self._watches.add(WatchRuntime.of(configured, index.ensure_watch(configured.path)))
-        watched = set(self._watcher.start())
+        # Dispatch starts now; the watches themselves are placed after READY (_place_watches).
+        self._watcher.start_observer()
         control = ControlServer(config.daemon.control_socket, self._handlers.handlers())
         watchdog: asyncio.Task[None] | None = None
         try:
@@ -150,7 +153,6 @@ class Daemon:
                 {
                     "index writer": asyncio.create_task(self._recorder.run()),
                     "sidecar repair": asyncio.create_task(self._repairer.run()),
-                    "root watch": asyncio.create_task(self._root_watch.run()),
                     "periodic rescan": asyncio.create_task(self._rescans.periodic()),
                     **self._intake.tasks(),
                 }
@@ -169,10 +171,14 @@ class Daemon:
                 systemd_watchdog_s=self._notifier.watchdog_interval,
             )
             # READY before the scan: a first scan of a large tree would outlast
-            # TimeoutStartSec=, and watching has begun, so nothing is missed (ref. §3.5).
+            # TimeoutStartSec= (ref. §3.5). READY before the watches are placed, too: placing
+            # them walks every tree (Watcher.place), and READY must not wait for the tree's
+            # size. Nothing is missed: each root's start-up scan begins only once its watches
+            # are in place, so a change after READY is reported by inotify or found by it.
             for watch in self._watches:
-                self._root_watch.start_watching(watch, watch.root in watched)
+                self._root_watch.note_device(watch)
             self._notifier.ready(self._monitor.status_line())
+            self._spawn(self._place_watches(tuple(self._watches)))
             self._spawn(self._sweep_archive(state_dir, before=self._rescans.started_at))
             await self._stop.wait()
         finally:
@@ -299,6 +305,22 @@ class Daemon:
         task = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _place_watches(self, watches: tuple[WatchRuntime, ...]) -> None:
+        """Place the inotify watches of the configured roots (in a thread: watchdog walks
+        every tree), then start each root's scan (or say why it is not watched), and from
+        then on check the roots every second (daemon/watch/root_watch.py)."""
+        try:
+            placed = set(await asyncio.to_thread(self._watcher.place))
+        except Exception:  # the roots then say "no inotify watch", and check_roots retries
+            log.exception("watch_placement_failed")
+            placed = set()
+        if self._stopping.is_set():
+            return
+        for watch in watches:
+            if self._watches.at(watch.root) is watch:  # a reload meanwhile may have removed it
+                self._root_watch.start_watching(watch, watch.root in placed)
+        self._components["root watch"] = asyncio.create_task(self._root_watch.run())
 
     async def _sweep_archive(self, state_dir: Path, *, before: float) -> None:
         """Temp files a killed daemon left in the archive, which no scan walks (in the
