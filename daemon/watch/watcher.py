@@ -165,6 +165,7 @@ class Watcher:
         # The daemon places the watches in a thread (:meth:`place`) while the loop may add,
         # remove or re-check roots (a reload): one root's scheduling at a time.
         self._lock = threading.Lock()
+        self._placed = False
 
     def start(self) -> list[Path]:
         """Start watching; returns the roots that could be watched now (others wait)."""
@@ -190,11 +191,18 @@ class Watcher:
         after READY (daemon/service/lifecycle.py).
         """
         watched = []
-        for root in list(self.roots):
-            with self._lock:
-                if root in self.roots and (root in self._scheduled or self._schedule(root)):
-                    watched.append(root)
+        try:
+            for root in list(self.roots):
+                with self._lock:
+                    if root in self.roots and (root in self._scheduled or self._schedule(root)):
+                        watched.append(root)
+        finally:
+            self._placed = True
         return watched
+
+    def placing(self) -> bool:
+        """Whether the watches are still to be placed (:meth:`place` has not returned yet)."""
+        return not self._placed
 
     def _queue_overflow_marker(self) -> None:
         """On the reading thread: report the overflow behind the events already queued."""

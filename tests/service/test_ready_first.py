@@ -117,6 +117,8 @@ def test_ready_comes_before_the_watches_and_what_is_written_meanwhile_is_recorde
         try:
             await _until(ready, "READY=1", timeout=10)
             assert held.is_set() and not placed.is_set(), "READY waited for the watches"
+            status = next(m for m in messages if "READY=1" in m.split("\n"))
+            assert "STATUS=watching 1 of 1 roots; placing inotify watches" in status, status
             for path, text in written.items():
                 path.parent.mkdir(exist_ok=True)
                 path.write_text(text)
