@@ -167,6 +167,10 @@ class Daemon:
             self._reloader.apply_runners(runners)
             self._components["scanner"] = asyncio.create_task(self._rescans.scanner())
             watchdog = asyncio.create_task(self._monitor.watchdog())
+            # Once, before any scan (none starts before the watches are placed); closed by
+            # _shutdown. Late: each worker is an interpreter starting up (about 70 ms of CPU),
+            # which would compete with the daemon's own start on a small machine.
+            self._hashing.start()
             await asyncio.wait({placement}, timeout=READY_WAIT_S)
             log.info(
                 "daemon_ready",
@@ -186,10 +190,6 @@ class Daemon:
             for watch in self._watches:
                 self._root_watch.note_device(watch)
             self._notifier.ready(self._monitor.status_line())
-            # Once, before any scan (none starts before the watches are placed); closed by
-            # _shutdown. After READY: each worker is an interpreter starting up (about 70 ms
-            # of CPU), which would compete with the daemon's own start on a small machine.
-            self._hashing.start()
             self._spawn(self._place_watches(placement, tuple(self._watches)))
             self._spawn(self._sweep_archive(state_dir, before=self._rescans.started_at))
             await self._stop.wait()
