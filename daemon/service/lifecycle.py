@@ -149,6 +149,8 @@ class Daemon:
             raise
         for configured in config.watches:
             self._watches.add(WatchRuntime.of(configured, index.ensure_watch(configured.path)))
+        for watch in self._watches:
+            self._root_watch.note_device(watch)  # what is reported while placing is hashed
         # Dispatch starts now; the watches are placed in a thread, READY waits READY_WAIT_S.
         self._watcher.start_observer()
         placement = asyncio.ensure_future(asyncio.to_thread(self._watcher.place))
@@ -187,8 +189,6 @@ class Daemon:
             # placed, too (READY_WAIT_S). Nothing is missed: each root's start-up scan begins
             # only once its watches are in place, so a change after READY is reported by
             # inotify or found by that scan.
-            for watch in self._watches:
-                self._root_watch.note_device(watch)
             self._notifier.ready(self._monitor.status_line())
             self._spawn(self._place_watches(placement, tuple(self._watches)))
             self._spawn(self._sweep_archive(state_dir, before=self._rescans.started_at))
