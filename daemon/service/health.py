@@ -111,9 +111,12 @@ class HealthMonitor:
         pause: PauseState,
         in_flight: Callable[[], int],
         settings: DaemonSettings,
+        placing: Callable[[], bool] = lambda: False,
     ) -> None:
         self._notifier = notifier
         self._observer_alive = observer_alive
+        #: Whether the inotify watches are still being placed (after READY, at start).
+        self._placing = placing
         #: Every long-running task by name; one that ended is a problem.
         self._components = components
         self._watches = watches
@@ -169,6 +172,8 @@ class HealthMonitor:
         """One line for ``systemctl status`` (STATUS=)."""
         watches, rescans = self._watches, self._rescans
         parts = [f"watching {watches.watched()} of {len(watches)} roots"]
+        if self._placing():
+            parts.append("placing inotify watches")
         if rescans.scanning:
             parts.append(f"scanning {rescans.scanning} ({rescans.scan_files:,} files)")
         busy = watches.settling()

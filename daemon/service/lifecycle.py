@@ -10,12 +10,15 @@ health and watchdog (daemon/service/health.py), metrics (daemon/service/metrics_
 and reloading (daemon/service/reloading.py) read and steer these components; none of them
 holds the daemon.
 
-Start-up order (reference/watching-and-service.md §3.5): state directory → index → watches
-→ control socket → ``daemon_ready`` (and ``READY=1`` to systemd) → scan. SIGTERM/SIGINT stop
-watching, let in-flight hashes finish, commit what was hashed, and close the index cleanly;
-whatever was still settling is found again by the next start's scan. SIGHUP (or ``stampd
-reload``) reads the configuration again. The systemd watchdog is pinged only while the health
-check passes.
+Start-up order (reference/watching-and-service.md §3.5): state directory → index → observer
+and watches → control socket → ``daemon_ready`` (and ``READY=1`` to systemd) → scan. Placing
+the watches walks every tree, so READY waits for them at most ``READY_WAIT_S``: it must not
+wait for the trees' size. Each root's scan starts once its watches are placed, so nothing
+is missed.
+SIGTERM/SIGINT stop watching, let in-flight hashes finish, commit what was hashed, and close
+the index cleanly; whatever was still settling is found again by the next start's scan.
+SIGHUP (or ``stampd reload``) reads the configuration again. The systemd watchdog is pinged
+only while the health check passes.
 """
 
 from __future__ import annotations
@@ -64,6 +67,12 @@ log = get_logger("stampd.daemon")
 STATE_DIR_MODE = 0o750
 #: Threads hashing settled files; hashlib releases the GIL, and the machine has few cores.
 HASH_WORKERS = max(2, min(4, os.cpu_count() or 2))
+#: How long READY waits for the inotify watches. Placed before READY, they see every write
+#: after it, so the close-aware settle rule holds for it (reference §3.1); a tree of a few
+#: thousand directories takes longer (watchdog walks it whole: about 2 s for 10,000), and
+#: READY must not wait for the tree's size (issue 13). Then its start-up scan, which begins
+#: once the watches are placed, finds what changed before that.
+READY_WAIT_S = 0.1
 
 
 def prepare_state_dir(state_dir: Path) -> None:
@@ -138,10 +147,13 @@ class Daemon:
             self._recorder.close()
             index.close()
             raise
-        self._hashing.start()  # once, before any scan; closed by _shutdown
         for configured in config.watches:
             self._watches.add(WatchRuntime.of(configured, index.ensure_watch(configured.path)))
-        watched = set(self._watcher.start())
+        for watch in self._watches:
+            self._root_watch.note_device(watch)  # what is reported while placing is hashed
+        # Dispatch starts now; the watches are placed in a thread, READY waits READY_WAIT_S.
+        self._watcher.start_observer()
+        placement = asyncio.ensure_future(asyncio.to_thread(self._watcher.place))
         control = ControlServer(config.daemon.control_socket, self._handlers.handlers())
         watchdog: asyncio.Task[None] | None = None
         try:
@@ -150,7 +162,6 @@ class Daemon:
                 {
                     "index writer": asyncio.create_task(self._recorder.run()),
                     "sidecar repair": asyncio.create_task(self._repairer.run()),
-                    "root watch": asyncio.create_task(self._root_watch.run()),
                     "periodic rescan": asyncio.create_task(self._rescans.periodic()),
                     **self._intake.tasks(),
                 }
@@ -158,6 +169,11 @@ class Daemon:
             self._reloader.apply_runners(runners)
             self._components["scanner"] = asyncio.create_task(self._rescans.scanner())
             watchdog = asyncio.create_task(self._monitor.watchdog())
+            # Once, before any scan (none starts before the watches are placed); closed by
+            # _shutdown. Late: each worker is an interpreter starting up (about 70 ms of CPU),
+            # which would compete with the daemon's own start on a small machine.
+            self._hashing.start()
+            await asyncio.wait({placement}, timeout=READY_WAIT_S)
             log.info(
                 "daemon_ready",
                 version=__version__,
@@ -169,10 +185,12 @@ class Daemon:
                 systemd_watchdog_s=self._notifier.watchdog_interval,
             )
             # READY before the scan: a first scan of a large tree would outlast
-            # TimeoutStartSec=, and watching has begun, so nothing is missed (ref. §3.5).
-            for watch in self._watches:
-                self._root_watch.start_watching(watch, watch.root in watched)
+            # TimeoutStartSec= (ref. §3.5). On a large tree, READY before the watches are
+            # placed, too (READY_WAIT_S). Nothing is missed: each root's start-up scan begins
+            # only once its watches are in place, so a change after READY is reported by
+            # inotify or found by that scan.
             self._notifier.ready(self._monitor.status_line())
+            self._spawn(self._place_watches(placement, tuple(self._watches)))
             self._spawn(self._sweep_archive(state_dir, before=self._rescans.started_at))
             await self._stop.wait()
         finally:
@@ -237,6 +255,7 @@ class Daemon:
         monitor = self._monitor = HealthMonitor(
             notifier=self._notifier,
             observer_alive=watcher.observer_alive,
+            placing=watcher.placing,
             components=self._components,
             watches=watches,
             intake=intake,
@@ -299,6 +318,24 @@ class Daemon:
         task = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _place_watches(
+        self, placement: asyncio.Future[list[Path]], watches: tuple[WatchRuntime, ...]
+    ) -> None:
+        """Once the inotify watches of the configured roots are placed (``placement``, in a
+        thread: watchdog walks every tree), start each root's scan (or say why it is not
+        watched), and from then on check the roots every second (daemon/watch/root_watch.py)."""
+        try:
+            placed = set(await placement)
+        except Exception:  # the roots then say "no inotify watch", and check_roots retries
+            log.exception("watch_placement_failed")
+            placed = set()
+        if self._stopping.is_set():
+            return
+        for watch in watches:
+            if self._watches.at(watch.root) is watch:  # a reload meanwhile may have removed it
+                self._root_watch.start_watching(watch, watch.root in placed)
+        self._components["root watch"] = asyncio.create_task(self._root_watch.run())
 
     async def _sweep_archive(self, state_dir: Path, *, before: float) -> None:
         """Temp files a killed daemon left in the archive, which no scan walks (in the

@@ -15,15 +15,17 @@ from typing import TYPE_CHECKING
 from stampd.daemon import __version__
 from stampd.daemon.config.model import Config
 from stampd.daemon.config.problems import ConfigError
-from stampd.daemon.service.metrics import Metrics
-from stampd.daemon.service.metrics_families import LiveState, RootState
-from stampd.daemon.service.metrics_http import MetricsServer
 from stampd.store.errors import StampdError
 from stampd.store.index.jobs import Attempt
 
+# prometheus-client and its HTTP server (about 10 ms of imports) load only when
+# daemon.metrics is set: in _bind, and in live_state, which only a scrape calls.
 if TYPE_CHECKING:
     from stampd.daemon.evidence.runners import EvidenceRunners
     from stampd.daemon.service.health import HealthMonitor
+    from stampd.daemon.service.metrics import Metrics
+    from stampd.daemon.service.metrics_families import LiveState
+    from stampd.daemon.service.metrics_http import MetricsServer
     from stampd.daemon.service.pause import PauseState
     from stampd.daemon.watch.intake import Intake
     from stampd.daemon.watch.recorder import Recorder
@@ -101,6 +103,8 @@ class MetricsEndpoint:
         if config.daemon.metrics is None:
             return None
         if self._metrics is None:
+            from stampd.daemon.service.metrics import Metrics  # noqa: PLC0415 - see above
+
             assert self._live is not None, "start() comes first"
             self._metrics = Metrics(version=__version__, index_path=self._index, live=self._live)
         host, port = config.daemon.metrics
@@ -121,6 +125,8 @@ def live_state(
     health: HealthMonitor,
 ) -> LiveState:
     """What the metrics need from the running daemon (called on the scrape thread)."""
+    from stampd.daemon.service.metrics_families import LiveState, RootState  # noqa: PLC0415
+
     return LiveState(
         roots=tuple(
             RootState(

@@ -47,16 +47,24 @@ class RootWatch:
         """A reload changed ``[daemon]`` (``fallback_rescan``)."""
         self._settings = settings
 
+    @staticmethod
+    def note_device(watch: WatchRuntime) -> None:
+        """At start, while the root's watches are being placed: take its device now, so that
+        what inotify reports meanwhile is hashed (and ``stampd stamp`` works); no scan yet."""
+        try:
+            watch.root_dev = watch.root.stat().st_dev
+        except OSError:
+            watch.root_dev = None
+
     def start_watching(self, watch: WatchRuntime, watched: bool) -> None:
         """A root is watched (at start, on a reload, or back again): scan all of it; or it
         is not, and says why (daemon/watch/roots.py)."""
         if watched:
-            try:
-                watch.root_dev = watch.root.stat().st_dev
-            except OSError:
-                watch.root_dev = None  # gone again at once: the next check_roots sees it
-            else:
+            self.note_device(watch)
+            if watch.root_dev is not None:  # else gone again at once: check_roots sees it
                 self._rescans.request(watch)
+        else:
+            watch.root_dev = None  # nothing below a root without its watch is hashed
         self.check(watch)
 
     def add(self, watch: WatchRuntime) -> None:

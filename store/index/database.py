@@ -20,9 +20,9 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from functools import cached_property
 from pathlib import Path
-
-from sqlite_utils import Database
+from typing import TYPE_CHECKING
 
 from stampd.store.errors import IndexUnavailableError
 from stampd.store.files.filestat import FileStat
@@ -33,9 +33,12 @@ from stampd.store.index import versions
 from stampd.store.index.connection import connect as _connect
 from stampd.store.index.connection import index_path as index_path  # noqa: PLC0414
 from stampd.store.index.connection import open_reader as open_reader  # noqa: PLC0414
-from stampd.store.index.schema import inserted_id, migrations
+from stampd.store.index.schema import MIGRATION_SET, STEP_NAMES, inserted_id, migration_steps
 from stampd.store.index.times import utc_now
 from stampd.store.index.versions import Recorded, Settled
+
+if TYPE_CHECKING:
+    from sqlite_utils import Database
 
 
 class Index:
@@ -48,7 +51,15 @@ class Index:
     def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
         self.path = path
         self.conn = conn
-        self.db = Database(conn)
+
+    @cached_property
+    def db(self) -> Database:
+        """The connection as a sqlite-utils ``Database``: for the schema steps only, so
+        sqlite-utils is imported only when one is due (an index that is up to date opens
+        with plain sqlite3)."""
+        from sqlite_utils import Database  # noqa: PLC0415
+
+        return Database(self.conn)
 
     @classmethod
     def open(cls, path: Path) -> Index:
@@ -56,8 +67,10 @@ class Index:
         conn = _connect(str(path))
         index = cls(path, conn)
         try:
-            # WAL must be switched on outside a transaction; it then persists in the file.
-            index.db.enable_wal()
+            # WAL must be switched on outside a transaction; it then persists in the file
+            # (what sqlite-utils' enable_wal does; no transaction is open on a new connection).
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                conn.execute("PRAGMA journal_mode = wal")
             # NORMAL is durable against a process crash in WAL mode; a power loss may drop the
             # last commits, which the startup scan re-finds and sidecar adoption re-links
             # (DESIGN rule 1), so FULL's fsync per commit buys nothing here.
@@ -75,9 +88,23 @@ class Index:
             raise
         return index
 
+    def _applied_steps(self) -> list[str]:
+        """The schema steps applied to this index, as sqlite-utils' ``Migrations.applied``
+        reads them from its ``_sqlite_migrations`` table (none on a new index)."""
+        exists = self.conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlite_migrations'"
+        ).fetchone()
+        if exists is None:
+            return []
+        rows = self.conn.execute(
+            "SELECT name FROM _sqlite_migrations WHERE migration_set = ? ORDER BY rowid",
+            (MIGRATION_SET,),
+        )
+        return [str(name) for (name,) in rows]
+
     def _migrate(self) -> None:
         """Apply the pending schema steps (:mod:`.schema`) in one write transaction."""
-        if not migrations.pending(self.db):
+        if not set(STEP_NAMES) - set(self._applied_steps()):
             return
         # A step that rebuilds a table (0004) must run with foreign keys off, or dropping the
         # old table deletes its rows under the rows that reference them; the pragma is a
@@ -86,14 +113,12 @@ class Index:
         self.conn.execute("PRAGMA foreign_keys = OFF")
         try:
             with self.write():
-                migrations.apply(self.db)
+                migration_steps().apply(self.db)
         finally:
             self.conn.execute("PRAGMA foreign_keys = ON")
 
     def _refuse_newer_schema(self) -> None:
-        known = {migration.name for migration in migrations.pending(Database(memory=True))}
-        applied = {migration.name for migration in migrations.applied(self.db)}
-        unknown = sorted(applied - known)
+        unknown = sorted(set(self._applied_steps()) - set(STEP_NAMES))
         if unknown:
             raise IndexUnavailableError(
                 f"{self.path}: written by a newer stampd (schema steps {', '.join(unknown)})",

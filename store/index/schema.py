@@ -12,15 +12,18 @@ job or a proof row is inserted.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
-from collections.abc import Sequence
-
-from sqlite_utils import Database
-from sqlite_utils.migrations import Migrations
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from stampd.store import kinds
 from stampd.store.errors import ErrorClass, StampdError
 from stampd.store.files.pathnames import escape
+
+if TYPE_CHECKING:
+    from sqlite_utils import Database
+    from sqlite_utils.migrations import Migrations
 
 FILE_STATES = ("present", "missing", "unreadable")
 PROOF_STATUSES = ("pending", "complete", "invalid")
@@ -33,7 +36,20 @@ JOB_STATES = ("pending", "running", "done", "cancelled")
 #: that the migration builds the same schema it always built (0004 drops the constraints).
 _KINDS_OF_0001 = ("tsr", "ots", "p7s", "ers", "attest")
 
-migrations = Migrations("stampd")
+#: sqlite-utils' name for this set of steps in its ``_sqlite_migrations`` table.
+MIGRATION_SET = "stampd"
+#: Every step in order, by name: :meth:`~.database.Index.open` compares them with the rows of
+#: ``_sqlite_migrations`` in one query, and loads sqlite-utils (about 40 ms of imports, a
+#: tenth of the daemon's start) only when a step is to be applied (:func:`migration_steps`).
+_STEPS: list[tuple[str, Callable[[Database], None]]] = []
+
+
+def _step(name: str) -> Callable[[Callable[[Database], None]], Callable[[Database], None]]:
+    def register(step: Callable[[Database], None]) -> Callable[[Database], None]:
+        _STEPS.append((name, step))
+        return step
+
+    return register
 
 
 def _check(column: str, values: Sequence[str]) -> str:
@@ -41,7 +57,7 @@ def _check(column: str, values: Sequence[str]) -> str:
     return f"CHECK ({column} IN ({quoted}))"
 
 
-@migrations(name="0001_initial")
+@_step("0001_initial")
 def _initial_schema(db: Database) -> None:
     # Plain SQL rather than sqlite-utils' table builders: CHECK constraints, partial indexes
     # and foreign keys are the schema's documentation, and they must be exact.
@@ -152,7 +168,7 @@ def _initial_schema(db: Database) -> None:
         db.execute(statement)
 
 
-@migrations(name="0002_escaped_paths")
+@_step("0002_escaped_paths")
 def _escaped_paths(db: Database) -> None:
     # Paths were stored as raw text before names that are not UTF-8 were accepted; the
     # escaped form (store/files/pathnames.py) rewrites only names with a backslash or a control
@@ -175,7 +191,7 @@ def _escaped_paths(db: Database) -> None:
         conn.executemany(f"UPDATE {table} SET {assignments} WHERE id = ?", changed)  # noqa: S608
 
 
-@migrations(name="0003_proofs_by_sidecar")
+@_step("0003_proofs_by_sidecar")
 def _proofs_by_sidecar(db: Database) -> None:
     # Sidecar repair asks "are these bytes a proof of a file present elsewhere?" for what a
     # rename left at the old name (store/files/repair.py): answered by the proof's bytes' SHA-256.
@@ -217,7 +233,7 @@ _JOBS_0004 = f"""CREATE TABLE {{name}} (
 )"""
 
 
-@migrations(name="0004_kinds_from_registry")
+@_step("0004_kinds_from_registry")
 def _kinds_from_registry(db: Database) -> None:
     # 0001's CHECK (kind IN (...)) froze that day's kinds into `proofs` and `jobs`: a kind
     # added since, or one a test registers, could not be stored. The registry is the list now
@@ -261,7 +277,7 @@ def _rebuild(conn: sqlite3.Connection, table: str, definition: str) -> None:
         conn.execute(sql)
 
 
-@migrations(name="0005_proof_commitments")
+@_step("0005_proof_commitments")
 def _proof_commitments(db: Database) -> None:
     # Issue 12: where each pending proof waits — (provider, commitment) — and when each
     # provider's anchor arrived (store/index/commitments.py). Every statement on it names a
@@ -280,7 +296,7 @@ def _proof_commitments(db: Database) -> None:
     )
 
 
-@migrations(name="0006_no_versions_sha256")
+@_step("0006_no_versions_sha256")
 def _no_versions_sha256(db: Database) -> None:
     # Issue 13: versions_sha256 was read by one statement only, the rename lookup
     # (versions._SQL_RENAME_SOURCES), which finds its candidates by (dev, ino) through
@@ -336,7 +352,7 @@ _JOBS_0007 = f"""CREATE TABLE {{name}} (
 )"""
 
 
-@migrations(name="0007_checks_as_comparisons")
+@_step("0007_checks_as_comparisons")
 def _checks_as_comparisons(db: Database) -> None:
     # Issue 13: every new file inserts a files row and one jobs row per evidence kind, and
     # their CHECK (... IN (3+ values)) built an ephemeral table per row: ~4 us per files row
@@ -382,3 +398,25 @@ def inserted_id(cursor: sqlite3.Cursor) -> int:
     if rowid is None:  # pragma: no cover - sqlite3 always sets it after INSERT
         raise RuntimeError("INSERT returned no rowid")
     return rowid
+
+
+#: The names of every step, in the order they are applied.
+STEP_NAMES = tuple(name for name, _ in _STEPS)
+
+
+@functools.cache
+def migration_steps() -> Migrations:
+    """The steps as sqlite-utils ``Migrations`` (imports sqlite-utils on first use)."""
+    from sqlite_utils.migrations import Migrations  # noqa: PLC0415 - only when a step is due
+
+    steps = Migrations(MIGRATION_SET)
+    for name, step in _STEPS:
+        steps(name=name)(step)
+    return steps
+
+
+def __getattr__(name: str) -> Migrations:
+    """``migrations``, the steps as sqlite-utils ``Migrations``, built on first use."""
+    if name == "migrations":
+        return migration_steps()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

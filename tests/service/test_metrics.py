@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -631,3 +633,17 @@ def test_an_ipv6_address_is_served_on_exactly_that_address(
             client.get(f"http://127.0.0.1:{server.port}/metrics")
     finally:
         server.close()
+
+
+def test_the_daemon_loads_prometheus_client_only_when_metrics_are_configured() -> None:
+    """prometheus-client and its HTTP server are imports every start would pay for (issue 13:
+    start → READY); without ``daemon.metrics`` nothing uses them."""
+    probe = (
+        "import sys\n"
+        "import stampd.daemon.service.lifecycle\n"
+        "print('prometheus_client' in sys.modules)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "False"
