@@ -13,9 +13,10 @@ import click
 from stampd.daemon.cli.context import cli_context
 from stampd.daemon.cli.exit_codes import ExitCode
 from stampd.daemon.cli.output import emit_json, json_option, say
+from stampd.daemon.config.locate import config_path_from
 from stampd.daemon.config.model import Config
 from stampd.daemon.config.problems import ConfigError
-from stampd.daemon.config.reader import config_path_from, config_to_dict
+from stampd.daemon.config.reader import config_to_dict
 
 
 @click.group("config")

@@ -1,0 +1,95 @@
+"""The index at a glance, for ``stampd status``: files, versions, proofs and jobs by state.
+
+Apart from :mod:`.queries` (the read models of ``ls``, ``show`` and ``providers``) so that
+``status`` imports only what it shows: its start-up is part of its run time (DESIGN §11).
+Every query runs on a read-only connection and uses an index (bench/bench_index.py).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass, field
+from typing import Any
+
+from stampd.store.index.anchors import PendingAnchors, pending_anchors
+
+
+@dataclass(frozen=True)
+class WatchSummary:
+    path: str
+    files: dict[str, int]
+
+
+@dataclass(frozen=True)
+class StatusSummary:
+    """The index at a glance."""
+
+    watches: tuple[WatchSummary, ...]
+    files: dict[str, int]
+    versions: int
+    proofs: dict[str, dict[str, int]]
+    jobs: dict[str, int]
+    jobs_backing_off: int
+    #: Jobs backing off, by the error class of their last round.
+    backoff_errors: dict[str, int]
+    #: When the first backed-off job is due again.
+    next_retry_at: str | None
+    last_recorded_at: str | None
+    #: Proofs waiting for their anchor, by kind (every kind with ``upgrade`` jobs).
+    pending_anchors: dict[str, PendingAnchors] = field(default_factory=dict)
+
+    @property
+    def empty(self) -> bool:
+        """True while no version has been recorded."""
+        return self.versions == 0
+
+
+def _counts(conn: sqlite3.Connection, sql: str, *params: Any) -> dict[str, int]:
+    return {str(key): int(count) for key, count in conn.execute(sql, params).fetchall()}
+
+
+def status_summary(conn: sqlite3.Connection, *, now: str) -> StatusSummary:
+    """Counts by state over the whole index (``now`` in the index's time format)."""
+    watches = tuple(
+        WatchSummary(
+            path=row["path"],
+            files=_counts(
+                conn,
+                "SELECT state, COUNT(*) FROM files WHERE watch_id = ? GROUP BY state",
+                row["id"],
+            ),
+        )
+        for row in conn.execute("SELECT id, path FROM watches ORDER BY path")
+    )
+    proofs: dict[str, dict[str, int]] = {}
+    for kind, status, count in conn.execute(
+        "SELECT kind, status, COUNT(*) FROM proofs GROUP BY kind, status"
+    ):
+        proofs.setdefault(kind, {})[status] = count
+    backoff_errors = _counts(
+        conn,
+        "SELECT COALESCE(last_error_class, 'unknown'), COUNT(*) FROM jobs"
+        " WHERE state = 'pending' AND next_try_at > ? AND tries > 0 GROUP BY 1",
+        now,
+    )
+    next_retry = conn.execute(
+        "SELECT MIN(next_try_at) FROM jobs WHERE state = 'pending' AND next_try_at > ?"
+        " AND tries > 0",
+        (now,),
+    ).fetchone()
+    # MAX(id) walks the primary key from its end; MAX(hashed_at) would scan the table.
+    last = conn.execute(
+        "SELECT hashed_at FROM versions WHERE id = (SELECT MAX(id) FROM versions)"
+    ).fetchone()
+    return StatusSummary(
+        watches=watches,
+        files=_counts(conn, "SELECT state, COUNT(*) FROM files GROUP BY state"),
+        versions=conn.execute("SELECT COUNT(*) FROM versions").fetchone()[0],
+        proofs=proofs,
+        jobs=_counts(conn, "SELECT state, COUNT(*) FROM jobs GROUP BY state"),
+        jobs_backing_off=sum(backoff_errors.values()),
+        backoff_errors=backoff_errors,
+        next_retry_at=next_retry[0] if next_retry else None,
+        last_recorded_at=last[0] if last else None,
+        pending_anchors=pending_anchors(conn, now=now),
+    )
