@@ -48,8 +48,8 @@ class CliContext:
 
     def locations(self) -> Locations:
         """Where that configuration's daemon keeps its state and its control socket: all that
-        ``status``, ``ls`` and ``show`` read of it, without validating the rest of the file
-        (:mod:`stampd.daemon.config.locate`; a third of their start-up, DESIGN §11)."""
+        ``status`` reads of it, without validating the rest of the file
+        (:mod:`stampd.daemon.config.locate`; a third of its start-up, DESIGN §11)."""
         if self._locations is None:
             from stampd.daemon.config.locate import (  # noqa: PLC0415
                 Locations,

@@ -11,12 +11,11 @@ SQLite (DESIGN §11: CLI start ≤ 100 ms over ``python -c pass``; bench/bench_c
 
 from __future__ import annotations
 
-import dataclasses
 import sqlite3
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NamedTuple, cast
+from typing import TYPE_CHECKING, NamedTuple, cast
 
 import click
 
@@ -24,11 +23,14 @@ from stampd.daemon.cli.context import cli_context
 from stampd.daemon.cli.exit_codes import ExitCode
 from stampd.daemon.cli.output import emit_json, json_option
 from stampd.daemon.service import control_client
-from stampd.daemon.service.replies import StatusReply, runner_status
 from stampd.store import kinds
 from stampd.store.index.connection import index_path, open_reader
 from stampd.store.index.summary import StatusSummary, status_summary
 from stampd.store.index.times import utc_now
+
+if TYPE_CHECKING:
+    # Types only: the reply's TypedDicts cost each start ~1.5 ms to create.
+    from stampd.daemon.service.replies import RunnerStatus, StatusReply
 
 
 @contextmanager
@@ -74,7 +76,7 @@ def daemon_state(control_socket: Path) -> DaemonState:
     if not isinstance(reply, dict) or not reply.get("ok"):
         return DaemonState(running=True, reason="the daemon answered with an error", reply=reply)
     status = {key: value for key, value in reply.items() if key != "ok"}
-    return DaemonState(running=True, status=cast(StatusReply, status))
+    return DaemonState(running=True, status=cast("StatusReply", status))
 
 
 def _counts_text(counts: dict[str, int]) -> str:
@@ -105,7 +107,7 @@ def status_command(as_json: bool) -> None:
             {
                 "daemon": daemon.to_json(),
                 "index": {"path": str(path), "exists": summary is not None},
-                "summary": dataclasses.asdict(summary) if summary else None,
+                "summary": summary.to_json() if summary else None,
             }
         )
         raise click.exceptions.Exit(exit_code)
@@ -145,7 +147,7 @@ def status_command(as_json: bool) -> None:
         )
     _echo_pending_anchors(summary)
     for kind in kinds.available():
-        runner = runner_status(live, kind.name) if live else None
+        runner = _runner_status(live, kind.name) if live else None
         if runner is not None:
             resting = [
                 p["name"] for p in runner.get("providers", []) if p.get("breaker") != "closed"
@@ -177,6 +179,13 @@ def _age(seconds: int) -> str:
     if hours:
         return f"{hours}h {minutes}m"
     return f"{minutes}m"
+
+
+def _runner_status(status: StatusReply, kind: str) -> RunnerStatus | None:
+    """``replies.runner_status`` without importing the replies' TypedDicts at run time."""
+    reply: Mapping[str, object] = status  # the per-kind keys are not among its fields
+    entry = reply.get(kind)
+    return cast("RunnerStatus", entry) if isinstance(entry, dict) else None
 
 
 def _root_problems(live: StatusReply | None) -> dict[str, str]:

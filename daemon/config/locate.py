@@ -16,10 +16,12 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from stampd.daemon.config.problems import ConfigError, ConfigProblem, config_error
 from stampd.daemon.config.table import Problems, Table
+
+if TYPE_CHECKING:
+    from stampd.daemon.config.problems import ConfigError
 
 #: Where the configuration lives unless ``--config`` or ``$STAMPD_CONFIG`` says otherwise.
 DEFAULT_CONFIG_PATH = Path("/etc/stampd/config.toml")
@@ -62,6 +64,9 @@ def read_config_file(path: Path) -> Mapping[str, Any]:
     """
 
     def unusable(problem: str, hint: str | None = None) -> ConfigError:
+        # Imported on this error path only (see Problems.add).
+        from stampd.daemon.config.problems import ConfigProblem, config_error  # noqa: PLC0415
+
         return config_error(path, [ConfigProblem(None, None, problem, hint)])
 
     try:
@@ -115,5 +120,7 @@ def load_locations(path: Path) -> Locations:
     )
     locations = daemon_locations(root.table("daemon", "[daemon]"))
     if problems:
+        from stampd.daemon.config.problems import config_error  # noqa: PLC0415
+
         raise config_error(path, problems)
     return locations

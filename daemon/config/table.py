@@ -15,19 +15,24 @@ import os
 from collections.abc import Mapping
 from datetime import date, time
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from stampd.daemon.config.problems import ConfigProblem
+if TYPE_CHECKING:
+    # Imported where a problem is found: `stampd status` reads two paths through a Table
+    # and, when they are fine, never builds a problem (a frozen dataclass, ~1.5 ms to create).
+    from stampd.daemon.config.problems import ConfigProblem
 
 #: A secret file named ``$CREDENTIALS_DIRECTORY/NAME`` is a systemd credential (LoadCredential=).
 CREDENTIALS_PREFIX = "$CREDENTIALS_DIRECTORY/"
 
 
-class Problems(list[ConfigProblem]):
+class Problems(list["ConfigProblem"]):
     """Every problem found in one file, in the order the file was read."""
 
     def add(self, key: str, text: str, hint: str | None = None, *, value: object = None) -> None:
         """Report ``text`` (and ``hint``) for key path ``key``; ``value`` as written."""
+        from stampd.daemon.config.problems import ConfigProblem  # noqa: PLC0415
+
         self.append(ConfigProblem(key, json_value(value), text, hint))
 
 
