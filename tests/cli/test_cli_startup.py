@@ -207,3 +207,13 @@ def test_help_from_the_table_is_the_help_of_the_loaded_commands(
     for name in COMMANDS:
         assert f"\n  {name} " in lazy.stdout
     assert lazy.stdout == eager.stdout
+
+
+def test_providers_loads_no_logging_to_scrub_urls(tmp_path: Path) -> None:
+    """`providers` prints TSA URLs scrubbed of secrets (daemon/service/scrub.py), without the
+    logging module that scrubs them in the logs (structlog and asyncio: ~30 ms)."""
+    daemon = RunningDaemon(tmp_path)  # its configuration only: nothing is started
+    done, modules = _run(tmp_path, "--config", str(daemon.config), "providers", "--json")
+    assert done.returncode == 0, done.stderr
+    assert "providers" in json.loads(done.stdout)
+    assert _loaded(modules, HEAVY) == []
