@@ -61,8 +61,63 @@ def _counts(conn: sqlite3.Connection, sql: str, *params: Any) -> dict[str, int]:
     return {str(key): int(count) for key, count in conn.execute(sql, params).fetchall()}
 
 
+def _total_by_state(watches: tuple[WatchSummary, ...]) -> dict[str, int]:
+    """Files by state over every watch: the sum of the watches' counts, which cover every file
+    (files.watch_id is NOT NULL REFERENCES watches), instead of walking files_state again."""
+    total: dict[str, int] = {}
+    for watch in watches:
+        for state, count in watch.files.items():
+            total[state] = total.get(state, 0) + count
+    return dict(sorted(total.items()))  # in state order, as GROUP BY state gave them
+
+
+# The distinct states of jobs_state_due's leading column, one index seek each (a skip-scan
+# written out: MIN above the last one found), instead of walking the index's million entries.
+_SQL_JOB_STATES = """
+    WITH RECURSIVE found(state) AS (
+        SELECT MIN(state) FROM jobs
+        UNION ALL
+        SELECT (SELECT MIN(state) FROM jobs WHERE state > found.state) FROM found
+        WHERE found.state IS NOT NULL
+    )
+    SELECT state FROM found WHERE state IS NOT NULL
+"""
+
+
+def _job_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    """Jobs by state, as ``GROUP BY state`` counts them, without walking the done jobs.
+
+    Nearly every job of a large index is ``done``: it is counted as all jobs (``COUNT(*)`` of a
+    whole table is SQLite's b-tree count, a fraction of a walk) minus the other states, each
+    a range of jobs_state_due (1M jobs: ~100 ms -> ~6 ms; the same derivation as .counts).
+    """
+    states = [row[0] for row in conn.execute(_SQL_JOB_STATES)]
+    found = {
+        state: int(
+            conn.execute("SELECT COUNT(*) FROM jobs WHERE state = ?", (state,)).fetchone()[0]
+        )
+        for state in states
+        if state != "done"
+    }
+    if "done" in states:
+        total = int(conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0])
+        found["done"] = total - sum(found.values())
+    return dict(sorted(found.items()))
+
+
 def status_summary(conn: sqlite3.Connection, *, now: str) -> StatusSummary:
-    """Counts by state over the whole index (``now`` in the index's time format)."""
+    """Counts by state over the whole index (``now`` in the index's time format), all read
+    in one snapshot (done jobs are derived from the others: see :func:`_job_counts`)."""
+    if conn.in_transaction:
+        return _summary(conn, now=now)
+    conn.execute("BEGIN")  # a read transaction: every statement below sees the same index
+    try:
+        return _summary(conn, now=now)
+    finally:
+        conn.rollback()
+
+
+def _summary(conn: sqlite3.Connection, *, now: str) -> StatusSummary:
     watches = tuple(
         WatchSummary(
             path=row["path"],
@@ -96,10 +151,10 @@ def status_summary(conn: sqlite3.Connection, *, now: str) -> StatusSummary:
     ).fetchone()
     return StatusSummary(
         watches=watches,
-        files=_counts(conn, "SELECT state, COUNT(*) FROM files GROUP BY state"),
+        files=_total_by_state(watches),
         versions=conn.execute("SELECT COUNT(*) FROM versions").fetchone()[0],
         proofs=proofs,
-        jobs=_counts(conn, "SELECT state, COUNT(*) FROM jobs GROUP BY state"),
+        jobs=_job_counts(conn),
         jobs_backing_off=sum(backoff_errors.values()),
         backoff_errors=backoff_errors,
         next_retry_at=next_retry[0] if next_retry else None,
