@@ -12,6 +12,7 @@ import sqlite3
 from typing import Any, NamedTuple
 
 from stampd.store.index.anchors import PendingAnchors, pending_anchors
+from stampd.store.kinds import EvidenceKind
 
 # NamedTuples rather than frozen dataclasses: `stampd status` imports this module, and a
 # dataclass compiles its generated methods at import (~5M instructions, ~1.5 ms each).
@@ -105,6 +106,53 @@ def _job_counts(conn: sqlite3.Connection) -> dict[str, int]:
     return dict(sorted(found.items()))
 
 
+def _proof_pairs(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+    """The distinct (kind, status) of proofs, in index order: a skip-scan of
+    proofs_kind_status written out, one seek per pair (a few), none walking the rows."""
+    pairs: list[tuple[str, str]] = []
+    kind = conn.execute("SELECT MIN(kind) FROM proofs").fetchone()[0]
+    while kind is not None:
+        status = conn.execute("SELECT MIN(status) FROM proofs WHERE kind = ?", (kind,)).fetchone()[
+            0
+        ]
+        while status is not None:
+            pairs.append((str(kind), str(status)))
+            status = conn.execute(
+                "SELECT MIN(status) FROM proofs WHERE kind = ? AND status > ?", (kind, status)
+            ).fetchone()[0]
+        kind = conn.execute("SELECT MIN(kind) FROM proofs WHERE kind > ?", (kind,)).fetchone()[0]
+    return pairs
+
+
+def _proof_counts(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
+    """Proofs by kind and status, as ``GROUP BY kind, status`` counts them, walking all but
+    the largest group: complete ``tsr`` proofs (every version gets one), or else the last
+    complete kind, is derived as all proofs (``COUNT(*)``, ~3x cheaper than the walk at 1M)
+    minus the other groups, each a range of proofs_kind_status. Any choice is exact; the
+    guess only decides which range is not walked."""
+    pairs = _proof_pairs(conn)
+    complete = [pair for pair in pairs if pair[1] == "complete"]
+    derived = (EvidenceKind.TSR.value, "complete")
+    if derived not in pairs:
+        derived = complete[-1] if complete else pairs[-1] if pairs else ("", "")
+    counts = {
+        pair: int(
+            conn.execute(
+                "SELECT COUNT(*) FROM proofs WHERE kind = ? AND status = ?", pair
+            ).fetchone()[0]
+        )
+        for pair in pairs
+        if pair != derived
+    }
+    if derived in pairs:
+        total = int(conn.execute("SELECT COUNT(*) FROM proofs").fetchone()[0])
+        counts[derived] = total - sum(counts.values())
+    proofs: dict[str, dict[str, int]] = {}
+    for kind, status in pairs:  # in (kind, status) order, as GROUP BY gave them
+        proofs.setdefault(kind, {})[status] = counts[kind, status]
+    return proofs
+
+
 def status_summary(conn: sqlite3.Connection, *, now: str) -> StatusSummary:
     """Counts by state over the whole index (``now`` in the index's time format), all read
     in one snapshot (done jobs are derived from the others: see :func:`_job_counts`)."""
@@ -129,11 +177,7 @@ def _summary(conn: sqlite3.Connection, *, now: str) -> StatusSummary:
         )
         for row in conn.execute("SELECT id, path FROM watches ORDER BY path")
     )
-    proofs: dict[str, dict[str, int]] = {}
-    for kind, status, count in conn.execute(
-        "SELECT kind, status, COUNT(*) FROM proofs GROUP BY kind, status"
-    ):
-        proofs.setdefault(kind, {})[status] = count
+    proofs = _proof_counts(conn)
     backoff_errors = _counts(
         conn,
         "SELECT COALESCE(last_error_class, 'unknown'), COUNT(*) FROM jobs"

@@ -1,5 +1,6 @@
 """`stampd status`'s summary (store/index/summary.py) counts exactly what ``GROUP BY`` counts,
-without walking the done jobs (nearly every job of a large index; bench/bench_index.py)."""
+without walking the done jobs or the complete proofs (nearly all of a large index's;
+bench/bench_index.py)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,15 @@ def _index(tmp_path: Path) -> Path:
                 conn.executemany(
                     "UPDATE jobs SET state = ? WHERE id = ?", [(state, job) for job in ids]
                 )
+            # A complete tsr proof for every version; a few ots proofs, pending or complete.
+            conn.executemany(
+                "INSERT INTO proofs (version_id, kind, provider, status, digest_alg, digest,"
+                " created_at, updated_at) VALUES (?, ?, 'p', ?, 'sha256', 'd', 't', 't')",
+                [(n, "tsr", "complete") for n in range(1, 1001)]
+                + [(n, "ots", "pending") for n in (1, 2, 3)]
+                + [(n, "ots", "complete") for n in (4, 5)]
+                + [(6, "tsr", "invalid")],
+            )
             conn.execute("UPDATE files SET state = 'missing' WHERE id IN (2, 3)")
             conn.execute("UPDATE files SET state = 'unreadable' WHERE id = 4")
     return path
@@ -63,6 +73,11 @@ def test_the_counts_are_those_of_group_by(tmp_path: Path) -> None:
         result = summary.status_summary(conn, now=utc_now())
         grouped_jobs = dict(conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state"))
         grouped_files = dict(conn.execute("SELECT state, COUNT(*) FROM files GROUP BY state"))
+        grouped_proofs: dict[str, dict[str, int]] = {}
+        for kind, status, count in conn.execute(
+            "SELECT kind, status, COUNT(*) FROM proofs GROUP BY kind, status"
+        ):
+            grouped_proofs.setdefault(kind, {})[status] = count
         assert not conn.in_transaction  # its read transaction is over
     finally:
         conn.close()
@@ -70,11 +85,29 @@ def test_the_counts_are_those_of_group_by(tmp_path: Path) -> None:
     assert list(result.jobs) == sorted(result.jobs)  # in state order, as before
     assert result.files == grouped_files == {"missing": 2, "present": 997, "unreadable": 1}
     assert list(result.files) == sorted(result.files)
+    assert result.proofs == grouped_proofs
+    assert result.proofs == {
+        "ots": {"complete": 2, "pending": 3},
+        "tsr": {"complete": 1000, "invalid": 1},
+    }
+    assert [list(by_status) for by_status in result.proofs.values()] == [
+        ["complete", "pending"],
+        ["complete", "invalid"],
+    ]
+    assert list(result.proofs) == ["ots", "tsr"]
 
 
-def test_the_done_jobs_are_not_walked(tmp_path: Path) -> None:
+def test_the_done_jobs_and_the_complete_proofs_are_not_walked(tmp_path: Path) -> None:
     conn = open_reader(_index(tmp_path))
     try:
+        proofs_walk = _steps(
+            conn,
+            lambda: conn.execute(
+                "SELECT kind, status, COUNT(*) FROM proofs GROUP BY kind, status"
+            ).fetchall(),
+        )
+        assert proofs_walk >= 20
+        assert _steps(conn, lambda: summary._proof_counts(conn)) * 4 < proofs_walk
         walk = _steps(
             conn, lambda: conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
         )
