@@ -47,7 +47,7 @@ COMMANDS: dict[str, LazyCommand] = {
         "Run the daemon in the foreground until SIGTERM or Ctrl-C.",
     ),
     "status": LazyCommand(
-        "stampd.daemon.cli.query:status_command",
+        "stampd.daemon.cli.status:status_command",
         "Show the daemon, the watches, and counts of files, proofs and jobs.",
     ),
     "ls": LazyCommand(

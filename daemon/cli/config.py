@@ -13,9 +13,11 @@ import click
 from stampd.daemon.cli.context import cli_context
 from stampd.daemon.cli.exit_codes import ExitCode
 from stampd.daemon.cli.output import emit_json, json_option, say
+from stampd.daemon.config.locate import config_path_from
 from stampd.daemon.config.model import Config
 from stampd.daemon.config.problems import ConfigError
-from stampd.daemon.config.reader import config_path_from, config_to_dict
+from stampd.daemon.config.reader import config_to_dict
+from stampd.daemon.service.scrub import scrub_url
 
 
 @click.group("config")
@@ -54,10 +56,6 @@ def check_command(ctx: click.Context, file: str | None, as_json: bool) -> None:
         )
         say(f"stampd: {error}")
         ctx.exit(ExitCode.USAGE)
-    # Imported here: the logging module loads structlog (and asyncio), ~30 ms that
-    # `stampd config --help` and a failed check need not pay.
-    from stampd.daemon.service.logs import scrub_url  # noqa: PLC0415
-
     config = checked.config
     effective = config_to_dict(config)
     for tsa in effective["timestamp"]["tsa"]:

@@ -6,9 +6,9 @@ Modelled on pip-audit: machine output never mixes with messages, and an error un
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from datetime import datetime
-from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -20,8 +20,10 @@ JSON_META_KEY = "stampd.json"
 
 
 def _json_default(value: object) -> object:
-    if isinstance(value, Path):
-        return str(value)
+    # os.PathLike, not pathlib.Path: every command imports this module, and pathlib costs
+    # `stampd --version` and `--help` ~5 ms to load (a Path is a PathLike; fspath is str(path)).
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, bytes):

@@ -12,8 +12,9 @@ import click
 
 from stampd.daemon.cli.context import cli_context
 from stampd.daemon.cli.output import emit_json, json_option, say
-from stampd.daemon.cli.query import daemon_state, index_reader
+from stampd.daemon.cli.status import daemon_state, index_reader
 from stampd.daemon.service.replies import ProviderStatus, runner_status
+from stampd.daemon.service.scrub import scrub_url
 from stampd.store.index import queries
 from stampd.store.index.connection import index_path
 from stampd.store.kinds import EvidenceKind
@@ -26,9 +27,9 @@ def providers_command(as_json: bool) -> None:
     config = cli_context().config()
     stats: dict[str, queries.ProviderStats] = {}
     if index_path(config.daemon.state_dir).exists():
-        with index_reader(config) as conn:
+        with index_reader(config.daemon.state_dir) as conn:
             stats = queries.provider_stats(conn)
-    daemon = daemon_state(config)
+    daemon = daemon_state(config.daemon.control_socket)
     tsr = runner_status(daemon.status, EvidenceKind.TSR) if daemon.status else None
     live: dict[str, ProviderStatus] = {}
     if tsr is not None:
@@ -36,10 +37,6 @@ def providers_command(as_json: bool) -> None:
 
     configured = [tsa.name for tsa in config.timestamp.tsa]
     names = configured + sorted(set(stats) - set(configured))
-    # Imported here: the logging module loads structlog (and asyncio), ~30 ms of start-up
-    # that the rest of this command does without.
-    from stampd.daemon.service.logs import scrub_url  # noqa: PLC0415
-
     # Without query string or userinfo: where API keys hide (DESIGN rule 7).
     urls = {tsa.name: scrub_url(tsa.url) for tsa in config.timestamp.tsa}
     entries = []

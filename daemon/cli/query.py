@@ -1,42 +1,22 @@
-"""``stampd status``, ``ls`` and ``show``: queries that read the index read-only.
+"""``stampd ls`` and ``show``: queries that read the index read-only (``status`` is
+:mod:`.status`).
 
-They work whether or not the daemon runs; ``status`` also asks the daemon over the control
-socket, shows its live state (health, queues, scans, inotify, TSAs: what the metrics export),
-and says plainly when it is not there: it then still shows the index, and exits 3.
+They work whether or not the daemon runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import sqlite3
 import sys
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from typing import NamedTuple, cast
 
 import click
 
 from stampd.daemon.cli.context import cli_context
-from stampd.daemon.cli.exit_codes import ExitCode
 from stampd.daemon.cli.output import emit_json, json_option, say
 from stampd.daemon.cli.paths import argument_path, shown
-from stampd.daemon.config.model import Config
-from stampd.daemon.service import control_client
-from stampd.daemon.service.replies import StatusReply, runner_status
-from stampd.store import kinds
+from stampd.daemon.cli.status import index_reader
 from stampd.store.errors import ErrorClass, StampdError
 from stampd.store.index import queries
-from stampd.store.index.connection import index_path, open_reader
-from stampd.store.index.times import utc_now
-
-
-@contextmanager
-def index_reader(config: Config) -> Iterator[sqlite3.Connection]:
-    conn = open_reader(index_path(config.daemon.state_dir))
-    try:
-        yield conn
-    finally:
-        conn.close()
 
 
 def _size(size: int | None) -> str:
@@ -50,204 +30,18 @@ def _size(size: int | None) -> str:
     return f"{size} B"  # pragma: no cover - the loop always returns
 
 
-class DaemonState(NamedTuple):
-    """What the CLI knows of the daemon: its ``status`` reply, or why there is none.
-
-    A NamedTuple rather than a frozen dataclass: it is built when ``status`` starts, and a
-    dataclass compiles its generated methods at import (~0.6 ms of that start-up).
-    """
-
-    running: bool
-    #: The daemon's live state, when it answered ``status``.
-    status: StatusReply | None = None
-    #: Why there is no live state: not reachable, or it answered with an error.
-    reason: str | None = None
-    #: The error reply, when the daemon answered with one.
-    reply: object = None
-
-    def to_json(self) -> dict[str, object]:
-        """The ``daemon`` part of ``stampd status --json``: the reply, or the reason."""
-        if self.status is not None:
-            return {"running": True, **self.status}
-        if not self.running:
-            return {"running": False, "reason": self.reason}
-        return {"running": True, "reason": self.reason, "reply": self.reply}
-
-
-def daemon_state(config: Config) -> DaemonState:
-    """Ask the daemon for its ``status``; what it said, or why it did not."""
-    try:
-        reply = control_client.request(
-            config.daemon.control_socket, {"command": "status"}, timeout=2.0
-        )
-    except control_client.DaemonUnreachableError as error:
-        return DaemonState(running=False, reason=error.message)
-    if not isinstance(reply, dict) or not reply.get("ok"):
-        return DaemonState(running=True, reason="the daemon answered with an error", reply=reply)
-    status = {key: value for key, value in reply.items() if key != "ok"}
-    return DaemonState(running=True, status=cast(StatusReply, status))
-
-
-def _counts_text(counts: dict[str, int]) -> str:
-    return ", ".join(f"{count:,} {name}" for name, count in sorted(counts.items())) or "none"
-
-
-@click.command("status")
-@json_option
-def status_command(as_json: bool) -> None:
-    """Show the daemon, the watches, and counts of files, proofs and jobs.
-
-    Exits 3 when the daemon is not reachable (the index part is shown all the same).
-    """
-    config = cli_context().config()
-    daemon = daemon_state(config)
-    path = index_path(config.daemon.state_dir)
-    summary: queries.StatusSummary | None = None
-    if path.exists():
-        with index_reader(config) as conn:
-            summary = queries.status_summary(conn, now=utc_now())
-    exit_code = ExitCode.OK if daemon.running else ExitCode.DAEMON_UNREACHABLE
-    live = daemon.status
-
-    if as_json:
-        emit_json(
-            {
-                "daemon": daemon.to_json(),
-                "index": {"path": str(path), "exists": summary is not None},
-                "summary": dataclasses.asdict(summary) if summary else None,
-            }
-        )
-        raise click.exceptions.Exit(exit_code)
-
-    if daemon.running:
-        pid, since = (live.get("pid"), live.get("started_at")) if live else (None, None)
-        click.echo(f"daemon:   running, pid {pid}, since {since}")
-        if live is not None:
-            _echo_live(live)
-    else:
-        click.echo(f"daemon:   not running — {daemon.reason}")
-    if summary is None:
-        click.echo(f"index:    none yet at {path} — the daemon creates it when it first starts")
-        raise click.exceptions.Exit(exit_code)
-    click.echo(f"index:    {path}")
-    click.echo(f"watches:  {len(summary.watches)}")
-    roots = _root_problems(live)
-    for watch in summary.watches:
-        problem = f"  [{roots[watch.path]}]" if watch.path in roots else ""
-        click.echo(f"  {watch.path}  ({_counts_text(watch.files)}){problem}")
-    if summary.empty:
-        click.echo("nothing recorded yet: no file has settled under a watch")
-        raise click.exceptions.Exit(exit_code)
-    click.echo(f"files:    {_counts_text(summary.files)}")
-    last = f" (last recorded {summary.last_recorded_at})" if summary.last_recorded_at else ""
-    click.echo(f"versions: {summary.versions:,}{last}")
-    proofs = "; ".join(
-        f"{kind} {_counts_text(by_status)}" for kind, by_status in sorted(summary.proofs.items())
-    )
-    click.echo(f"proofs:   {proofs or 'none yet'}")
-    click.echo(f"jobs:     {_counts_text(summary.jobs)}")
-    if summary.jobs_backing_off:
-        click.echo(
-            f"          {summary.jobs_backing_off:,} backing off after failures"
-            f" ({_counts_text(summary.backoff_errors)}), next retry {summary.next_retry_at}"
-            " — see `stampd providers`"
-        )
-    _echo_pending_anchors(summary)
-    for kind in kinds.available():
-        runner = runner_status(live, kind.name) if live else None
-        if runner is not None:
-            resting = [
-                p["name"] for p in runner.get("providers", []) if p.get("breaker") != "closed"
-            ]
-            rest = f"; resting: {', '.join(resting)}" if resting else ""
-            click.echo(f"{kind.name + ':':<9} {runner.get('in_flight', 0)} in progress{rest}")
-    raise click.exceptions.Exit(exit_code)
-
-
-def _echo_pending_anchors(summary: queries.StatusSummary) -> None:
-    """One line per kind with proofs waiting for their anchor, and how long the oldest has."""
-    for kind, pending in sorted(summary.pending_anchors.items()):
-        if pending.count:
-            age = pending.oldest_age_s
-            waited = "" if age is None else f", the oldest waiting {_age(age)}"
-            click.echo(
-                f"anchors:  {pending.count:,} {kind} pending{waited}"
-                f" (since {pending.oldest_at}) — `stampd upgrade` tries them now"
-            )
-
-
-def _age(seconds: int) -> str:
-    """``3d 4h``, ``5h 12m``, ``7m``: how long a proof has waited, to the useful unit."""
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes = rest // 60
-    if days:
-        return f"{days}d {hours}h"
-    if hours:
-        return f"{hours}h {minutes}m"
-    return f"{minutes}m"
-
-
-def _root_problems(live: StatusReply | None) -> dict[str, str]:
-    """Watch root → what is wrong with it, as the running daemon sees it."""
-    scans = live.get("scans", []) if live else []
-    return {
-        str(scan.get("root")): scan.get("problem") or "not watched"
-        for scan in scans
-        if isinstance(scan, dict) and not scan.get("ok", True)
-    }
-
-
-def _echo_live(daemon: StatusReply) -> None:
-    """The daemon's own view, at a glance: the same figures the metrics export."""
-    sent: Mapping[str, object] = daemon  # what the daemon sent, whatever its version
-    if "healthy" not in sent:
-        return  # an older daemon
-    if daemon["healthy"]:
-        click.echo("health:   ok")
-    else:
-        # One problem a line: a watch root's carries what to do, and may be long.
-        first, *rest = daemon.get("problems") or ["(no reason given)"]
-        click.echo(f"health:   UNHEALTHY — {first}")
-        for problem in rest:
-            click.echo(f"          {problem}")
-        if daemon.get("watchdog_pinged"):
-            click.echo(
-                "          (systemd's watchdog is still pinged: restarting stampd would not"
-                " fix this)"
-            )
-    if daemon.get("paused_since"):
-        click.echo(f"paused:   since {daemon['paused_since']} (`stampd resume` continues)")
-    click.echo(
-        f"queues:   {daemon.get('settling', 0):,} settling, {daemon.get('hashing', 0):,} hashing,"
-        f" {daemon.get('recording', 0):,} recording"
-    )
-    if daemon.get("scanning"):
-        files = daemon.get("scan_files") or 0
-        click.echo(f"scan:     {daemon['scanning']}: {files:,} files so far")
-    directories = sum(scan.get("directories", 0) for scan in daemon.get("scans", []))
-    watches = daemon.get("inotify_watches")
-    inotify = f"{watches:,} watches" if watches is not None else "watches not counted yet"
-    unwatched = daemon.get("unwatched_dirs", 0)
-    lacking = f", {unwatched:,} directories without a watch" if unwatched else ""
-    click.echo(
-        f"inotify:  {inotify} for {directories:,} directories{lacking},"
-        f" {daemon.get('inotify_overflows', 0)} overflows"
-    )
-    if daemon.get("metrics"):
-        click.echo(f"metrics:  {daemon['metrics']}")
-
-
 @click.command("ls")
 @click.argument("path", required=False, type=click.Path())
 @click.option("--limit", type=click.IntRange(min=1), help="List at most this many files.")
 @json_option
 def ls_command(path: str | None, limit: int | None, as_json: bool) -> None:
     """List recorded files at or under PATH (default: everything) with their evidence."""
-    config = cli_context().config()
+    # The whole configuration, validated: a bad file is reported here (exit 2), as by every
+    # command but `status`, whose start-up is a goal (cli/status.py).
+    state_dir = cli_context().config().daemon.state_dir
     prefix = argument_path(path) if path else None
     header = _stdout_is_terminal()
-    with index_reader(config) as conn:
+    with index_reader(state_dir) as conn:
         rows = queries.list_files(conn, prefix, limit=limit)
         if as_json:
             emit_json({"files": [dataclasses.asdict(row) for row in rows]})
@@ -287,9 +81,11 @@ class NotIndexedError(StampdError):
 def show_command(path: str, as_json: bool) -> None:
     """Show every version of PATH with its proofs (and where each waits for its anchor),
     jobs and attempts."""
-    config = cli_context().config()
+    # The whole configuration, validated: a bad file is reported here (exit 2), as by every
+    # command but `status`, whose start-up is a goal (cli/status.py).
+    state_dir = cli_context().config().daemon.state_dir
     target = argument_path(path)
-    with index_reader(config) as conn:
+    with index_reader(state_dir) as conn:
         detail = queries.file_detail(conn, target)
     if detail is None:
         # Exit 1 with one line, or with --json the {"error": ...} document (cli/app.py).

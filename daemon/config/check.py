@@ -18,9 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from stampd.daemon.config.locate import read_config_file
 from stampd.daemon.config.model import Config
 from stampd.daemon.config.problems import config_error
-from stampd.daemon.config.reader import parse_settings, read_config_file
+from stampd.daemon.config.reader import parse_settings
 from stampd.daemon.evidence.tsa_setup import SecretWarning, check_tsas
 
 

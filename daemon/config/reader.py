@@ -7,10 +7,11 @@ expected::
 
     watch[1].quiet: "2x" is not a duration (try "2s")
 
-This module finds the file (``--config``, ``$STAMPD_CONFIG``, the default), reads it as TOML,
-hands each table to its parser (:mod:`stampd.daemon.config.sections`), checks what spans tables
-(watches that overlap, the state directory inside a watch, ``tsr`` without a TSA), and writes a
-configuration back as data (``stampd config check``).
+The file is found (``--config``, ``$STAMPD_CONFIG``, the default) and read as TOML by
+:mod:`stampd.daemon.config.locate`; this module hands each table to its parser
+(:mod:`stampd.daemon.config.sections`), checks what spans tables (watches that overlap, the
+state directory inside a watch, ``tsr`` without a TSA), and writes a configuration back as
+data (``stampd config check``).
 
 Relative paths are relative to the directory of the configuration file; ``~`` is not expanded.
 What the settings name on disk (trust roots, secrets) is checked by
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +29,9 @@ from typing import Any
 
 from stampd.daemon.config.anchor import ANCHOR_KEYS_BY_TABLE, anchor_to_dict, read_anchor
 from stampd.daemon.config.durations import format_duration
+from stampd.daemon.config.locate import read_config_file
 from stampd.daemon.config.model import Config, DaemonSettings, TsaConfig, WatchConfig
-from stampd.daemon.config.problems import ConfigError, ConfigProblem, config_error
+from stampd.daemon.config.problems import ConfigProblem, config_error
 from stampd.daemon.config.sections import (
     KEYS_BY_TABLE,
     format_address,
@@ -42,30 +43,11 @@ from stampd.daemon.config.table import MISSING, Problems, Table, show
 from stampd.store import kinds
 from stampd.store.kinds import EvidenceKind
 
-#: Where the configuration lives unless ``--config`` or ``$STAMPD_CONFIG`` says otherwise.
-DEFAULT_CONFIG_PATH = Path("/etc/stampd/config.toml")
-#: The environment variable naming the configuration file.
-CONFIG_ENV_VAR = "STAMPD_CONFIG"
-
-
-def config_path_from(option: str | None, environ: Mapping[str, str]) -> Path:
-    """The configuration file to use: ``--config``, else ``$STAMPD_CONFIG``, else the default."""
-    if option is not None:
-        return Path(option)
-    from_environment = environ.get(CONFIG_ENV_VAR)
-    if from_environment:  # an empty variable counts as unset, as shells treat it
-        return Path(from_environment)
-    return DEFAULT_CONFIG_PATH
-
-
 #: The sections every file may have, before those of the evidence kinds.
 _BASE_SECTIONS = ("daemon", "watch")
 #: The evidence kinds' sections (their registry ``config_section``) that this reader parses;
 #: another kind's section belongs to a kind not built yet and is refused as such.
 _PARSED_KIND_SECTIONS = frozenset({"timestamp", "anchor"})
-
-# A configuration is a few kilobytes; the cap turns `--config /dev/zero` into an error, not a hang.
-_MAX_CONFIG_BYTES = 1 << 20
 
 
 def load_config(path: Path) -> Config:
@@ -75,40 +57,6 @@ def load_config(path: Path) -> Config:
     line and column), or holds invalid settings (all of them).
     """
     return parse_config(read_config_file(path), source=path)
-
-
-def read_config_file(path: Path) -> Mapping[str, Any]:
-    """The TOML data of the file at ``path``, not validated yet.
-
-    Raises :class:`ConfigError` (one problem without a key) when the file is missing,
-    unreadable, too large, not UTF-8 or not TOML: then no setting can be checked.
-    """
-
-    def unusable(problem: str, hint: str | None = None) -> ConfigError:
-        return config_error(path, [ConfigProblem(None, None, problem, hint)])
-
-    try:
-        with path.open("rb") as file:
-            raw = file.read(_MAX_CONFIG_BYTES + 1)
-    except FileNotFoundError:
-        raise unusable(
-            "no such configuration file",
-            f"create it from config.example.toml, or name another with --config FILE"
-            f" or ${CONFIG_ENV_VAR}",
-        ) from None
-    except OSError as error:
-        raise unusable(f"cannot read the configuration: {error.strerror}") from None
-    if len(raw) > _MAX_CONFIG_BYTES:
-        raise unusable("larger than 1 MiB, which is not a stampd configuration")
-    try:
-        return tomllib.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as error:
-        raise unusable(
-            f"not UTF-8 text (bad byte at offset {error.start})", "TOML files are UTF-8"
-        ) from None
-    except tomllib.TOMLDecodeError as error:
-        # tomllib's message ends with "(at line L, column C)".
-        raise unusable(f"invalid TOML: {error}") from None
 
 
 def parse_config(

@@ -20,6 +20,7 @@ from typing import Final, Literal, get_args
 from urllib.parse import urlsplit
 
 from stampd.daemon.config.durations import format_duration
+from stampd.daemon.config.locate import daemon_locations
 from stampd.daemon.config.model import (
     PLANNED_MODES,
     DaemonSettings,
@@ -79,9 +80,11 @@ _URL_PASSWORD = re.compile(r"(://[^/@:]*:)[^/@]*@")
 def read_daemon_settings(table: Table) -> DaemonSettings:
     """The ``[daemon]`` section."""
     table.check_keys(_DAEMON_KEYS)
+    # The same two paths `stampd status` reads without the rest of the file.
+    state_dir, control_socket = daemon_locations(table)
     return DaemonSettings(
-        state_dir=table.path("state_dir", "/var/lib/stampd"),
-        control_socket=table.path("control_socket", "/run/stampd/control.sock"),
+        state_dir=state_dir,
+        control_socket=control_socket,
         log_format=table.choice("log_format", get_args(LogFormat), "auto"),
         log_level=table.choice("log_level", get_args(LogLevel), "info"),
         metrics=_metrics_address(table),

@@ -9,27 +9,30 @@ stand-in so that reading goes on and every problem of a file is found at once (D
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 import os
 from collections.abc import Mapping
 from datetime import date, time
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from stampd.daemon.config.durations import parse_duration
-from stampd.daemon.config.problems import ConfigProblem
+if TYPE_CHECKING:
+    # Imported where a problem is found: `stampd status` reads two paths through a Table
+    # and, when they are fine, never builds a problem (a frozen dataclass, ~1.5 ms to create).
+    from stampd.daemon.config.problems import ConfigProblem
 
 #: A secret file named ``$CREDENTIALS_DIRECTORY/NAME`` is a systemd credential (LoadCredential=).
 CREDENTIALS_PREFIX = "$CREDENTIALS_DIRECTORY/"
 
 
-class Problems(list[ConfigProblem]):
+class Problems(list["ConfigProblem"]):
     """Every problem found in one file, in the order the file was read."""
 
     def add(self, key: str, text: str, hint: str | None = None, *, value: object = None) -> None:
         """Report ``text`` (and ``hint``) for key path ``key``; ``value`` as written."""
+        from stampd.daemon.config.problems import ConfigProblem  # noqa: PLC0415
+
         self.append(ConfigProblem(key, json_value(value), text, hint))
 
 
@@ -116,7 +119,7 @@ class Table:
                 continue
             is_section = at_top and isinstance(self.data[name], Mapping | list)
             what = "unknown section" if is_section else "unknown key"
-            close = difflib.get_close_matches(name, allowed, n=1)
+            close = _close_matches(name, allowed)
             homes = [
                 title
                 for title, keys in self.keys_by_table.items()
@@ -205,7 +208,7 @@ class Table:
             if value == choice:
                 return choice
         expected = ", ".join(f'"{choice}"' for choice in choices)
-        close = difflib.get_close_matches(value, choices, n=1)
+        close = _close_matches(value, choices)
         suggestion = f' (did you mean "{close[0]}"?)' if close else ""
         self.add(name, f"{show(value)} must be one of {expected}{suggestion}")
         return default
@@ -232,6 +235,10 @@ class Table:
 
     def duration(self, name: str, default: str, *, allow_zero: bool) -> float:
         """A duration string in seconds (:mod:`~stampd.daemon.config.durations`)."""
+        # Imported here: `stampd status` reads two paths through a Table and no duration, and
+        # durations compiles its patterns at import.
+        from stampd.daemon.config.durations import parse_duration  # noqa: PLC0415
+
         value = self.get(name)
         if value is MISSING:
             return parse_duration(default)
@@ -296,6 +303,14 @@ class Table:
             )
             return None
         return Path(directory) / credential
+
+
+def _close_matches(word: str, possibilities: tuple[str, ...]) -> list[str]:
+    """The closest of ``possibilities`` to a misspelt ``word`` (at most one), for a message."""
+    # Imported here, on the error path only: difflib costs every `stampd status` ~1 ms to load.
+    import difflib  # noqa: PLC0415
+
+    return difflib.get_close_matches(word, possibilities, n=1)
 
 
 def show(value: object) -> str:

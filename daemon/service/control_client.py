@@ -8,9 +8,9 @@ so their start-up stays short (DESIGN §11, CLI start ≤ 100 ms over ``python -
 
 from __future__ import annotations
 
+import _socket
 import contextlib
 import json
-import socket
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,7 +36,7 @@ def _remaining(deadline: float) -> float:
     return left
 
 
-def _connect(sock: socket.socket, path: Path, deadline: float) -> None:
+def _connect(sock: _socket.socket, path: Path, deadline: float) -> None:
     while True:
         sock.settimeout(_remaining(deadline))
         try:
@@ -48,7 +48,7 @@ def _connect(sock: socket.socket, path: Path, deadline: float) -> None:
             return
 
 
-def _send_request(sock: socket.socket, data: bytes, deadline: float) -> None:
+def _send_request(sock: _socket.socket, data: bytes, deadline: float) -> None:
     sock.settimeout(_remaining(deadline))
     # The daemon may answer early and close (a refused peer, an oversized request): the
     # reply is then already waiting to be read, whatever happened to the rest of the request.
@@ -56,7 +56,7 @@ def _send_request(sock: socket.socket, data: bytes, deadline: float) -> None:
         sock.sendall(data)
 
 
-def _read_reply(sock: socket.socket, socket_path: Path, deadline: float) -> bytes:
+def _read_reply(sock: _socket.socket, socket_path: Path, deadline: float) -> bytes:
     data = bytearray()
     while True:
         sock.settimeout(_remaining(deadline))
@@ -86,10 +86,15 @@ def request(socket_path: Path, payload: Mapping[str, Any], *, timeout: float = 5
     """
     deadline = time.monotonic() + timeout
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        # The C module itself: `socket` builds its IntEnums of every constant at import
+        # (~4 ms of each `stampd status`), for a client that needs one AF_UNIX stream.
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        try:
             _connect(sock, socket_path, deadline)
             _send_request(sock, json.dumps(payload).encode() + b"\n", deadline)
             line = _read_reply(sock, socket_path, deadline)
+        finally:
+            sock.close()
     except FileNotFoundError as error:
         raise DaemonUnreachableError(
             f"the daemon is not running (no control socket at {socket_path})",

@@ -19,16 +19,14 @@ import re
 import sys
 from collections.abc import Mapping, MutableMapping
 from typing import Any, Literal, TextIO
-from urllib.parse import urlsplit, urlunsplit
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from stampd.daemon.service.scrub import REDACTED, scrub_url
 from stampd.store.files.pathnames import escape
 
 LogFormat = Literal["auto", "json", "console"]
-
-REDACTED = "[REDACTED]"
 
 # Redaction goes by what a key NAMES, read as words (snake_case, camelCase, kebab-case and
 # HTTP header names alike): `access_token`, `clientSecret`, `X-Api-Key`, `Set-Cookie` name a
@@ -92,21 +90,6 @@ def _holds_no_secret(value: Any) -> bool:
     # Secrets are text read from files; a flag, a number or nothing is a fact about one
     # (`token_archived=True`), which the operator needs to see.
     return value is None or isinstance(value, bool | int | float)
-
-
-def scrub_url(url: str) -> str:
-    """A URL without userinfo or query string (where tokens like to hide)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return REDACTED
-    if not parts.scheme or not parts.netloc:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    query = REDACTED if parts.query else ""
-    return urlunsplit((parts.scheme, host, parts.path, query, ""))
 
 
 def _redact_value(key: str, value: Any) -> Any:

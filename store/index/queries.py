@@ -1,4 +1,5 @@
-"""Read models over the index for ``stampd status``, ``ls``, ``show`` and ``providers``.
+"""Read models over the index for ``stampd ls``, ``show`` and ``providers`` (``status``'s is
+:mod:`.summary`).
 
 Paths in the results are text in the escaped form of :mod:`stampd.store.files.pathnames`, as the
 index stores them and the CLI prints them; paths given as arguments are names as Python has
@@ -17,39 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from stampd.store.files.pathnames import escape
-from stampd.store.index.anchors import PendingAnchors, pending_anchors
+from stampd.store.index import summary
 from stampd.store.index.commitments import CommitmentRow, commitments_of, has_commitments_table
 from stampd.store.index.scan_rows import subtree_bounds
 
-
-@dataclass(frozen=True)
-class WatchSummary:
-    path: str
-    files: dict[str, int]
-
-
-@dataclass(frozen=True)
-class StatusSummary:
-    """The index at a glance."""
-
-    watches: tuple[WatchSummary, ...]
-    files: dict[str, int]
-    versions: int
-    proofs: dict[str, dict[str, int]]
-    jobs: dict[str, int]
-    jobs_backing_off: int
-    #: Jobs backing off, by the error class of their last round.
-    backoff_errors: dict[str, int]
-    #: When the first backed-off job is due again.
-    next_retry_at: str | None
-    last_recorded_at: str | None
-    #: Proofs waiting for their anchor, by kind (every kind with ``upgrade`` jobs).
-    pending_anchors: dict[str, PendingAnchors] = field(default_factory=dict)
-
-    @property
-    def empty(self) -> bool:
-        """True while no version has been recorded."""
-        return self.versions == 0
+# `stampd status`'s summary lives in .summary, which status imports without this module's read
+# models of `ls` and `show` (DESIGN §11: every frozen dataclass costs each start ~1.5 ms).
+StatusSummary = summary.StatusSummary
+WatchSummary = summary.WatchSummary
+status_summary = summary.status_summary
 
 
 @dataclass(frozen=True)
@@ -136,57 +113,6 @@ class FileDetail:
     problem: str | None
     first_seen_at: str
     versions: tuple[VersionDetail, ...]
-
-
-def _counts(conn: sqlite3.Connection, sql: str, *params: Any) -> dict[str, int]:
-    return {str(key): int(count) for key, count in conn.execute(sql, params).fetchall()}
-
-
-def status_summary(conn: sqlite3.Connection, *, now: str) -> StatusSummary:
-    """Counts by state over the whole index (``now`` in the index's time format)."""
-    watches = tuple(
-        WatchSummary(
-            path=row["path"],
-            files=_counts(
-                conn,
-                "SELECT state, COUNT(*) FROM files WHERE watch_id = ? GROUP BY state",
-                row["id"],
-            ),
-        )
-        for row in conn.execute("SELECT id, path FROM watches ORDER BY path")
-    )
-    proofs: dict[str, dict[str, int]] = {}
-    for kind, status, count in conn.execute(
-        "SELECT kind, status, COUNT(*) FROM proofs GROUP BY kind, status"
-    ):
-        proofs.setdefault(kind, {})[status] = count
-    backoff_errors = _counts(
-        conn,
-        "SELECT COALESCE(last_error_class, 'unknown'), COUNT(*) FROM jobs"
-        " WHERE state = 'pending' AND next_try_at > ? AND tries > 0 GROUP BY 1",
-        now,
-    )
-    next_retry = conn.execute(
-        "SELECT MIN(next_try_at) FROM jobs WHERE state = 'pending' AND next_try_at > ?"
-        " AND tries > 0",
-        (now,),
-    ).fetchone()
-    # MAX(id) walks the primary key from its end; MAX(hashed_at) would scan the table.
-    last = conn.execute(
-        "SELECT hashed_at FROM versions WHERE id = (SELECT MAX(id) FROM versions)"
-    ).fetchone()
-    return StatusSummary(
-        watches=watches,
-        files=_counts(conn, "SELECT state, COUNT(*) FROM files GROUP BY state"),
-        versions=conn.execute("SELECT COUNT(*) FROM versions").fetchone()[0],
-        proofs=proofs,
-        jobs=_counts(conn, "SELECT state, COUNT(*) FROM jobs GROUP BY state"),
-        jobs_backing_off=sum(backoff_errors.values()),
-        backoff_errors=backoff_errors,
-        next_retry_at=next_retry[0] if next_retry else None,
-        last_recorded_at=last[0] if last else None,
-        pending_anchors=pending_anchors(conn, now=now),
-    )
 
 
 #: Rows of ``stampd ls`` read per query: each page is its own short read, so a listing piped

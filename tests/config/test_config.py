@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from stampd.daemon.config.check import check_config
+from stampd.daemon.config.locate import DEFAULT_CONFIG_PATH, config_path_from
 from stampd.daemon.config.model import (
     Config,
     DaemonSettings,
@@ -17,13 +18,7 @@ from stampd.daemon.config.model import (
     WatchConfig,
 )
 from stampd.daemon.config.problems import ConfigError, ConfigProblem
-from stampd.daemon.config.reader import (
-    DEFAULT_CONFIG_PATH,
-    config_path_from,
-    config_to_dict,
-    load_config,
-    parse_config,
-)
+from stampd.daemon.config.reader import config_to_dict, load_config, parse_config
 from tests.conftest import unprivileged
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config.example.toml"
