@@ -30,12 +30,12 @@ names of :func:`is_transient`.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from stampd.daemon.config.model import WatchConfig
-from stampd.store.files.sidecar import data_name_of, is_ours
+from stampd.store.files.sidecar import data_name_of, is_ours, sidecar_suffixes
 
 # Reference §3.3, names of in-progress writes by other tools. The rsync and mkstemp forms are
 # heuristics (`.notes.backup` looks like rsync's `.notes.XXXXXX`), hence "transient" rather
@@ -212,36 +212,65 @@ class WatchFilter:
 
     def accepts_name(self, directory: str, name: str, *, transient_ok: bool = False) -> bool:
         """:meth:`accepts` for the file ``name`` in ``directory`` (an absolute path as the
-        scan walks it, no ``..``), without pathlib: the scan asks for every file it lists,
-        and pathlib's parsing and ``relative_to`` were 35 µs of GIL time per file in the
-        daemon (issue 13's profile). Same answer as ``accepts(Path(directory, name))``.
+        scan walks it, no ``..``), without pathlib: :meth:`screen_names` for one name."""
+        accepted, transient = self.screen_names(directory, (name,))
+        return name in accepted or (transient_ok and name in transient)
+
+    def screen_names(self, directory: str, names: Iterable[str]) -> tuple[set[str], set[str]]:
+        """Which of the files ``names`` in ``directory`` (an absolute path as the scan walks
+        it, no ``..``) :meth:`accepts` takes: ``(accepted, transient)``, the second being the
+        transient-looking names it takes only with ``transient_ok``.
+
+        The scan asks this for every listing: pathlib's parsing and ``relative_to`` per file
+        were 35 µs of GIL time per file in the daemon (issue 13's profile), and a name that
+        starts with neither "." nor "#" and has none of the endings of our files or of the
+        transient forms costs one ``endswith`` here.
         """
         if directory.startswith(self._prefix):
             relative_dir = directory[len(self._prefix) :]
         elif directory + "/" == self._prefix:
             relative_dir = ""
         else:
-            return self.accepts(Path(directory, name), transient_ok=transient_ok)
-        # is_ours without its PurePath: a temp file of ours ends in ".tmp"; a sidecar or a
-        # backup ends in a suffix data_name_of knows.
-        if (name.endswith(".tmp") and is_ours(name)) or data_name_of(
-            name, backups=True
-        ) is not None:
-            return False
-        # Every transient form starts with "." or "#" or ends in one of these (_TRANSIENT):
-        # most names skip the regex.
-        if (
-            not transient_ok
-            and (name[:1] in ".#" or name.endswith(_TRANSIENT_ENDS))
-            and is_transient(name)
-        ):
-            return False
-        if self._everything:
-            return True
+            return self._screen_paths(directory, names)
+        # Every name of ours ends in ".tmp" or a sidecar suffix; every transient form starts
+        # with "." or "#" or ends in one of _TRANSIENT_ENDS.
+        suspect_ends = (*sidecar_suffixes(backups=True), ".tmp", *_TRANSIENT_ENDS)
+        accepted: set[str] = set()
+        transient: set[str] = set()
+        for name in names:
+            if name[:1] in ".#" or name.endswith(suspect_ends):
+                # is_ours without its PurePath: a temp file of ours ends in ".tmp"; a
+                # sidecar or a backup ends in a suffix data_name_of knows.
+                if (name.endswith(".tmp") and is_ours(name)) or data_name_of(
+                    name, backups=True
+                ) is not None:
+                    continue
+                if is_transient(name):
+                    if self._matches(relative_dir, name):
+                        transient.add(name)
+                    continue
+            if self._everything or self._matches(relative_dir, name):
+                accepted.add(name)
+        return accepted, transient
+
+    def _matches(self, relative_dir: str, name: str) -> bool:
+        """Whether the patterns take ``relative_dir/name`` (relative to the root)."""
         text = f"{relative_dir}/{name}" if relative_dir else name
         return any(p.regex.fullmatch(text) for p in self._include) and not any(
             p.regex.fullmatch(text) for p in self._exclude
         )
+
+    def _screen_paths(self, directory: str, names: Iterable[str]) -> tuple[set[str], set[str]]:
+        """:meth:`screen_names` through :meth:`accepts` (a directory not under the root)."""
+        accepted: set[str] = set()
+        transient: set[str] = set()
+        for name in names:
+            path = Path(directory, name)
+            if self.accepts(path):
+                accepted.add(name)
+            elif self.accepts(path, transient_ok=True):
+                transient.add(name)
+        return accepted, transient
 
     def prunes_dir(self, path: Path) -> bool:
         """Whether no file below the directory ``path`` can be accepted, so a scan need not
