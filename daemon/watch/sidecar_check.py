@@ -24,6 +24,7 @@ import hashlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from stampd.daemon.watch.filters import names_ending_in
 from stampd.store import kinds
 from stampd.store.errors import StampdError
 from stampd.store.files.leftovers import remove_stale_temps
@@ -78,26 +79,23 @@ class SidecarCheck:
                     self._on_file(row.file_id)
         if sidecar_names is None and self._layout == "mirror":
             sidecar_names = self._mirror_names(directory)
+        # One endswith per name picks out what can be ours at all, a sidecar or a temp file
+        # (leftovers.py: every one ends in ".tmp"): most names of a directory are neither.
+        ours = names_ending_in(names, (*sidecar_suffixes(), ".tmp"))
         if self._stale_before is not None:
-            self._remove_stale_temps(directory, names, sidecar_names)
-        # Only a name with a sidecar's ending can be one: one endswith per name, then
-        # data_name_of for those few.
-        suffixes = sidecar_suffixes()
-        for name in sidecar_names or ():
-            if name.endswith(suffixes):
-                data = data_name_of(name)
-                if data is not None and data not in names:
-                    self.leftovers += 1
-                    self._on_leftover(Path(directory, data))
+            temps = [name for name in ours if name.endswith(".tmp")]
+            self._remove_stale_temps(directory, temps, sidecar_names)
+        for name in ours if self._layout == "adjacent" else sidecar_names or ():
+            data = data_name_of(name)
+            if data is not None and data not in names:
+                self.leftovers += 1
+                self._on_leftover(Path(directory, data))
 
     def _remove_stale_temps(
-        self, directory: str, names: set[str], sidecar_names: set[str] | None
+        self, directory: str, temps: list[str], sidecar_names: set[str] | None
     ) -> None:
         assert self._stale_before is not None
-        # Every temp file of ours ends in ".tmp" (leftovers.py): most directories have none,
-        # and then no Path is built for them.
-        temps = [name for name in names if name.endswith(".tmp")]
-        if temps:
+        if temps:  # most directories have none: no Path built for them
             self.temps_removed += remove_stale_temps(
                 Path(directory), temps, before=self._stale_before
             )

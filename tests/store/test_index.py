@@ -591,7 +591,7 @@ def test_unreadable_then_readable(index: Index, tree: Path) -> None:
     assert (row["state"], row["problem_class"], row["problem"]) == ("present", None, None)
     # Unreadable again (stat unknown this time), then readable with the same bytes.
     index.record_unreadable(watch_id=watch, path=path, stat=None, error_class="io", message="EIO")
-    assert live_rows(index.conn, tree, stat.dev)["locked.pdf"] == ("locked.pdf", *[None] * 4, 1)
+    assert live_rows(index.conn, tree, stat.dev)["locked.pdf"] == ("locked.pdf", *[None] * 4)
     assert _file_row(index, file_id)["current_version_id"] == recorded.version_id
     (again,) = index.record_settled([_settled(watch, path)])
     assert again.outcome == "unchanged"
@@ -619,9 +619,9 @@ def test_live_rows_are_the_direct_children_that_are_present(index: Index, tmp_pa
         )
     index.mark_missing([Path("/srv/d/sub/b")])
     rows = live_rows(index.conn, "/srv/d", 4)
-    # (name, ino, size, mtime_ns, ctime_ns, doubt): what the scan compares with the lstat.
-    assert rows == {"a": ("a", 0, 1, 2, 3, 0)}
-    assert live_rows(index.conn, "/srv/d", 5)["a"][5] == 1  # another device: never trusted
+    # (name, ino, size, mtime_ns, ctime_ns): what the scan compares with the lstat.
+    assert rows == {"a": ("a", 0, 1, 2, 3)}
+    assert live_rows(index.conn, "/srv/d", 5)["a"][1] is None  # another device: never trusted
     assert live_rows(index.conn, "/srv/d/sub", 4) == {}  # b is missing: as if no row
     assert live_rows(index.conn, "/srv/nothing", 4) == {}
     # The same helpers on a read-only connection (its row factory is sqlite3.Row).
@@ -644,7 +644,7 @@ def test_a_racy_row_is_live_but_never_trusted(index: Index) -> None:
     watch = index.ensure_watch(Path("/srv"))
     item = settled(watch, Path("/srv/a"), sha256=A64, sha512=B128, evidence=[], dev=4, ino=9)
     index.record_settled([dataclasses.replace(item, racy=True)])
-    assert live_rows(index.conn, "/srv", 4) == {"a": ("a", 9, 5, 1, 2, 1)}
+    assert live_rows(index.conn, "/srv", 4) == {"a": ("a", None, 5, 1, 2)}
 
 
 def test_stamped_rows_are_the_present_rows_with_sidecar_proofs(index: Index) -> None:

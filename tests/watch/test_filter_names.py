@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from stampd.daemon.watch.filters import WatchFilter
+from stampd.daemon.watch.filters import WatchFilter, names_ending_in
 
 ROOT = Path("/srv/records")
 NAMES = [
@@ -73,3 +73,18 @@ def test_screen_names_agrees_with_accepts_for_a_whole_listing(
                 for n in NAMES
                 if n not in accepted and file_filter.accepts(Path(directory, n), transient_ok=True)
             }, (root, include, exclude, directory)
+
+
+def test_names_ending_in_finds_each_name_with_an_ending_or_a_start() -> None:
+    listing = ["a.pdf", "a.pdf.tsr", ".hidden", "#1", "notes~", "tsr", "x.tsrx"]
+    assert names_ending_in(listing, (".tsr", "~"), starts=".#") == [
+        "a.pdf.tsr",
+        ".hidden",
+        "#1",
+        "notes~",
+    ]
+    assert names_ending_in(listing, (".tsr",)) == ["a.pdf.tsr"]
+    # A listing where nothing qualifies is ruled out as a whole; "/" never joins two names
+    # into a match ("a" + "/" + ".tsr…" is not "a.tsr").
+    assert names_ending_in(["a", "b.pdf", "c"], (".tsr", "~"), starts=".#") == []
+    assert names_ending_in(["x.ts", "r"], (".tsr",)) == []
