@@ -282,6 +282,12 @@ class WatchFilter:
         ``**/.git/**`` and any ``.git``), or no ``include`` pattern can match below it (e.g.
         ``docs/**`` and ``src``). Sound, not complete: when unsure it returns False.
         """
+        if self._everything:
+            # Everything is accepted, so nothing strictly below the root is pruned: the scan
+            # asks for every directory, and pathlib's relative_to was 15 µs of it.
+            text = str(path)
+            if text.startswith(self._prefix) and "/.." not in text:
+                return False
         relative = self._relative(path)
         if relative is None:
             return True  # nothing outside the root is ever accepted
