@@ -14,6 +14,14 @@ Walk method (§3.4): ``os.scandir`` and ``lstat`` (``DirEntry.stat(follow_symlin
 iterative, depth first in sorted name order, on the root's filesystem only (like
 ``find -xdev``), never following a symlink.
 
+A restart walks every file of an unchanged tree to find nothing, so the cost per file is kept
+to what the comparison needs (issue 13: half the speed of ``find -printf``): each directory
+is opened with ``O_NOFOLLOW`` and its entries ``lstat``ed relative to that descriptor; the
+filter screens the whole listing at once; a name it rejects is ``lstat``ed only when
+``d_type`` says directory; the rows come as plain tuples compared with one built from the
+``lstat``; only candidates and subdirectories are sorted, and objects are built only for
+what differs.
+
 A subtree scan walks one directory below the root (a directory just created or moved in:
 files written into it before its inotify watch was placed have no event, watchdog #1278)
 and compares it with the rows of that subtree only; what lies outside it is left as it is, so
@@ -28,17 +36,19 @@ import stat
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from operator import attrgetter
+from operator import itemgetter
 from pathlib import Path
 from typing import Protocol
 
 from stampd.daemon.service.logs import get_logger
 from stampd.store.files.filestat import FileStat
 from stampd.store.index.scan_rows import (
-    LIVE_STATES,
-    ScanRow,
+    LiveRow,
+    StampedRow,
+    has_sidecar_proofs,
     live_directories_below,
-    rows_in_directory,
+    live_rows,
+    stamped_rows,
 )
 
 log = get_logger("stampd.daemon.watch.scan")
@@ -63,15 +73,26 @@ class DirFilter(Protocol):
         ...
 
 
+#: ``screen_names(directory, names) -> (accepted, transient)``: which of the files ``names``
+#: in ``directory`` a filter accepts, and which it accepts only with ``transient_ok``
+#: (``WatchFilter.screen_names``: the whole listing at once, no pathlib per file).
+NameScreen = Callable[[str, list[str]], tuple[set[str], set[str]]]
+
+
 class DirectoryCheck(Protocol):
     """Something more to check per directory walked (implemented by
     ``stampd.daemon.watch.sidecar_check.SidecarCheck``)."""
 
     def directory(
-        self, directory: str, names: set[str], rows: Mapping[str, ScanRow], present: set[str]
+        self,
+        directory: str,
+        names: set[str],
+        stamped: Mapping[str, StampedRow],
+        present: set[str],
     ) -> None:
-        """``names``: every entry of ``directory``; ``rows``: its index rows by name;
-        ``present``: the names of the files whose rows stay present after this walk."""
+        """``names``: every entry of ``directory``; ``stamped``: its present rows that have
+        proofs with sidecars, by name; ``present``: the names of the files whose rows stay
+        present after this walk."""
         ...
 
 
@@ -161,6 +182,29 @@ def scan_watch(
     )
 
 
+#: How the walk opens a directory to list it: never through a symlink (O_NOFOLLOW), and its
+#: entries are then lstat'ed relative to the descriptor (fstatat, as ``os.scandir(fd)``
+#: does), which spares the kernel a lookup of the whole path per file.
+_OPEN_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: The same for a watch root, which may itself be a symlink.
+_OPEN_ROOT = _OPEN_DIRECTORY & ~os.O_NOFOLLOW
+
+
+class _Found:
+    """What the entries of one directory gave."""
+
+    __slots__ = ("candidates", "files", "here", "subdirectories")
+
+    def __init__(self) -> None:
+        #: Names whose rows stay as they are.
+        self.here: set[str] = set()
+        self.subdirectories: list[str] = []
+        #: Files to hash: name and key.
+        self.candidates: list[tuple[str, FileStat]] = []
+        #: Regular files the filter accepts.
+        self.files = 0
+
+
 class _Walk:
     """The state of one scan: counters, the directories seen, the subtrees left alone."""
 
@@ -183,9 +227,11 @@ class _Walk:
         self.on_directory_candidates: Callable[[str, list[tuple[str, FileStat]]], None] | None = (
             None
         )
-        # A filter that can answer from the directory text and the name (WatchFilter) is
-        # asked that way: no pathlib per file. Test stand-ins have accepts() only.
-        self.accepts_name: Callable[..., bool] | None = getattr(file_filter, "accepts_name", None)
+        # A filter that can screen a whole listing from the directory text and the names
+        # (WatchFilter) is asked that way: no pathlib per file. Test stand-ins have accepts().
+        self.screen: NameScreen = getattr(file_filter, "screen_names", self._screen_each)
+        # Until the index holds a proof with sidecar bytes, no directory has stamped rows.
+        self.sidecar_proofs = False
         self.device = 0
         self.now_ns = time.time_ns()
         self.directories = self.files = self.candidates = self.missing = 0
@@ -200,6 +246,7 @@ class _Walk:
         self.root_failure: str | None = None
         # Length of the path where the walk began: ``_left_alone`` looks no higher.
         self.top = len(str(root))
+        self.root_text = str(root)
 
     def run(
         self,
@@ -266,11 +313,21 @@ class _Walk:
                 return False
         return bool(relative.parts)
 
-    def _list(self, directory: str) -> list[os.DirEntry[str]] | None:
-        """The entries of ``directory`` sorted by name; None (counted, logged) if unlistable."""
+    def _list(self, directory: str) -> tuple[int, list[os.DirEntry[str]]] | None:
+        """An open descriptor of ``directory`` and its entries, in the order the filesystem
+        lists them (each entry's ``lstat`` is relative to the descriptor, so the caller
+        closes it after them); None (counted, logged) if unlistable."""
+        # The walk's own start may be a symlink (a watch root, see run); below it, a
+        # directory is never opened through a symlink swapped in since its parent's listing.
+        flags = _OPEN_DIRECTORY if directory != self.root_text else _OPEN_ROOT
         try:
-            with os.scandir(directory) as listing:
-                return sorted(listing, key=attrgetter("name"))
+            fd = os.open(directory, flags)
+            try:
+                with os.scandir(fd) as listing:
+                    return fd, list(listing)
+            except BaseException:
+                os.close(fd)
+                raise
         except OSError as error:
             # Vanished or unlistable mid-walk: leave its rows alone. A vanished directory's
             # rows follow its DirDeletedEvent or the next scan; an EACCES one's files are
@@ -287,17 +344,50 @@ class _Walk:
 
     def _directory(self, directory: str) -> list[str]:
         """Compare one directory with its rows; return its subdirectories to walk, sorted."""
-        entries = self._list(directory)
-        if entries is None:
+        listed = self._list(directory)
+        if listed is None:
             return []
+        fd, entries = listed
         self.visited.add(directory)
         self.directories += 1
-        rows = rows_in_directory(self.conn, Path(directory))
-        here: set[str] = set()  # names whose rows stay as they are
-        subdirectories: list[str] = []
-        candidates: list[tuple[str, FileStat]] = []
+        rows = live_rows(self.conn, directory, self.device)
+        names = [entry.name for entry in entries]
+        try:
+            found = self._entries(directory, entries, names, rows)
+        finally:
+            os.close(fd)
+        self.files += found.files
+        # Sorted here rather than the whole listing: on a restart these are few.
+        found.candidates.sort(key=itemgetter(0))
+        found.subdirectories.sort()  # one parent: path order is name order
+        self._offer(directory, found.candidates)
+        if self.sidecars is not None:
+            self.sidecars.directory(directory, set(names), self._stamped(directory), found.here)
+        if not rows.keys() <= found.here:
+            self._report_missing([Path(directory, name) for name in rows if name not in found.here])
+        return found.subdirectories
+
+    def _entries(
+        self,
+        directory: str,
+        entries: list[os.DirEntry[str]],
+        names: list[str],
+        rows: Mapping[str, LiveRow],
+    ) -> _Found:
+        """Look at each entry of ``directory`` (``names`` are theirs, in order)."""
+        found = _Found()
+        here, candidates = found.here, found.candidates
+        prefix = directory if directory.endswith("/") else directory + "/"
+        accepted, transient = self.screen(directory, names)
+        device, is_regular = self.device, stat.S_ISREG
         for entry in entries:
+            name = entry.name
+            wanted = name in accepted or name in transient
             try:
+                # A name the filter rejects (a sidecar) matters only as a directory to walk,
+                # which d_type tells without an lstat.
+                if not wanted and not entry.is_dir(follow_symlinks=False):
+                    continue
                 st = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
                 continue  # removed since the listing: gone
@@ -305,64 +395,74 @@ class _Walk:
                 # EACCES (a directory readable but not searchable) and the like: we cannot
                 # tell what it is, so neither its row nor anything below it becomes missing.
                 self.errors += 1
-                here.add(entry.name)
-                self.left_alone.add(entry.path)
-                log.warning("scan_stat_failed", path=entry.path, reason=error.strerror)
+                here.add(name)
+                self.left_alone.add(prefix + name)
+                log.warning("scan_stat_failed", path=prefix + name, reason=error.strerror)
                 continue
-            if stat.S_ISDIR(st.st_mode):
-                if st.st_dev != self.device:
+            if wanted and is_regular(st.st_mode):
+                if st.st_dev != device:  # a file bind-mounted from elsewhere
                     self.skipped += 1
-                    self.left_alone.add(entry.path)
-                    log.info("scan_other_filesystem", path=entry.path)
-                elif not self.filter.prunes_dir(Path(entry.path)):
-                    subdirectories.append(entry.path)
-            elif stat.S_ISREG(st.st_mode):
-                if st.st_dev != self.device:  # a file bind-mounted from elsewhere
-                    self.skipped += 1
-                    here.add(entry.name)
-                elif self._file(
-                    directory, entry, FileStat.of(st), rows.get(entry.name), candidates
-                ):
-                    here.add(entry.name)
+                    here.add(name)
+                elif name in accepted or self._left_alone_long(st):
+                    found.files += 1
+                    here.add(name)
+                    # Reference §3.4: a new, changed or racy file is hashed (as is one back at
+                    # a missing row: missing rows are not live ones). The tuple is disk_key's,
+                    # inline: this line runs for every file.
+                    key = (name, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                    if rows.get(name) != key:
+                        candidates.append((name, FileStat.of(st)))
+            elif stat.S_ISDIR(st.st_mode):
+                self._subdirectory(prefix + name, st, found.subdirectories)
             # Anything else (symlink, FIFO, socket, device) is never stamped nor followed.
-        if candidates and self.on_directory_candidates is not None:
-            self.on_directory_candidates(directory, candidates)
-        if self.sidecars is not None:
-            self.sidecars.directory(directory, {entry.name for entry in entries}, rows, here)
-        self._report_missing(
-            [
-                Path(directory, name)
-                for name, row in rows.items()
-                if row.state in LIVE_STATES and name not in here
-            ]
-        )
-        return subdirectories
+        return found
 
-    def _file(
-        self,
-        directory: str,
-        entry: os.DirEntry[str],
-        key: FileStat,
-        row: ScanRow | None,
-        candidates: list[tuple[str, FileStat]],
-    ) -> bool:
-        """Offer one regular file if it needs hashing (to ``on_candidate``, or into
-        ``candidates`` for ``on_directory_candidates``); return whether the filter accepts it."""
-        transient_ok = self.now_ns - max(key.mtime_ns, key.ctime_ns) >= TRANSIENT_AFTER_NS
-        if self.accepts_name is not None:
-            accepted = self.accepts_name(directory, entry.name, transient_ok=transient_ok)
+    def _subdirectory(self, path: str, st: os.stat_result, walk: list[str]) -> None:
+        """Add the directory ``path`` to ``walk`` unless it is on another filesystem (left
+        alone) or the filter prunes it."""
+        if st.st_dev != self.device:
+            self.skipped += 1
+            self.left_alone.add(path)
+            log.info("scan_other_filesystem", path=path)
+        elif not self.filter.prunes_dir(Path(path)):
+            walk.append(path)
+
+    def _left_alone_long(self, st: os.stat_result) -> bool:
+        """Whether a transient-looking file has been left alone long enough to be stamped."""
+        return self.now_ns - max(st.st_mtime_ns, st.st_ctime_ns) >= TRANSIENT_AFTER_NS
+
+    def _offer(self, directory: str, candidates: list[tuple[str, FileStat]]) -> None:
+        """Hand a directory's files that need hashing to ``on_directory_candidates``, or one
+        by one to ``on_candidate``."""
+        if not candidates:
+            return
+        self.candidates += len(candidates)
+        if self.on_directory_candidates is not None:
+            self.on_directory_candidates(directory, candidates)
         else:
-            accepted = self.filter.accepts(Path(entry.path), transient_ok=transient_ok)
-        if not accepted:
-            return False
-        self.files += 1
-        if _needs_hash(row, key):
-            self.candidates += 1
-            if self.on_directory_candidates is not None:
-                candidates.append((entry.name, key))
-            else:
-                self.on_candidate(Path(entry.path), key)
-        return True
+            for name, key in candidates:
+                self.on_candidate(Path(directory, name), key)
+
+    def _stamped(self, directory: str) -> dict[str, StampedRow]:
+        """The rows of ``directory`` the sidecar check looks at; an index without any proof
+        with sidecar bytes (inventory watches) is asked once per directory whether it has
+        one now, not for each row's proofs."""
+        if not self.sidecar_proofs:
+            self.sidecar_proofs = has_sidecar_proofs(self.conn)
+            if not self.sidecar_proofs:
+                return {}
+        return stamped_rows(self.conn, directory)
+
+    def _screen_each(self, directory: str, names: list[str]) -> tuple[set[str], set[str]]:
+        """:data:`NameScreen` for a filter that has ``accepts`` only."""
+        accepts = self.filter.accepts
+        accepted = {name for name in names if accepts(Path(directory, name))}
+        transient = {
+            name
+            for name in names
+            if name not in accepted and accepts(Path(directory, name), transient_ok=True)
+        }
+        return accepted, transient
 
     def _unvisited_directories(self, start: Path, should_stop: Callable[[], bool]) -> None:
         """Report the live rows of indexed directories below ``start`` the walk did not reach.
@@ -380,10 +480,8 @@ class _Walk:
             if should_stop():
                 self.stopped = True
                 return
-            rows = rows_in_directory(self.conn, directory)
-            self._report_missing(
-                [directory / name for name, row in rows.items() if row.state in LIVE_STATES]
-            )
+            rows = live_rows(self.conn, directory, self.device)
+            self._report_missing([directory / name for name in rows])
 
     def _left_alone(self, directory: str) -> bool:
         """Whether ``directory`` is at or below a subtree whose rows must stay as they are."""
@@ -398,11 +496,3 @@ class _Walk:
         if paths:
             self.missing += len(paths)
             self.on_missing(paths)
-
-
-def _needs_hash(row: ScanRow | None, key: FileStat) -> bool:
-    """Reference §3.4: a new file, a changed key, or a racy row is hashed; so is a file back
-    at a missing row. An unreadable row is retried only once its key changes (a chmod does)."""
-    if row is None or row.state == "missing" or row.racy or row.stat is None:
-        return True
-    return row.stat != key

@@ -24,11 +24,12 @@ import hashlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from stampd.daemon.watch.filters import names_ending_in
 from stampd.store import kinds
 from stampd.store.errors import StampdError
 from stampd.store.files.leftovers import remove_stale_temps
-from stampd.store.files.sidecar import Layout, data_name_of, read_sidecar
-from stampd.store.index.scan_rows import ScanRow
+from stampd.store.files.sidecar import Layout, data_name_of, read_sidecar, sidecar_suffixes
+from stampd.store.index.scan_rows import StampedRow
 
 
 class SidecarCheck:
@@ -59,45 +60,52 @@ class SidecarCheck:
         self.temps_removed = 0
 
     def directory(
-        self, directory: str, names: set[str], rows: Mapping[str, ScanRow], present: set[str]
+        self,
+        directory: str,
+        names: set[str],
+        stamped: Mapping[str, StampedRow],
+        present: set[str],
     ) -> None:
         """One directory of the walk ('s :class:`~stampd.daemon.watch.scan.DirectoryCheck`)."""
-        stamped = [
-            row
-            for name, row in rows.items()
-            if row.sidecars and row.state == "present" and name in present
-        ]
+        rows = [row for name, row in stamped.items() if row.sidecars and name in present]
         sidecar_names = names if self._layout == "adjacent" else None
-        if stamped:
+        if rows:
             if sidecar_names is None:
                 sidecar_names = self._mirror_names(directory)
-            for row in stamped:
+            for row in rows:
                 self.checked += 1
                 if not self._in_place(directory, row, sidecar_names):
                     self.flagged += 1
                     self._on_file(row.file_id)
         if sidecar_names is None and self._layout == "mirror":
             sidecar_names = self._mirror_names(directory)
+        # One endswith per name picks out what can be ours at all, a sidecar or a temp file
+        # (leftovers.py: every one ends in ".tmp"): most names of a directory are neither.
+        ours = names_ending_in(names, (*sidecar_suffixes(), ".tmp"))
         if self._stale_before is not None:
-            self._remove_stale_temps(directory, names, sidecar_names)
-        for name in sidecar_names or ():
+            temps = [name for name in ours if name.endswith(".tmp")]
+            self._remove_stale_temps(directory, temps, sidecar_names)
+        for name in ours if self._layout == "adjacent" else sidecar_names or ():
             data = data_name_of(name)
             if data is not None and data not in names:
                 self.leftovers += 1
                 self._on_leftover(Path(directory, data))
 
     def _remove_stale_temps(
-        self, directory: str, names: set[str], sidecar_names: set[str] | None
+        self, directory: str, temps: list[str], sidecar_names: set[str] | None
     ) -> None:
         assert self._stale_before is not None
-        self.temps_removed += remove_stale_temps(Path(directory), names, before=self._stale_before)
+        if temps:  # most directories have none: no Path built for them
+            self.temps_removed += remove_stale_temps(
+                Path(directory), temps, before=self._stale_before
+            )
         if self._layout == "mirror" and sidecar_names:
             mirrored = self._state_dir / "mirror" / Path(directory).relative_to("/")
             self.temps_removed += remove_stale_temps(
                 mirrored, sidecar_names, before=self._stale_before
             )
 
-    def _in_place(self, directory: str, row: ScanRow, sidecar_names: set[str]) -> bool:
+    def _in_place(self, directory: str, row: StampedRow, sidecar_names: set[str]) -> bool:
         for kind, hashes in row.sidecars.items():
             name = f"{row.name}.{kinds.sidecar_extension(kind)}"
             if name not in sidecar_names:

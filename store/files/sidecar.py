@@ -58,6 +58,12 @@ class _Suffixes:
 _suffixes = _Suffixes()
 
 
+def sidecar_suffixes(*, backups: bool = False) -> tuple[str, ...]:
+    """``.tsr``, ``.ots``, … of the registered kinds (and ``.ots.bak`` with ``backups``): a
+    name that ends in none of them is no sidecar's (one ``str.endswith`` for a whole tuple)."""
+    return _suffixes.get(backups=backups)
+
+
 def sidecar_path(data_path: Path, kind: str, *, layout: Layout, state_dir: Path) -> Path:
     """Where the ``kind`` sidecar of ``data_path`` lives.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import sqlite3
@@ -17,7 +18,14 @@ from stampd.store.errors import IndexUnavailableError
 from stampd.store.files.filestat import FileStat
 from stampd.store.index import queries, scan_rows, versions
 from stampd.store.index.database import Index, index_path, open_reader
-from stampd.store.index.scan_rows import live_directories_below, present_under, rows_in_directory
+from stampd.store.index.scan_rows import (
+    disk_key,
+    has_sidecar_proofs,
+    live_directories_below,
+    live_rows,
+    present_under,
+    stamped_rows,
+)
 from stampd.store.index.schema import UnknownKindError, migrations
 from stampd.store.index.times import utc_now
 from stampd.store.index.versions import Settled
@@ -222,7 +230,9 @@ WRITER_PLANS = {
     "_SQL_SET_UNREADABLE": "INTEGER PRIMARY KEY",
     "_SQL_MARK_MISSING": "sqlite_autoindex_files_1 (path=?)",
     "_SQL_MARK_ID_MISSING": "INTEGER PRIMARY KEY",
-    "_SQL_ROWS_IN_DIRECTORY": "files_dir_state (dir=?)",
+    "_SQL_LIVE_ROWS": "files_dir_state (dir=? AND state=?)",
+    "_SQL_ANY_SIDECAR_PROOF": "COVERING INDEX proofs_sidecar (sidecar_sha256>?)",
+    "_SQL_STAMPED_ROWS": "(dir=? AND state=?) | SEARCH p USING INDEX proofs_version",
     "_SQL_PRESENT_UNDER": "sqlite_autoindex_files_1 (path>? AND path<?)",
     "_SQL_LIVE_DIRECTORIES_BELOW": "COVERING INDEX files_dir_state (dir>? AND dir<?)",
 }
@@ -571,21 +581,24 @@ def test_unreadable_then_readable(index: Index, tree: Path) -> None:
         "Permission denied",
     )
     assert row["current_version_id"] is None
-    assert rows_in_directory(index.conn, tree)["locked.pdf"].stat == stat
+    # Its key is trusted: the scan retries it only once that changes.
+    assert live_rows(index.conn, tree, stat.dev)["locked.pdf"] == disk_key(
+        "locked.pdf", path.lstat()
+    )
     (recorded,) = index.record_settled([_settled(watch, path)])
     assert (recorded.outcome, recorded.file_id) == ("new_file", file_id)
     row = _file_row(index, file_id)
     assert (row["state"], row["problem_class"], row["problem"]) == ("present", None, None)
     # Unreadable again (stat unknown this time), then readable with the same bytes.
     index.record_unreadable(watch_id=watch, path=path, stat=None, error_class="io", message="EIO")
-    assert rows_in_directory(index.conn, tree)["locked.pdf"].stat is None
+    assert live_rows(index.conn, tree, stat.dev)["locked.pdf"] == ("locked.pdf", *[None] * 4)
     assert _file_row(index, file_id)["current_version_id"] == recorded.version_id
     (again,) = index.record_settled([_settled(watch, path)])
     assert again.outcome == "unchanged"
     assert _count(index, "versions") == 1
 
 
-def test_rows_in_directory_returns_direct_children_only(index: Index, tmp_path: Path) -> None:
+def test_live_rows_are_the_direct_children_that_are_present(index: Index, tmp_path: Path) -> None:
     watch = index.ensure_watch(Path("/srv"))
     for number, name in enumerate(["/srv/d/a", "/srv/d/sub/b", "/srv/d2/c", "/srv/d-x/e"]):
         index.record_settled(
@@ -605,16 +618,16 @@ def test_rows_in_directory_returns_direct_children_only(index: Index, tmp_path: 
             ]
         )
     index.mark_missing([Path("/srv/d/sub/b")])
-    rows = rows_in_directory(index.conn, Path("/srv/d"))
-    assert list(rows) == ["a"]
-    assert rows["a"].stat == FileStat(dev=4, ino=0, size=1, mtime_ns=2, ctime_ns=3)
-    assert rows["a"].state == "present" and not rows["a"].racy
-    assert list(rows_in_directory(index.conn, Path("/srv/d/sub"))) == ["b"]
-    assert rows_in_directory(index.conn, Path("/srv/nothing")) == {}
-    # The same helpers on a read-only connection (sqlite3.Row rows).
+    rows = live_rows(index.conn, "/srv/d", 4)
+    # (name, ino, size, mtime_ns, ctime_ns): what the scan compares with the lstat.
+    assert rows == {"a": ("a", 0, 1, 2, 3)}
+    assert live_rows(index.conn, "/srv/d", 5)["a"][1] is None  # another device: never trusted
+    assert live_rows(index.conn, "/srv/d/sub", 4) == {}  # b is missing: as if no row
+    assert live_rows(index.conn, "/srv/nothing", 4) == {}
+    # The same helpers on a read-only connection (its row factory is sqlite3.Row).
     reader = open_reader(index_path(tmp_path / "state"))
     try:
-        assert rows_in_directory(reader, Path("/srv/d")) == rows
+        assert live_rows(reader, Path("/srv/d"), 4) == rows
         under = present_under(reader, Path("/srv/d"))
         assert [path for _id, path in under] == [Path("/srv/d/a")]  # b is missing; d2 is not under
         assert list(live_directories_below(reader, Path("/srv"))) == [
@@ -625,6 +638,49 @@ def test_rows_in_directory_returns_direct_children_only(index: Index, tmp_path: 
         assert list(live_directories_below(reader, Path("/srv/d"))) == []  # sub has no live row
     finally:
         reader.close()
+
+
+def test_a_racy_row_is_live_but_never_trusted(index: Index) -> None:
+    watch = index.ensure_watch(Path("/srv"))
+    item = settled(watch, Path("/srv/a"), sha256=A64, sha512=B128, evidence=[], dev=4, ino=9)
+    index.record_settled([dataclasses.replace(item, racy=True)])
+    assert live_rows(index.conn, "/srv", 4) == {"a": ("a", None, 5, 1, 2)}
+
+
+def test_stamped_rows_are_the_present_rows_with_sidecar_proofs(index: Index) -> None:
+    watch = index.ensure_watch(Path("/srv"))
+    recorded = index.record_settled(
+        [
+            settled(watch, Path(f"/srv/d/{name}"), sha256=f"{n}" * 64, sha512=B128, ino=n)
+            for n, name in enumerate(["a", "b", "gone", "pending"])
+        ]
+    )
+    assert not has_sidecar_proofs(index.conn)
+    proofs = [
+        (recorded[0].version_id, "tsr", "complete", "1" * 64),
+        (recorded[0].version_id, "ots", "complete", "2" * 64),
+        (recorded[1].version_id, "tsr", "complete", "3" * 64),
+        (recorded[2].version_id, "tsr", "complete", "4" * 64),
+        (recorded[3].version_id, "tsr", "pending", None),
+    ]
+    with index.write():
+        index.conn.executemany(
+            "INSERT INTO proofs (version_id, kind, provider, status, digest_alg, digest,"
+            " sidecar_sha256, created_at, updated_at) VALUES (?, ?, 'x', ?, 'sha256', 'd', ?,"
+            " 'now', 'now')",
+            proofs,
+        )
+    index.mark_missing([Path("/srv/d/gone")])
+    assert has_sidecar_proofs(index.conn)
+    assert stamped_rows(index.conn, "/srv/d") == {
+        "a": (
+            recorded[0].file_id,
+            "a",
+            {"tsr": frozenset({"1" * 64}), "ots": frozenset({"2" * 64})},
+        ),
+        "b": (recorded[1].file_id, "b", {"tsr": frozenset({"3" * 64})}),
+    }
+    assert stamped_rows(index.conn, "/srv") == {}
 
 
 def test_a_new_file_is_never_first_seen_after_it_was_hashed(tmp_path: Path) -> None:

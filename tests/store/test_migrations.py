@@ -57,7 +57,9 @@ USER_QUERIES: list[tuple[str, tuple[object, ...]]] = [
     (jobs._SQL_KNOWN_PROOFS, ("d", "tsr", "sha256", 4)),
     (repair._SQL_CURRENT_PROOFS, (1,)),
     (repair._SQL_HELD_ELSEWHERE, ("s", "tsr", "/srv/a")),
-    (scan_rows._SQL_ROWS_IN_DIRECTORY, ("/srv",)),
+    (scan_rows._SQL_LIVE_ROWS, (6, 3, "/srv")),
+    (scan_rows._SQL_STAMPED_ROWS, (6, "/srv")),
+    (scan_rows._SQL_ANY_SIDECAR_PROOF, ()),
 ]
 
 

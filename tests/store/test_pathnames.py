@@ -15,7 +15,7 @@ from stampd.store.files.pathnames import EscapeError, escape, unescape
 from stampd.store.index import queries
 from stampd.store.index.database import Index, index_path, open_reader
 from stampd.store.index.jobs import due_jobs
-from stampd.store.index.scan_rows import present_under, rows_in_directory, subtree_bounds
+from stampd.store.index.scan_rows import live_rows, present_under, subtree_bounds
 from stampd.store.index.schema import migrations
 from tests.conftest import settled
 
@@ -107,7 +107,7 @@ def test_the_index_stores_a_latin1_name_losslessly(tmp_path: Path) -> None:
         )
         assert recorded.outcome == "new_file"
         # The writer's own reads give the name back as Python has it.
-        assert set(rows_in_directory(index.conn, path.parent)) == {LATIN1}
+        assert set(live_rows(index.conn, path.parent, device=0)) == {LATIN1}
         assert present_under(index.conn, root) == [(recorded.file_id, path)]
         [job] = due_jobs(index.conn, "tsr", now="9999", limit=10)
         assert job.path == path
@@ -149,7 +149,7 @@ def test_the_migration_escapes_backslashes_stored_before_it(tmp_path: Path) -> N
         stored = dict(index.conn.execute("SELECT id, path FROM files").fetchall())
         dirs = {d for (d,) in index.conn.execute("SELECT dir FROM files")}
         assert index.conn.execute("SELECT path FROM watches").fetchone()[0] == "/srv/w\\\\x"
-        names = set(rows_in_directory(index.conn, Path("/srv/w\\x")))
+        names = set(live_rows(index.conn, Path("/srv/w\\x"), device=0))
     assert stored == {
         1: "/srv/w\\\\x/a\\\\\\\\b",
         2: "/srv/w\\\\x/a\\\\b",

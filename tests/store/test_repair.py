@@ -23,7 +23,7 @@ from stampd.store.files.repair import (
 from stampd.store.files.sidecar import Layout
 from stampd.store.index.database import Index, index_path
 from stampd.store.index.jobs import NewProof, record_proof
-from stampd.store.index.scan_rows import ScanRow
+from stampd.store.index.scan_rows import StampedRow
 from stampd.store.kinds import JobAction, KindSpec
 from tests.conftest import settled
 
@@ -196,8 +196,8 @@ def test_remove_if_holds_never_follows_a_symlink(tmp_path: Path) -> None:
 # --- the scan's look at sidecars (daemon/watch/sidecar_check.py) ---------------------------------
 
 
-def _row(file_id: int, name: str, sidecars: dict[str, frozenset[str]]) -> ScanRow:
-    return ScanRow(file_id, name, "present", None, racy=False, sidecars=sidecars)
+def _row(file_id: int, name: str, sidecars: dict[str, frozenset[str]]) -> StampedRow:
+    return StampedRow(file_id, name, sidecars)
 
 
 def _check(state: Path, layout: Layout, *, deep: bool) -> tuple[SidecarCheck, list[object]]:

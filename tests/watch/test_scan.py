@@ -423,6 +423,27 @@ def test_a_directory_vanishing_mid_walk_is_an_error_and_its_rows_stay(env: Env) 
     assert report.directories == 4
 
 
+def test_a_directory_swapped_for_a_symlink_mid_walk_is_never_followed(
+    env: Env, tmp_path: Path
+) -> None:
+    """Listed by its parent as a directory, a symlink to elsewhere when its turn comes: the
+    walk opens it with O_NOFOLLOW, so nothing of the link's target is offered as if it were
+    in the tree, and the directory's own rows stay (an error, like a vanished one)."""
+    files = _tree(env.root)
+    env.record(*files)
+    elsewhere = _write(tmp_path / "elsewhere" / "secret.txt").parent
+
+    def swap_z_after_the_root(directories: int, _files: int) -> None:
+        if directories == 1:
+            shutil.rmtree(env.root / "z")
+            (env.root / "z").symlink_to(elsewhere)
+
+    report, seen = env.scan(on_progress=swap_z_after_the_root)
+    assert seen.candidates == []
+    assert seen.missing == []
+    assert report.errors == 1
+
+
 # --- subtree scans: a new or moved-in directory is walked, the rest of the tree is not ---
 
 
