@@ -59,13 +59,13 @@ def machine() -> dict[str, object]:
     return {"nproc": len(os.sched_getaffinity(0)), "cpu_model": model}
 
 
-def count_versions(db: Path) -> int:
-    if not db.exists():
-        return 0
+def count_rows(db: Path, table: str) -> int:
+    """Rows of ``table`` in the index (0 while it does not exist yet), read-only: versions
+    (one per file a first scan recorded) or jobs (one per file and evidence kind)."""
     try:
         conn = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=5)
         try:
-            return int(conn.execute("SELECT COUNT(*) FROM versions").fetchone()[0])
+            return int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
         finally:
             conn.close()
     except sqlite3.OperationalError:
@@ -198,18 +198,6 @@ def scan_config(base: Path, tree: Path, quiet: str, evidence: Evidence) -> Path:
     return config
 
 
-def count_jobs(db: Path) -> int:
-    """Jobs in the index (every state): a first scan with evidence makes one per file."""
-    try:
-        conn = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=5)
-        try:
-            return int(conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0])
-        finally:
-            conn.close()
-    except sqlite3.OperationalError:
-        return 0
-
-
 def first_scan(
     base: Path, tree: Path, files: int, quiet: str, evidence: Evidence
 ) -> FirstScan | None:
@@ -230,7 +218,7 @@ def first_scan(
     ready_s = time.perf_counter() - start
     scans = ScanLog(proc.stdout)
     jobs = files * evidence.jobs_per_file
-    while count_versions(db) < files or (jobs and count_jobs(db) < jobs):
+    while count_rows(db, "versions") < files or (jobs and count_rows(db, "jobs") < jobs):
         time.sleep(0.05)
         if proc.poll() is not None:
             print("stampd exited early", file=sys.stderr)
