@@ -37,9 +37,6 @@ class StampedRow(NamedTuple):
     sidecars: Mapping[str, frozenset[str]]
 
 
-#: States of a row whose file is, as far as the index knows, on disk.
-LIVE_STATES = ("present", "unreadable")
-
 # The SQL of the scan helpers, named so that tests/store/test_index.py can check that each
 # one is answered from an index (EXPLAIN QUERY PLAN) with a million versions.
 # Live rows only, from files_dir_state (dir, state): a missing row needs nothing from the scan
