@@ -167,11 +167,6 @@ class Watcher:
         self._lock = threading.Lock()
         self._placed = False
 
-    def start(self) -> list[Path]:
-        """Start watching; returns the roots that could be watched now (others wait)."""
-        self.start_observer()
-        return self.place()
-
     def start_observer(self) -> None:
         """Start dispatching, with no watch placed yet: cheap, whatever the trees' size.
 

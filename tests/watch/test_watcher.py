@@ -34,7 +34,8 @@ def test_an_overflow_is_reported_after_the_events_read_before_it(tmp_path: Path)
         release.wait(10)  # hold the dispatch thread: later events stay queued
 
     watcher = Watcher([tmp_path], deliver=deliver, on_overflow=lambda: seen.append("overflow"))
-    watcher.start()
+    watcher.start_observer()
+    watcher.place()
     try:
         (tmp_path / "a.txt").write_bytes(b"a")
         assert first_delivered.wait(10)
