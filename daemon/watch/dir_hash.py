@@ -40,8 +40,12 @@ RACY_WINDOW_NS = 1_000_000_000
 #: A file as the walk saw it: its name in its directory and its ``lstat`` key
 #: ``(dev, ino, size, mtime_ns, ctime_ns)``.
 Item = tuple[str, tuple[int, int, int, int, int]]
-#: One task: the root's device and, per directory path, the items to hash there.
-Task = tuple[int, list[tuple[str, list[Item]]]]
+#: One task: the root's device and, per directory path, the items to hash there; or a
+#: compare task of the scan's walk (daemon/watch/dir_compare.py), which starts with
+#: :data:`COMPARE`.
+Task = tuple[Any, ...]
+#: What a compare task starts with.
+COMPARE = "compare"
 #: One reply per item, in task order: ``("h", sha256, sha512, racy)`` hashed, and its
 #: ``fstat`` before and after the read equal to the walk's key (so the key is not sent back);
 #: ``("c", reason)`` changed since the walk or while read (settle it again);
@@ -64,9 +68,15 @@ def _key(result: os.stat_result) -> tuple[int, int, int, int, int]:
 
 
 def hash_task(task: Task) -> tuple[int, list[Reply]]:
-    """Hash every item of ``task``; the time the task began (ns) and one reply per item."""
-    root_dev, directories = task
+    """Hash every item of ``task``; the time the task began (ns) and one reply per item.
+    A compare task's replies are its directories' comparisons instead."""
     started = time.time_ns()
+    if task[0] == COMPARE:
+        # Imported on the first such task: a worker that only hashes never loads sqlite3.
+        from stampd.daemon.watch.dir_compare import compare_task  # noqa: PLC0415
+
+        return started, compare_task(task)
+    root_dev, directories = task
     replies: list[Reply] = []
     for directory, items in directories:
         replies.extend(hash_directory(directory, items, root_dev))

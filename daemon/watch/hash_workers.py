@@ -75,6 +75,11 @@ class Job:
     tries: int = 0
 
 
+def _files_of(task: Task) -> int:
+    """The files a hash task holds (0 for a scan's compare task, which holds directories)."""
+    return sum(len(items) for _d, items in task[1]) if isinstance(task[1], list) else 0
+
+
 class Hashing:
     """What the scan thread hashes through: a pool of processes, or the scan thread itself."""
 
@@ -230,7 +235,7 @@ class HashWorkers(Hashing):
         for job in held:
             job.tries += 1
             if job.tries >= MAX_TRIES:
-                log.error("hash_task_killed_workers", files=sum(len(i) for _d, i in job.task[1]))
+                log.error("hash_task_killed_workers", files=_files_of(job.task))
                 Hashing.submit(self, job)  # in this thread, with the same guards
             else:
                 self._jobs.put(job)

@@ -27,6 +27,7 @@ from stampd.daemon.watch.hasher import HashOutcome
 from stampd.daemon.watch.intake import Candidate, Intake
 from stampd.daemon.watch.runtime import Watches, WatchRuntime
 from stampd.daemon.watch.scan import ScanReport, scan_watch
+from stampd.daemon.watch.scan_ahead import AheadInWorkers, Comparisons
 from stampd.daemon.watch.scan_batches import SCAN_BATCH, ScanBatches
 from stampd.daemon.watch.scan_queue import ScanQueue
 from stampd.daemon.watch.scan_tracker import FullScanTracker
@@ -289,6 +290,16 @@ class Rescans:
             on_leftover=lambda path: loop.call_soon_threadsafe(repairs.check_leftover, path),
             stale_before=self.started_at,
         )
+        # With worker processes, they compare the directories ahead of the walk (scan_ahead.py).
+        comparisons: Comparisons | None = None
+        if self._hashing.count > 1:
+            comparisons = AheadInWorkers(
+                self._hashing,
+                index=index_path(self._settings.state_dir),
+                include=watch.config.include,
+                exclude=watch.config.exclude,
+                stopping=self._stopping.is_set,
+            )
         try:
             report = scan_watch(
                 watch.root,
@@ -301,6 +312,7 @@ class Rescans:
                 subtree=subtree,
                 sidecars=sidecars,
                 on_directory_candidates=batches.directory,
+                comparisons=comparisons,
             )
         finally:
             # What is in flight is waited for; on a stop it is not (a worker may be deep in

@@ -30,20 +30,19 @@ the cost follows the change, not the size of the tree.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import stat
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from operator import itemgetter
 from pathlib import Path
 from typing import Protocol
 
 from stampd.daemon.service.logs import get_logger
+from stampd.daemon.watch.dir_compare import TRANSIENT_AFTER_NS, Compared, DirFilter
+from stampd.daemon.watch.scan_ahead import Comparisons, InThread
 from stampd.store.files.filestat import FileStat
 from stampd.store.index.scan_rows import (
-    LiveRow,
     StampedRow,
     has_sidecar_proofs,
     live_directories_below,
@@ -53,30 +52,7 @@ from stampd.store.index.scan_rows import (
 
 log = get_logger("stampd.daemon.watch.scan")
 
-#: A transient-looking name (rsync's ``.name.XXXXXX``, mkstemp's ``.x.tmp``, ``*.part``) whose
-#: inode has not changed for this long is taken for a real file: the patterns are heuristics
-#: that also match ordinary names (reference §3.3: "stamp one that is still there after 1 h").
-TRANSIENT_AFTER_NS = 3600 * 10**9
-
-
-class DirFilter(Protocol):
-    """Which paths of a watch are stamped (implemented by ``daemon.watch.filters.WatchFilter``)."""
-
-    def accepts(self, path: Path, *, transient_ok: bool = False) -> bool:
-        """Whether the regular file ``path`` (absolute) is a candidate; ``transient_ok`` lets
-        a transient-looking name through (the scan passes True once it has been left alone
-        for :data:`TRANSIENT_AFTER_NS`)."""
-        ...
-
-    def prunes_dir(self, path: Path) -> bool:
-        """Whether nothing below the directory ``path`` can be accepted (no need to descend)."""
-        ...
-
-
-#: ``screen_names(directory, names) -> (accepted, transient)``: which of the files ``names``
-#: in ``directory`` a filter accepts, and which it accepts only with ``transient_ok``
-#: (``WatchFilter.screen_names``: the whole listing at once, no pathlib per file).
-NameScreen = Callable[[str, list[str]], tuple[set[str], set[str]]]
+__all__ = ["TRANSIENT_AFTER_NS", "DirFilter", "DirectoryCheck", "ScanReport", "scan_watch"]
 
 
 class DirectoryCheck(Protocol):
@@ -137,6 +113,7 @@ def scan_watch(
     subtree: Path | None = None,
     sidecars: DirectoryCheck | None = None,
     on_directory_candidates: Callable[[str, list[tuple[str, FileStat]]], None] | None = None,
+    comparisons: Comparisons | None = None,
 ) -> ScanReport:
     """Walk ``root`` (or only ``subtree``) and report its differences with the index through
     the callbacks.
@@ -162,9 +139,21 @@ def scan_watch(
     ``on_candidate``: it is called once per directory walked that has candidates, with
     their names in sorted order and no ``Path`` object built per file (the daemon's scan
     hashes them in batches, daemon/watch/hash_workers.py).
+
+    ``comparisons`` is where each directory's listing is compared with its rows
+    (daemon/watch/scan_ahead.py): by default in this thread with ``conn``; the daemon's scan
+    has the hash workers compare ahead of the walk.
     """
     started = time.monotonic()
-    walk = _Walk(root, conn, file_filter, on_candidate, on_missing, sidecars=sidecars)
+    walk = _Walk(
+        root,
+        conn,
+        file_filter,
+        on_candidate,
+        on_missing,
+        sidecars=sidecars,
+        comparisons=comparisons or InThread(conn, file_filter),
+    )
     walk.on_directory_candidates = on_directory_candidates
     problem = walk.run(should_stop, on_progress, subtree)
     return ScanReport(
@@ -182,29 +171,6 @@ def scan_watch(
     )
 
 
-#: How the walk opens a directory to list it: never through a symlink (O_NOFOLLOW), and its
-#: entries are then lstat'ed relative to the descriptor (fstatat, as ``os.scandir(fd)``
-#: does), which spares the kernel a lookup of the whole path per file.
-_OPEN_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-#: The same for a watch root, which may itself be a symlink.
-_OPEN_ROOT = _OPEN_DIRECTORY & ~os.O_NOFOLLOW
-
-
-class _Found:
-    """What the entries of one directory gave."""
-
-    __slots__ = ("candidates", "files", "here", "subdirectories")
-
-    def __init__(self) -> None:
-        #: Names whose rows stay as they are.
-        self.here: set[str] = set()
-        self.subdirectories: list[str] = []
-        #: Files to hash: name and key.
-        self.candidates: list[tuple[str, FileStat]] = []
-        #: Regular files the filter accepts.
-        self.files = 0
-
-
 class _Walk:
     """The state of one scan: counters, the directories seen, the subtrees left alone."""
 
@@ -216,7 +182,8 @@ class _Walk:
         on_candidate: Callable[[Path, FileStat], None],
         on_missing: Callable[[list[Path]], None],
         *,
-        sidecars: DirectoryCheck | None = None,
+        sidecars: DirectoryCheck | None,
+        comparisons: Comparisons,
     ) -> None:
         self.root = root
         self.conn = conn
@@ -227,9 +194,7 @@ class _Walk:
         self.on_directory_candidates: Callable[[str, list[tuple[str, FileStat]]], None] | None = (
             None
         )
-        # A filter that can screen a whole listing from the directory text and the names
-        # (WatchFilter) is asked that way: no pathlib per file. Test stand-ins have accepts().
-        self.screen: NameScreen = getattr(file_filter, "screen_names", self._screen_each)
+        self.comparisons = comparisons
         # Until the index holds a proof with sidecar bytes, no directory has stamped rows.
         self.sidecar_proofs = False
         self.device = 0
@@ -270,20 +235,40 @@ class _Walk:
         if subtree is not None and not self._reachable(subtree):
             return None
         self.top = len(str(start))
+        self.comparisons.begin(self.root_text, self.device, self.now_ns)
+        problem = self._walk(str(start), should_stop, on_progress, whole=subtree is None)
+        if problem is None and not self.stopped:
+            self._unvisited_directories(start, should_stop)
+        return problem
 
-        stack = [str(start)]
+    def _walk(
+        self,
+        start: str,
+        should_stop: Callable[[], bool],
+        on_progress: Callable[[int, int], None] | None,
+        *,
+        whole: bool,
+    ) -> str | None:
+        """Walk from ``start`` in sorted pre-order; a problem with the root, if any."""
+        comparisons = self.comparisons
+        stack = [start]
         while stack:
             if should_stop():
                 self.stopped = True
                 return None
+            comparisons.ahead(stack)
+            directory = stack.pop()
+            compared = comparisons.take(directory)
+            if compared is None:  # stopping while a worker compared it
+                self.stopped = True
+                return None
             # Reversed onto a stack, sorted children come off in order: a sorted pre-order walk.
-            stack.extend(reversed(self._directory(stack.pop())))
+            stack.extend(reversed(self._directory(directory, compared)))
             if on_progress is not None:
                 on_progress(self.directories, self.files)
-            if subtree is None and self.root_failure is not None:
+            if whole and self.root_failure is not None:
                 # An unlistable root (EACCES) is not an empty one: nothing becomes missing.
                 return f"cannot list {self.root}: {self.root_failure}"
-        self._unvisited_directories(start, should_stop)
         return None
 
     def _reachable(self, subtree: Path) -> bool:
@@ -313,123 +298,55 @@ class _Walk:
                 return False
         return bool(relative.parts)
 
-    def _list(self, directory: str) -> tuple[int, list[os.DirEntry[str]]] | None:
-        """An open descriptor of ``directory`` and its entries, in the order the filesystem
-        lists them (each entry's ``lstat`` is relative to the descriptor, so the caller
-        closes it after them); None (counted, logged) if unlistable."""
-        # The walk's own start may be a symlink (a watch root, see run); below it, a
-        # directory is never opened through a symlink swapped in since its parent's listing.
-        flags = _OPEN_DIRECTORY if directory != self.root_text else _OPEN_ROOT
-        try:
-            fd = os.open(directory, flags)
-            try:
-                with os.scandir(fd) as listing:
-                    return fd, list(listing)
-            except BaseException:
-                os.close(fd)
-                raise
-        except OSError as error:
-            # Vanished or unlistable mid-walk: leave its rows alone. A vanished directory's
-            # rows follow its DirDeletedEvent or the next scan; an EACCES one's files are
-            # still there.
-            self.errors += 1
-            self.left_alone.add(directory)
-            if not self.visited and self.root_failure is None:
-                self.root_failure = error.strerror or str(error)
-            if isinstance(error, FileNotFoundError | NotADirectoryError):
-                log.info("scan_directory_vanished", path=directory)
-            else:
-                log.warning("scan_directory_failed", path=directory, reason=error.strerror)
-            return None
-
-    def _directory(self, directory: str) -> list[str]:
-        """Compare one directory with its rows; return its subdirectories to walk, sorted."""
-        listed = self._list(directory)
-        if listed is None:
+    def _directory(self, directory: str, compared: Compared) -> list[str]:
+        """Act on one directory's comparison with its rows (daemon/watch/dir_compare.py);
+        return its subdirectories to walk, sorted."""
+        (
+            problem,
+            files,
+            candidates,
+            missing,
+            subdirectories,
+            names,
+            here,
+            skipped,
+            errors,
+            left_alone,
+            notes,
+        ) = compared
+        if problem is not None:
+            self._unlisted(directory, *problem)
             return []
-        fd, entries = listed
         self.visited.add(directory)
         self.directories += 1
-        rows = live_rows(self.conn, directory, self.device)
-        names = [entry.name for entry in entries]
-        try:
-            found = self._entries(directory, entries, names, rows)
-        finally:
-            os.close(fd)
-        self.files += found.files
-        # Sorted here rather than the whole listing: on a restart these are few.
-        found.candidates.sort(key=itemgetter(0))
-        found.subdirectories.sort()  # one parent: path order is name order
-        self._offer(directory, found.candidates)
+        self.files += files
+        self.skipped += skipped
+        self.errors += errors
+        self.left_alone.update(left_alone)
+        for event, path, reason in notes:
+            if reason is None:
+                log.info(event, path=path)
+            else:
+                log.warning(event, path=path, reason=reason)
+        self._offer(directory, [(name, FileStat(*key)) for name, key in candidates])
         if self.sidecars is not None:
-            self.sidecars.directory(directory, set(names), self._stamped(directory), found.here)
-        if not rows.keys() <= found.here:
-            self._report_missing([Path(directory, name) for name in rows if name not in found.here])
-        return found.subdirectories
+            self.sidecars.directory(directory, set(names), self._stamped(directory), set(here))
+        if missing:
+            self._report_missing([Path(directory, name) for name in missing])
+        return subdirectories  # type: ignore[no-any-return]
 
-    def _entries(
-        self,
-        directory: str,
-        entries: list[os.DirEntry[str]],
-        names: list[str],
-        rows: Mapping[str, LiveRow],
-    ) -> _Found:
-        """Look at each entry of ``directory`` (``names`` are theirs, in order)."""
-        found = _Found()
-        here, candidates = found.here, found.candidates
-        prefix = directory if directory.endswith("/") else directory + "/"
-        accepted, transient = self.screen(directory, names)
-        device, is_regular = self.device, stat.S_ISREG
-        for entry in entries:
-            name = entry.name
-            wanted = name in accepted or name in transient
-            try:
-                # A name the filter rejects (a sidecar) matters only as a directory to walk,
-                # which d_type tells without an lstat.
-                if not wanted and not entry.is_dir(follow_symlinks=False):
-                    continue
-                st = entry.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue  # removed since the listing: gone
-            except OSError as error:
-                # EACCES (a directory readable but not searchable) and the like: we cannot
-                # tell what it is, so neither its row nor anything below it becomes missing.
-                self.errors += 1
-                here.add(name)
-                self.left_alone.add(prefix + name)
-                log.warning("scan_stat_failed", path=prefix + name, reason=error.strerror)
-                continue
-            if wanted and is_regular(st.st_mode):
-                if st.st_dev != device:  # a file bind-mounted from elsewhere
-                    self.skipped += 1
-                    here.add(name)
-                elif name in accepted or self._left_alone_long(st):
-                    found.files += 1
-                    here.add(name)
-                    # Reference §3.4: a new, changed or racy file is hashed (as is one back at
-                    # a missing row: missing rows are not live ones). The tuple is disk_key's,
-                    # inline: this line runs for every file.
-                    key = (name, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-                    if rows.get(name) != key:
-                        candidates.append((name, FileStat.of(st)))
-            elif stat.S_ISDIR(st.st_mode):
-                self._subdirectory(prefix + name, st, found.subdirectories)
-            # Anything else (symlink, FIFO, socket, device) is never stamped nor followed.
-        return found
-
-    def _subdirectory(self, path: str, st: os.stat_result, walk: list[str]) -> None:
-        """Add the directory ``path`` to ``walk`` unless it is on another filesystem (left
-        alone) or the filter prunes it."""
-        if st.st_dev != self.device:
-            self.skipped += 1
-            self.left_alone.add(path)
-            log.info("scan_other_filesystem", path=path)
-        elif not self.filter.prunes_dir(Path(path)):
-            walk.append(path)
-
-    def _left_alone_long(self, st: os.stat_result) -> bool:
-        """Whether a transient-looking file has been left alone long enough to be stamped."""
-        return self.now_ns - max(st.st_mtime_ns, st.st_ctime_ns) >= TRANSIENT_AFTER_NS
+    def _unlisted(self, directory: str, vanished: bool, reason: str) -> None:
+        """``directory`` vanished or could not be listed mid-walk: its rows are left alone.
+        A vanished directory's rows follow its DirDeletedEvent or the next scan; an EACCES
+        one's files are still there."""
+        self.errors += 1
+        self.left_alone.add(directory)
+        if not self.visited and self.root_failure is None:
+            self.root_failure = reason
+        if vanished:
+            log.info("scan_directory_vanished", path=directory)
+        else:
+            log.warning("scan_directory_failed", path=directory, reason=reason)
 
     def _offer(self, directory: str, candidates: list[tuple[str, FileStat]]) -> None:
         """Hand a directory's files that need hashing to ``on_directory_candidates``, or one
@@ -452,17 +369,6 @@ class _Walk:
             if not self.sidecar_proofs:
                 return {}
         return stamped_rows(self.conn, directory)
-
-    def _screen_each(self, directory: str, names: list[str]) -> tuple[set[str], set[str]]:
-        """:data:`NameScreen` for a filter that has ``accepts`` only."""
-        accepts = self.filter.accepts
-        accepted = {name for name in names if accepts(Path(directory, name))}
-        transient = {
-            name
-            for name in names
-            if name not in accepted and accepts(Path(directory, name), transient_ok=True)
-        }
-        return accepted, transient
 
     def _unvisited_directories(self, start: Path, should_stop: Callable[[], bool]) -> None:
         """Report the live rows of indexed directories below ``start`` the walk did not reach.

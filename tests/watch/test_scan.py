@@ -16,7 +16,10 @@ from typing import Any
 import pytest
 
 from stampd.daemon.watch import scan as scan_module
+from stampd.daemon.watch.filters import WatchFilter
+from stampd.daemon.watch.hash_workers import HashWorkers
 from stampd.daemon.watch.scan import ScanReport, scan_watch
+from stampd.daemon.watch.scan_ahead import AheadInWorkers
 from stampd.store.files.filestat import FileStat
 from stampd.store.index.database import Index, index_path, open_reader
 from stampd.store.index.times import utc_now
@@ -57,6 +60,10 @@ class Env:
     state: Path
     index: Index
     watch: int
+    #: Set: every scan's directories are compared by these worker processes, ahead of the
+    #: walk (daemon/watch/scan_ahead.py), with a WatchFilter built from the same rules, as
+    #: the daemon's scan does; None: in the walk's thread, as every caller but the daemon.
+    workers: HashWorkers | None = None
 
     def record(self, *paths: Path, racy: bool = False) -> None:
         """Record real files through the writer, as the daemon does after hashing them."""
@@ -85,11 +92,24 @@ class Env:
             seen.stats[path] = stat
 
         conn = open_reader(index_path(self.state))
+        chosen: Any = file_filter or Filter()
+        if self.workers is not None:
+            # The stand-in's rules as patterns: the workers build the filter from them.
+            exclude = [f"**/{name}" for name in chosen.reject]
+            exclude += [f"**/{name}/**" for name in chosen.prune]
+            chosen = WatchFilter(self.root, ["**"], exclude)
+            options["comparisons"] = AheadInWorkers(
+                self.workers,
+                index=index_path(self.state),
+                include=["**"],
+                exclude=exclude,
+                stopping=lambda: False,
+            )
         try:
             report = scan_watch(
                 self.root,
                 conn=conn,
-                file_filter=file_filter or Filter(),
+                file_filter=chosen,
                 on_candidate=on_candidate,
                 on_missing=seen.missing_calls.append,
                 **options,
@@ -101,16 +121,30 @@ class Env:
         return report, seen
 
 
-def _make_env(root: Path, state: Path) -> Iterator[Env]:
+def _make_env(root: Path, state: Path, workers: HashWorkers | None = None) -> Iterator[Env]:
     root.mkdir(exist_ok=True)
     state.mkdir()
     with Index.open(index_path(state)) as index:
-        yield Env(root=root, state=state, index=index, watch=index.ensure_watch(root))
+        yield Env(
+            root=root, state=state, index=index, watch=index.ensure_watch(root), workers=workers
+        )
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[Env]:
-    yield from _make_env(tmp_path / "watched", tmp_path / "state")
+@pytest.fixture(scope="module")
+def hash_workers() -> Iterator[HashWorkers]:
+    """Two real worker processes (python -m stampd.daemon.watch.dir_hash), for the module."""
+    workers = HashWorkers(2)
+    workers.start()
+    yield workers
+    workers.close()
+
+
+@pytest.fixture(params=["in the walk's thread", "ahead, in worker processes"])
+def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Env]:
+    """Each test runs twice: the walk comparing every directory itself, and the worker
+    processes comparing them ahead of it; both must give the same reports and callbacks."""
+    workers = request.getfixturevalue("hash_workers") if "worker" in request.param else None
+    yield from _make_env(tmp_path / "watched", tmp_path / "state", workers)
 
 
 def _write(path: Path, data: bytes = b"data") -> Path:
