@@ -10,7 +10,6 @@ EKU, chain to this TSA's roots). Only then is it returned (DESIGN rule 3). Every
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import secrets
 import time
@@ -114,12 +113,6 @@ class Rfc3161Provider:
     def identity(self) -> tuple[object, ...]:
         """Name, URL, policy, timeout, credentials (keyed digest) and trust roots."""
         return self._identity
-
-    @staticmethod
-    def basic_auth(username: str, secret: str) -> str:
-        """The Authorization header value for HTTP basic authentication."""
-        pair = f"{username}:{secret}".encode()
-        return "Basic " + base64.b64encode(pair).decode("ascii")
 
     async def timestamp(self, digest: bytes, algorithm: str) -> Stamped:
         request = build_request(digest, algorithm, policy=self._policy)

@@ -11,21 +11,29 @@ builds the providers from the values the same check loaded.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import httpx
 from cryptography import x509
 
 from stampd.daemon.config.model import TimestampConfig, TsaConfig
 from stampd.daemon.config.problems import ConfigProblem, config_error
-from stampd.daemon.evidence.tsa import Rfc3161Provider
 from stampd.daemon.service.logs import get_logger
 from stampd.store.trust import SYSTEM_BUNDLE, TrustError, load_anchors
+
+if TYPE_CHECKING:
+    # Only for annotations: checking a configuration (``stampd config check``, the start of
+    # ``stampd run``) needs the roots and the secrets, not the HTTP client. httpx and the
+    # provider's TSP code cost ~130 ms to import; they are imported where a provider is built.
+    import httpx
+
+    from stampd.daemon.evidence.tsa import Rfc3161Provider
 
 log = get_logger("stampd.providers")
 
@@ -143,8 +151,14 @@ def _credentials(
     if world_readable:
         warnings.append(SecretWarning(secret_key, tsa.secret_file))
     if tsa.auth == "basic":
-        return True, Rfc3161Provider.basic_auth(tsa.username or "", text)
+        return True, basic_auth(tsa.username or "", text)
     return True, f"Bearer {text}"
+
+
+def basic_auth(username: str, secret: str) -> str:
+    """The Authorization header value for HTTP basic authentication (RFC 7617 §2)."""
+    pair = f"{username}:{secret}".encode()
+    return "Basic " + base64.b64encode(pair).decode("ascii")
 
 
 def configured_tsas(timestamp: TimestampConfig, client: httpx.AsyncClient) -> ConfiguredTsas:
@@ -153,6 +167,9 @@ def configured_tsas(timestamp: TimestampConfig, client: httpx.AsyncClient) -> Co
     A secret file readable by everyone is logged as a warning (its name only, never its
     content).
     """
+    # Here, not at the top: see the TYPE_CHECKING imports.
+    from stampd.daemon.evidence.tsa import Rfc3161Provider  # noqa: PLC0415
+
     checked = check_tsas(
         [(f"timestamp.tsa[{number}]", tsa) for number, tsa in enumerate(timestamp.tsa)]
     )

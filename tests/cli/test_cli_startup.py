@@ -22,6 +22,7 @@ import pytest
 
 from stampd.daemon.cli.app import COMMANDS
 from tests.daemon_harness import RunningDaemon
+from tests.tsa_pki import make_pki
 
 #: Loaded by no short command: the daemon's runtime and the libraries only it (or `verify`,
 #: `run`, the metrics) needs.
@@ -217,3 +218,37 @@ def test_providers_loads_no_logging_to_scrub_urls(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "providers" in json.loads(done.stdout)
     assert _loaded(modules, HEAVY) == []
+
+
+def test_config_check_of_a_tsr_configuration_loads_no_http_client(tmp_path: Path) -> None:
+    # The check reads the TSA's trust file and secret (X.509 is needed) but sends nothing:
+    # httpx and the provider's TSP code (~130 ms to import) wait for `run` to build a client.
+    pki = make_pki(tmp_path / "pki", "Check")
+    secret = tmp_path / "tsa.secret"
+    secret.write_text("s3cr3t\n")
+    secret.chmod(0o600)
+    (tmp_path / "watched").mkdir()
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f"""
+[daemon]
+state_dir = "{tmp_path / "state"}"
+
+[[watch]]
+path = "{tmp_path / "watched"}"
+evidence = ["tsr"]
+
+[[timestamp.tsa]]
+name = "lan"
+url = "http://127.0.0.1:9/"
+trust = "{pki.root_pem}"
+auth = "basic"
+username = "stampd"
+secret_file = "{secret}"
+"""
+    )
+    done, modules = _run(tmp_path, "--config", str(config), "config", "check")
+    assert done.returncode == 0, done.stderr
+    assert "cryptography.x509" in modules  # the trust file was read
+    unneeded = ("httpx", "httpcore", "stampd.daemon.evidence.tsa", "stampd.store.formats.tsp")
+    assert _loaded(modules, unneeded) == []
