@@ -95,8 +95,10 @@ class JobRunner:
         concurrency: int = CONCURRENCY,
         rng: random.Random | None = None,
         locks: PathLocks | None = None,
+        start_after: asyncio.Event | None = None,
     ) -> None:
         self._recorder = recorder
+        self._start_after = start_after  # no round before it is set (EvidenceRunners.release)
         self._index = recorder.index
         self._read = IndexReader(recorder.index.path)
         self._kind = kinds.spec(strategy.kind)
@@ -166,6 +168,8 @@ class JobRunner:
     async def run(self) -> None:
         """Start due jobs as rounds free up, until cancelled."""
         try:
+            if self._start_after is not None:
+                await self._start_after.wait()
             while True:
                 self._wake.clear()
                 free = self._concurrency - len(self._running)

@@ -65,8 +65,13 @@ class EvidenceRunners:
         state_dir: Path,
         locks: PathLocks,
         on_attempts: AttemptsHook | None = None,
+        held: bool = False,
     ) -> None:
         self._recorder = recorder
+        #: Set by :meth:`release`; until then (``held``) the runners start no round.
+        self._released = asyncio.Event()
+        if not held:
+            self._released.set()
         self._state_dir = state_dir
         self._locks = locks
         self._on_attempts = on_attempts
@@ -127,11 +132,23 @@ class EvidenceRunners:
                 state_dir=self._state_dir,
                 layouts=layouts,
                 locks=self._locks,
+                start_after=self._released,
             )
             runner.paused = self._paused
             if self._on_attempts is not None:
                 runner.on_attempts = _for_kind(self._on_attempts, name)
             self._running[name] = _Running(runner, asyncio.create_task(runner.run()))
+
+    def release(self) -> None:
+        """Let runners built ``held`` start their rounds (the daemon calls it once the
+        start-up scans have begun).
+
+        A first round is one-off heavy work on the loop: the due jobs read, httpcore and
+        anyio's asyncio backend imported for the first request (~90 ms of CPU). Before the
+        scans begin it competed with the thread placing the inotify watches, which the scans
+        wait for (issue 13); jobs lose nothing by waiting that long (they are in the index).
+        """
+        self._released.set()
 
     # --- while running ----------------------------------------------------------------------
 

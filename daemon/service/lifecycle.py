@@ -206,7 +206,11 @@ class Daemon:
         metrics = self._metrics = MetricsEndpoint(index=index_path(state_dir))
         locks = PathLocks()  # held by everything that places sidecars, per path
         runners = self._runners = EvidenceRunners(
-            recorder=recorder, state_dir=state_dir, locks=locks, on_attempts=metrics.on_attempts
+            recorder=recorder,
+            state_dir=state_dir,
+            locks=locks,
+            on_attempts=metrics.on_attempts,
+            held=True,  # released by _place_watches, once the start-up scans are queued
         )
         setup = runners.prepare(config)
         repairer = self._repairer = SidecarRepairer(
@@ -336,6 +340,8 @@ class Daemon:
             if self._watches.at(watch.root) is watch:  # a reload meanwhile may have removed it
                 self._root_watch.start_watching(watch, watch.root in placed)
         self._components["root watch"] = asyncio.create_task(self._root_watch.run())
+        # Only now: the runners' first rounds would delay the placement, hence the scans.
+        self._runners.release()
 
     async def _sweep_archive(self, state_dir: Path, *, before: float) -> None:
         """Temp files a killed daemon left in the archive, which no scan walks (in the
