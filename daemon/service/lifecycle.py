@@ -330,6 +330,16 @@ class Daemon:
         thread: watchdog walks every tree), start each root's scan (or say why it is not
         watched), and from then on check the roots every second (daemon/watch/root_watch.py)."""
         try:
+            await self._start_scans(placement, watches)
+        finally:
+            # Only now, and whatever happened: the runners' first rounds would have delayed
+            # the placement, hence the scans; a placement that failed must not hold the jobs.
+            self._runners.release()
+
+    async def _start_scans(
+        self, placement: asyncio.Future[list[Path]], watches: tuple[WatchRuntime, ...]
+    ) -> None:
+        try:
             placed = set(await placement)
         except Exception:  # the roots then say "no inotify watch", and check_roots retries
             log.exception("watch_placement_failed")
@@ -340,8 +350,6 @@ class Daemon:
             if self._watches.at(watch.root) is watch:  # a reload meanwhile may have removed it
                 self._root_watch.start_watching(watch, watch.root in placed)
         self._components["root watch"] = asyncio.create_task(self._root_watch.run())
-        # Only now: the runners' first rounds would delay the placement, hence the scans.
-        self._runners.release()
 
     async def _sweep_archive(self, state_dir: Path, *, before: float) -> None:
         """Temp files a killed daemon left in the archive, which no scan walks (in the
