@@ -14,13 +14,13 @@ Walk method (§3.4): ``os.scandir`` and ``lstat`` (``DirEntry.stat(follow_symlin
 iterative, depth first in sorted name order, on the root's filesystem only (like
 ``find -xdev``), never following a symlink.
 
-A restart walks every file of an unchanged tree to find nothing, so the cost per file is kept
-to what the comparison needs (issue 13: half the speed of ``find -printf``): each directory
-is opened with ``O_NOFOLLOW`` and its entries ``lstat``ed relative to that descriptor; the
-filter screens the whole listing at once; a name it rejects is ``lstat``ed only when
-``d_type`` says directory; the rows come as plain tuples compared with one built from the
-``lstat``; only candidates and subdirectories are sorted, and objects are built only for
-what differs.
+A restart walks every file of an unchanged tree to find nothing (issue 13: half the speed of
+``find -printf``), so listing a directory, ``lstat``ing its entries and comparing them with
+its rows is one pure step (daemon/watch/dir_compare.py, which has how each file is kept
+cheap), taken in this thread or by the hash worker processes ahead of the walk
+(daemon/watch/scan_ahead.py). The walk itself stays here and in order: it acts on each
+directory's comparison (counters, log lines, candidates, missing rows, the sidecar check)
+and walks on into the subdirectories it names.
 
 A subtree scan walks one directory below the root (a directory just created or moved in:
 files written into it before its inotify watch was placed have no event, watchdog #1278)
@@ -52,6 +52,7 @@ from stampd.store.index.scan_rows import (
 
 log = get_logger("stampd.daemon.watch.scan")
 
+# TRANSIENT_AFTER_NS and DirFilter are dir_compare's, part of what a caller of scan_watch sees.
 __all__ = ["TRANSIENT_AFTER_NS", "DirFilter", "DirectoryCheck", "ScanReport", "scan_watch"]
 
 
