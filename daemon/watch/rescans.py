@@ -290,9 +290,12 @@ class Rescans:
             on_leftover=lambda path: loop.call_soon_threadsafe(repairs.check_leftover, path),
             stale_before=self.started_at,
         )
-        # With worker processes, they compare the directories ahead of the walk (scan_ahead.py).
+        # With worker processes, they compare the directories of a full scan ahead of its walk
+        # (scan_ahead.py). A subtree scan (a directory just made or moved in) is mostly one
+        # small directory, which costs less to compare here than a pipe round trip to a
+        # worker (bench_scan.py's "100 mkdir+file" figure).
         comparisons: Comparisons | None = None
-        if self._hashing.count > 1:
+        if self._hashing.count > 1 and subtree is None:
             comparisons = AheadInWorkers(
                 self._hashing,
                 index=index_path(self._settings.state_dir),
