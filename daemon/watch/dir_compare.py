@@ -12,7 +12,7 @@ subdirectories to walk on, and the names the sidecar check needs.
 
 So this module must stay importable without the daemon's runtime (no logging, no loop): it
 returns the log lines it owes as plain tuples, and everything it returns is ``marshal``-able
-(:data:`Compared`). The rules are those of scan.py's docstring: ``O_NOFOLLOW`` below the
+(:class:`Compared`). The rules are those of scan.py's docstring: ``O_NOFOLLOW`` below the
 root, entries ``lstat``ed relative to the directory's descriptor, a name the filter rejects
 ``lstat``ed only when ``d_type`` says directory, the root's filesystem only.
 """
@@ -26,7 +26,7 @@ import stat
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from stampd.daemon.watch.filters import WatchFilter
 from stampd.store.index.scan_rows import LiveRow, live_rows
@@ -46,24 +46,35 @@ OPEN_ROOT = OPEN_DIRECTORY & ~os.O_NOFOLLOW
 #: A file's ``lstat`` key ``(dev, ino, size, mtime_ns, ctime_ns)``.
 Key = tuple[int, int, int, int, int]
 
-#: What one directory gave, as plain values (marshal carries it from a worker):
-#:
-#: ``(problem, files, candidates, missing, subdirectories, names, here, skipped, errors,
-#: left_alone, notes)``
-#:
-#: - ``problem``: None, or ``(vanished, reason)`` when the directory could not be listed
-#:   (``vanished``: gone or no longer a directory); the rest is then empty;
-#: - ``files``: regular files the filter accepts;
-#: - ``candidates``: ``(name, key)`` of the files to hash (new, changed, racy, back), by name;
-#: - ``missing``: names of live rows whose file is gone, no longer a regular file or no
-#:   longer accepted;
-#: - ``subdirectories``: paths to walk on, sorted;
-#: - ``names``: every entry; ``here``: the names whose rows stay present (for the sidecar
-#:   check);
-#: - ``skipped``: entries on another filesystem; ``errors``: entries that could not be
-#:   ``lstat``ed; ``left_alone``: paths whose rows must not become missing;
-#: - ``notes``: ``(event, path, reason)`` log lines the walk writes (``reason`` None: info).
-Compared = tuple[Any, ...]
+
+class Compared(NamedTuple):
+    """What one directory gave. A worker sends it as a plain tuple (marshal carries no
+    NamedTuple); :meth:`AheadInWorkers.put <stampd.daemon.watch.scan_ahead.AheadInWorkers.put>`
+    makes it one again."""
+
+    #: None, or ``(vanished, reason)`` when the directory could not be listed (``vanished``:
+    #: gone or no longer a directory); every other field is then empty.
+    problem: tuple[bool, str] | None
+    #: Regular files the filter accepts.
+    files: int
+    #: ``(name, key)`` of the files to hash (new, changed, racy, back), by name.
+    candidates: list[tuple[str, Key]]
+    #: Names of live rows whose file is gone, no longer a regular file or no longer accepted.
+    missing: list[str]
+    #: Paths to walk on, sorted.
+    subdirectories: list[str]
+    #: Every entry, and the names whose rows stay present (both for the sidecar check).
+    names: list[str]
+    here: list[str]
+    #: Entries on another filesystem.
+    skipped: int
+    #: Entries that could not be ``lstat``ed.
+    errors: int
+    #: Paths whose rows must not become missing.
+    left_alone: list[str]
+    #: ``(event, path, reason)`` log lines the walk writes (``reason`` None: info).
+    notes: list[tuple[str, str, str | None]]
+
 
 #: ``screen_names(directory, names) -> (accepted, transient)`` (``WatchFilter.screen_names``).
 NameScreen = Callable[[str, list[str]], tuple[set[str], set[str]]]
@@ -128,7 +139,8 @@ def compare_directory(
         # directory's rows follow its DirDeletedEvent or the next scan; an EACCES one's
         # files are still there.
         vanished = error.errno in (errno.ENOENT, errno.ENOTDIR)
-        return ((vanished, error.strerror or str(error)), 0, [], [], [], [], [], 0, 0, [], [])
+        problem = (vanished, error.strerror or str(error))
+        return Compared(problem, 0, [], [], [], [], [], 0, 0, [], [])
     try:
         # Each entry's lstat is relative to the descriptor (os.scandir(fd)): closed after.
         return _compare(
@@ -216,7 +228,7 @@ def _compare(
     subdirectories.sort()  # one parent: path order is name order
     kept = set(here)
     missing = sorted(name for name in rows if name not in kept) if not rows.keys() <= kept else []
-    return (
+    return Compared(
         None,
         files,
         candidates,
@@ -251,8 +263,9 @@ class _Cached(threading.local):
 _cached = _Cached()
 
 
-def compare_task(task: tuple[Any, ...]) -> list[Compared]:
-    """What a worker sends back for a compare task: one :data:`Compared` per directory."""
+def compare_task(task: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    """What a worker sends back for a compare task: one :class:`Compared` per directory, as a
+    plain tuple."""
     _tag, index, root, include, exclude, device, now_ns, directories = task
     conn = _cached.connections.get(index)
     if conn is None:
@@ -267,14 +280,16 @@ def compare_task(task: tuple[Any, ...]) -> list[Compared]:
         return live_rows(conn, directory, device)
 
     return [
-        compare_directory(
-            directory,
-            flags=OPEN_ROOT if directory == root else OPEN_DIRECTORY,
-            device=device,
-            rows_of=rows_of,
-            screen=file_filter.screen_names,
-            prunes_dir=file_filter.prunes_dir,
-            now_ns=now_ns,
+        tuple(
+            compare_directory(
+                directory,
+                flags=OPEN_ROOT if directory == root else OPEN_DIRECTORY,
+                device=device,
+                rows_of=rows_of,
+                screen=file_filter.screen_names,
+                prunes_dir=file_filter.prunes_dir,
+                now_ns=now_ns,
+            )
         )
         for directory in directories
     ]

@@ -302,39 +302,27 @@ class _Walk:
     def _directory(self, directory: str, compared: Compared) -> list[str]:
         """Act on one directory's comparison with its rows (daemon/watch/dir_compare.py);
         return its subdirectories to walk, sorted."""
-        (
-            problem,
-            files,
-            candidates,
-            missing,
-            subdirectories,
-            names,
-            here,
-            skipped,
-            errors,
-            left_alone,
-            notes,
-        ) = compared
-        if problem is not None:
-            self._unlisted(directory, *problem)
+        if compared.problem is not None:
+            self._unlisted(directory, *compared.problem)
             return []
         self.visited.add(directory)
         self.directories += 1
-        self.files += files
-        self.skipped += skipped
-        self.errors += errors
-        self.left_alone.update(left_alone)
-        for event, path, reason in notes:
+        self.files += compared.files
+        self.skipped += compared.skipped
+        self.errors += compared.errors
+        self.left_alone.update(compared.left_alone)
+        for event, path, reason in compared.notes:
             if reason is None:
                 log.info(event, path=path)
             else:
                 log.warning(event, path=path, reason=reason)
-        self._offer(directory, [(name, FileStat(*key)) for name, key in candidates])
+        self._offer(directory, [(name, FileStat(*key)) for name, key in compared.candidates])
         if self.sidecars is not None:
-            self.sidecars.directory(directory, set(names), self._stamped(directory), set(here))
-        if missing:
-            self._report_missing([Path(directory, name) for name in missing])
-        return subdirectories  # type: ignore[no-any-return]
+            names, present = set(compared.names), set(compared.here)
+            self.sidecars.directory(directory, names, self._stamped(directory), present)
+        if compared.missing:
+            self._report_missing([Path(directory, name) for name in compared.missing])
+        return compared.subdirectories
 
     def _unlisted(self, directory: str, vanished: bool, reason: str) -> None:
         """``directory`` vanished or could not be listed mid-walk: its rows are left alone.

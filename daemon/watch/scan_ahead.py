@@ -2,7 +2,7 @@
 worker processes, a little ahead of the walk.
 
 The walk (daemon/watch/scan.py) stays the one place that decides: in sorted pre-order it
-takes each directory's :data:`~stampd.daemon.watch.dir_compare.Compared`, reports what
+takes each directory's :class:`~stampd.daemon.watch.dir_compare.Compared`, reports what
 differs, and pushes the subdirectories onto its stack. What it takes can be computed
 anywhere, since listing a directory and reading its rows changes nothing:
 
@@ -25,7 +25,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from stampd.daemon.watch.dir_compare import (
     OPEN_DIRECTORY,
@@ -160,12 +160,14 @@ class AheadInWorkers:
             self._sent.discard(directory)
             return self._results.pop(directory)
 
-    def put(self, item: tuple[Job, int, list[Compared]], /) -> None:
-        """A task's results (hash_workers.Results), from the feeder thread that read them."""
+    def put(self, item: tuple[Job, int, list[tuple[Any, ...]]], /) -> None:
+        """A task's results (hash_workers.Results), from the feeder thread that read them:
+        one plain tuple per directory, a :class:`Compared` again here."""
         job, _started, results = item
         directories: list[str] = job.tag  # type: ignore[assignment]
+        compared = [Compared._make(result) for result in results]
         with self._arrived:
-            self._results.update(zip(directories, results, strict=True))
+            self._results.update(zip(directories, compared, strict=True))
             self._arrived.notify_all()
 
     def _send(self, directories: list[str]) -> None:
